@@ -1,0 +1,147 @@
+"""LightningDataModules for rating (pool + D_val) and for training on a subset (train + test)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from lightning import LightningDataModule
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader
+
+from . import data as data_lib
+from .sampler import SubsetDistributedSampler
+from .scores import read_scores, read_subset
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_split(path: str, stamp: float, resolution: int, cache_dir, limit, max_tokens):
+    return data_lib.load_split(path, resolution, cache_dir, limit, max_tokens)
+
+
+def load_split(path, resolution: int, cache_dir=None, limit=None, max_tokens: int = 16):
+    """:func:`alchemist_pl.data.load_split`, memoised within the process (the pipeline reads each split once)."""
+    p = Path(path).resolve()
+    if not p.exists():
+        raise data_lib.DataError(f"data path {path} does not exist")
+    stamp = max([p.stat().st_mtime] + [q.stat().st_mtime for q in p.glob("*")]) if p.is_dir() else p.stat().st_mtime
+    return _cached_split(str(p), stamp, resolution, None if cache_dir is None else str(cache_dir), limit, max_tokens)
+
+
+class _Base(LightningDataModule):
+    def __init__(self, resolution: int = 32, batch_size: int = 32, num_workers: int = 0,
+                 cache_dir: str | os.PathLike | None = None, max_tokens: int = 16):
+        super().__init__()
+        self.resolution = resolution
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.cache_dir = cache_dir
+        self.max_tokens = max_tokens
+
+    def _load(self, path, limit):
+        return load_split(path, self.resolution, self.cache_dir, limit, self.max_tokens)
+
+    def _loader(self, dataset, batch_size, **kw):
+        return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, **kw)
+
+
+class RatingDataModule(_Base):
+    """Training pool and D_val for the bilevel loop.
+
+    ``train_dataloader`` yields ``{"val": batch, "train": batch}``; an epoch ends when the shorter
+    loader (normally D_val: one epoch = one pass over D_val, as in the paper) is exhausted.
+    ``pool_dataloader`` walks the pool in file order for scoring.
+    """
+
+    def __init__(self, train_path, val_path, val_batch_size: int = 32, limit_train=None, limit_val=None, **kw):
+        super().__init__(**kw)
+        self.train_path, self.val_path = train_path, val_path
+        self.val_batch_size = val_batch_size
+        self.limit_train, self.limit_val = limit_train, limit_val
+        self.pool = self.val_set = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.pool is None:
+            self.pool = self._load(self.train_path, self.limit_train)
+            self.val_set = self._load(self.val_path, self.limit_val)
+            for name, ds, b in (("training pool", self.pool, self.batch_size), ("D_val", self.val_set, self.val_batch_size)):
+                if len(ds) < b:
+                    raise data_lib.DataError(f"{name} has {len(ds)} samples, fewer than one batch of {b}")
+
+    def train_dataloader(self):
+        return CombinedLoader(
+            {
+                "val": self._loader(self.val_set, self.val_batch_size, shuffle=True, drop_last=True),
+                "train": self._loader(self.pool, self.batch_size, shuffle=True, drop_last=True),
+            },
+            mode="min_size",
+        )
+
+
+class TrainingDataModule(_Base):
+    """Training set (optionally reduced to a subset) and test split for the downstream model.
+
+    The subset comes from, in order of precedence: ``subset_path`` (a ``subset.parquet``),
+    ``scores_path`` (a ``scores.parquet``: the sampler draws the subset with ``method`` and
+    ``keep_ratio``), or, with ``method="random"``, a uniform draw; ``method="full"`` trains on
+    everything. The train loader's sampler is a :class:`SubsetDistributedSampler`.
+    """
+
+    def __init__(self, train_path, test_path, subset_path=None, scores_path=None, keep_ratio: float = 1.0,
+                 method: str = "full", pruning_params: dict | None = None, seed: int = 0,
+                 limit_train=None, limit_test=None, test_batch_size: int = 128, **kw):
+        super().__init__(**kw)
+        self.train_path, self.test_path = train_path, test_path
+        self.subset_path, self.scores_path = subset_path, scores_path
+        self.keep_ratio, self.method = keep_ratio, method
+        self.pruning_params = dict(pruning_params or {})
+        self.seed = seed
+        self.limit_train, self.limit_test = limit_train, limit_test
+        self.test_batch_size = test_batch_size
+        self.train_set = self.test_set = None
+        self.subset_indices = self.scores = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        self.train_set = self._load(self.train_path, self.limit_train)
+        self.test_set = self._load(self.test_path, self.limit_test)
+        n = len(self.train_set)
+        if self.subset_path is not None:
+            ids, _ = read_subset(self.subset_path)
+            self.subset_indices = self.train_set.index_of(ids)
+        elif self.scores_path is not None:
+            ids, scores, _ = read_scores(self.scores_path)
+            aligned = np.full(n, np.nan, dtype=np.float32)
+            aligned[self.train_set.index_of(ids)] = scores
+            if np.isnan(aligned).any():
+                missing = [self.train_set.sample_ids[i] for i in np.flatnonzero(np.isnan(aligned))[:3]]
+                raise data_lib.DataError(
+                    f"{self.scores_path}: {int(np.isnan(aligned).sum())} training samples have no score (first: {missing})"
+                )
+            self.scores = aligned
+        self.sampler = SubsetDistributedSampler(
+            self.train_set, indices=self.subset_indices, scores=self.scores, keep_ratio=self.keep_ratio,
+            method=self.method, pruning_params=self.pruning_params, seed=self.seed, shuffle=True,
+        )
+        k = len(self.sampler.subset)
+        if k < self.batch_size:
+            raise data_lib.DataError(f"the subset has {k} samples, fewer than one batch of {self.batch_size}")
+        log.info("training on %d of %d samples (method=%s)", k, n, self.method)
+
+    def null_caption(self):
+        """(states [T, D], mask [T]) of the empty caption, for classifier-free guidance."""
+        r = self.train_set.text.captions.index("")
+        return self.train_set.text.states[r].float(), self.train_set.text.mask[r]
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, self.batch_size, sampler=self.sampler, drop_last=True)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, self.test_batch_size, shuffle=False)

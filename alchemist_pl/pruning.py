@@ -1,0 +1,144 @@
+"""Turn per-sample scores into a training subset (paper Sec. 3.3, Eq. 11).
+
+All methods take a 1-D array of N scores (higher = rated more useful by the rater) and return
+the sorted int64 indices of ``round(keep_ratio * N)`` distinct samples. Every method is O(N)
+apart from one sort (O(N log N)), so it scales to 10^8 scores.
+
+Rank percentile: scores are sorted descending and ``r_i = rank_i / N`` in [0, 1), 0 = top score.
+Ties are broken by index (stable sort), so the result is deterministic.
+
+Methods:
+    shift_gsample: discard the head ``r < head``, then draw without replacement with probability
+        proportional to ``exp(-(r - mean)^2 / (2 std^2))`` (Eq. 11). The paper's released subsets
+        use head = 0.25 for keep ratios 0.1-0.5, 0.15 at 0.8 and 0.05 at 0.9; ``head="auto"``
+        reproduces that as ``min(0.25, 1 - keep_ratio - 0.05)``.
+    gsample: the same Gaussian with no head discarded.
+    random: uniform without replacement (scores ignored).
+    top_k / bottom_k: the highest / lowest scores.
+    block: the contiguous percentile window of size keep_ratio starting at ``start``.
+    full: every sample (keep_ratio must be 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METHODS = ("shift_gsample", "gsample", "random", "top_k", "bottom_k", "block", "full")
+#: ``alchemist`` is the paper's name for its own selection; it means shift_gsample.
+ALIASES = {"alchemist": "shift_gsample"}
+
+DEFAULT_MEAN = 0.5
+DEFAULT_STD = 0.2
+
+
+def auto_head(keep_ratio: float) -> float:
+    """Head fraction used by ``head="auto"``: 0.25 up to keep 0.7, then 0.15 at 0.8, 0.05 at 0.9."""
+    return float(max(0.0, min(0.25, 1.0 - keep_ratio - 0.05)))
+
+
+def percentiles(scores: np.ndarray) -> np.ndarray:
+    """Rank percentile r_i in [0, 1) of every score, 0 = highest (float64, shape [N])."""
+    scores = np.asarray(scores)
+    order = np.argsort(-scores, kind="stable")
+    r = np.empty(len(scores), dtype=np.float64)
+    r[order] = np.arange(len(scores), dtype=np.float64) / len(scores)
+    return r
+
+
+def _check(scores: np.ndarray, keep_ratio: float) -> int:
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {scores.shape}")
+    if len(scores) == 0:
+        raise ValueError("scores is empty")
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        first = np.flatnonzero(bad)[:5].tolist()
+        raise ValueError(f"{int(bad.sum())} scores are NaN or infinite (first at indices {first})")
+    if not (0.0 < keep_ratio <= 1.0):
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+    k = int(round(keep_ratio * len(scores)))
+    return max(k, 1)
+
+
+def _gaussian_draw(r: np.ndarray, eligible: np.ndarray, k: int, mean: float, std: float,
+                   rng: np.random.Generator) -> np.ndarray:
+    """k indices among ``eligible`` without replacement, P ∝ exp(-(r - mean)^2 / 2 std^2).
+
+    Gumbel-top-k: adding Gumbel noise to log-weights and keeping the k largest is an exact
+    sample of successive weighted draws without replacement, in O(N).
+    """
+    if std <= 0:
+        raise ValueError(f"std must be > 0, got {std}")
+    idx = np.flatnonzero(eligible)
+    if k > len(idx):
+        raise ValueError(f"cannot keep {k} samples: only {len(idx)} remain after discarding the head")
+    logw = -((r[idx] - mean) ** 2) / (2.0 * std * std)
+    keys = logw + rng.gumbel(size=len(idx))
+    if k == len(idx):
+        return idx
+    top = np.argpartition(-keys, k - 1)[:k]
+    return idx[top]
+
+
+def select(
+    scores,
+    keep_ratio: float,
+    method: str = "shift_gsample",
+    seed: int = 0,
+    head: float | str = "auto",
+    mean: float = DEFAULT_MEAN,
+    std: float = DEFAULT_STD,
+    start: float = 0.4,
+) -> np.ndarray:
+    """Indices of the selected subset.
+
+    Args:
+        scores: [N] scores, higher = better (NumPy array or anything ``np.asarray`` takes).
+        keep_ratio: fraction of N to keep, in (0, 1]; the subset has ``round(keep_ratio * N)``.
+        method: one of :data:`METHODS` (or ``"alchemist"`` = shift_gsample).
+        seed: seed of the random draw (shift_gsample, gsample, random); same seed, same subset.
+        head: shift_gsample's discarded head fraction in [0, 1), or "auto" (:func:`auto_head`).
+        mean, std: centre and width of the Gaussian over rank percentile (shift_gsample, gsample).
+        start: first percentile of the window (block); clipped so the window fits.
+
+    Returns:
+        [k] int64 sorted indices, no duplicates.
+
+    Raises:
+        ValueError: unknown method, keep_ratio outside (0, 1], NaN/inf scores, or a head too large
+            to leave k samples.
+    """
+    method = ALIASES.get(method, method)
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; expected one of {METHODS + tuple(ALIASES)}")
+    scores = np.asarray(scores)
+    k = _check(scores, keep_ratio)
+    n = len(scores)
+    rng = np.random.default_rng(seed)
+
+    if method == "full":
+        if k != n:
+            raise ValueError(f"method 'full' keeps every sample; keep_ratio must be 1, got {keep_ratio}")
+        out = np.arange(n)
+    elif method == "random":
+        out = rng.choice(n, size=k, replace=False)
+    elif method in ("top_k", "bottom_k", "block"):
+        order = np.argsort(-scores, kind="stable")
+        if method == "top_k":
+            out = order[:k]
+        elif method == "bottom_k":
+            out = order[n - k:]
+        else:
+            first = min(max(int(round(start * n)), 0), n - k)
+            out = order[first:first + k]
+    else:
+        r = percentiles(scores)
+        if method == "shift_gsample":
+            h = auto_head(keep_ratio) if head == "auto" else float(head)
+            if not (0.0 <= h < 1.0):
+                raise ValueError(f"head must be in [0, 1), got {h}")
+            eligible = r >= h
+        else:
+            eligible = np.ones(n, dtype=bool)
+        out = _gaussian_draw(r, eligible, k, mean, std, rng)
+    return np.sort(out.astype(np.int64))

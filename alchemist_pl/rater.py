@@ -1,0 +1,93 @@
+"""The rater: instance features of (image, caption) pairs and the Group MLP (paper Sec. 3.2).
+
+``Rater(images, pooled) -> (s, b)``:
+
+- instance feature ``f_i``: a small convolutional backbone over pixels, concatenated with a
+  projection of the caption's sentence embedding (the paper uses the proxy's own backbone
+  conditioned on text; here any small backbone is pluggable);
+- instance head: ``MLP(f_i) -> s_i``, one logit per sample; ``W_inst = softmax_B(s)``;
+- batch head: ``MLP([mean_B(f); var_B(f)]) -> sigmoid -> b``, one scalar per batch;
+- weight (Eq. 7): ``W_i = softmax_B(s)_i * b``.
+
+The saved score of a sample is its instance logit ``s_i``: it depends on that sample alone, not
+on the batch it was scored in (the released code saves the batch-relative product instead).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ConvBackbone(nn.Module):
+    """Image + caption -> instance feature ``f``.
+
+    Args:
+        in_channels: image channels.
+        channels: widths of the strided 3x3 conv stages (each halves H and W).
+        text_dim: caption embedding size (384 for MiniLM).
+        feature_dim: output size d.
+
+    Shapes: images [B, C, H, W] in [-1, 1], pooled [B, text_dim] -> f [B, feature_dim].
+    No batch statistics are used (GroupNorm), so ``f_i`` depends on sample i only.
+    """
+
+    def __init__(self, in_channels: int = 3, channels=(32, 64, 64), text_dim: int = 384, feature_dim: int = 128):
+        super().__init__()
+        layers, c = [], in_channels
+        for w in channels:
+            layers += [nn.Conv2d(c, w, 3, stride=2, padding=1), nn.GroupNorm(8, w), nn.GELU()]
+            c = w
+        self.conv = nn.Sequential(*layers)
+        self.image_proj = nn.Linear(c, feature_dim // 2)
+        self.text_proj = nn.Linear(text_dim, feature_dim - feature_dim // 2)
+        self.feature_dim = feature_dim
+
+    def forward(self, images: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        x = self.conv(images).mean(dim=(2, 3))
+        return torch.cat([self.image_proj(x), self.text_proj(pooled)], dim=-1)
+
+
+class GroupMLP(nn.Module):
+    """Instance head and batch head of the Group MLP.
+
+    Args:
+        feature_dim: d, size of ``f_i``.
+        hidden_dim: width of both heads (the released code uses 64).
+
+    ``forward(f [B, d]) -> (s [B], b [])``: instance logits and the batch weight in (0, 1).
+    """
+
+    def __init__(self, feature_dim: int, hidden_dim: int = 64):
+        super().__init__()
+        self.instance_head = nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1))
+        self.batch_head = nn.Sequential(nn.Linear(2 * feature_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1))
+
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.instance_head(f).squeeze(-1)
+        stats = torch.cat([f.mean(0), f.var(0, unbiased=False)], dim=-1)
+        b = torch.sigmoid(self.batch_head(stats)).squeeze(-1)
+        return s, b
+
+
+def sample_weights(s: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Eq. 7: ``W_i = softmax_B(s)_i * b``; [B] logits and scalar b -> [B] weights summing to b."""
+    return torch.softmax(s, dim=0) * b
+
+
+class Rater(nn.Module):
+    """Backbone + Group MLP. ``forward(images, pooled) -> (s [B], b [])``; ``score`` -> s only."""
+
+    def __init__(self, backbone: nn.Module, hidden_dim: int = 64):
+        super().__init__()
+        self.backbone = backbone
+        self.group_mlp = GroupMLP(backbone.feature_dim, hidden_dim)
+
+    def forward(self, images: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.group_mlp(self.backbone(images, pooled))
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """Order-free score of each sample: the instance logit ``s_i``, [B] float32."""
+        f = self.backbone(images, pooled)
+        return self.group_mlp.instance_head(f).squeeze(-1).float()

@@ -1,0 +1,333 @@
+"""The stages of the Alchemist pipeline, each driven by a composed Hydra config.
+
+    rate     bilevel training of proxy + rater, then scores.parquet   (cfg.stage = "rate")
+    prune    scores.parquet -> subset.parquet + percentile histogram  (cfg.stage = "prune")
+    train    downstream T2I model on full data / a subset / scores     (cfg.stage = "train")
+    pipeline rate -> prune -> train for each of cfg.pipeline.compare   (cfg.stage = "pipeline")
+
+Every stage writes ``summary.json`` (metrics, output paths, wall time, resolved config) into
+``cfg.paths.output_dir`` and returns the same dict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from . import __version__
+
+log = logging.getLogger(__name__)
+
+STAGES = ("rate", "prune", "train", "pipeline")
+
+
+# ---------------------------------------------------------------- helpers
+
+def _container(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _summary(cfg: DictConfig, stage: str, started: float, metrics: dict, outputs: dict) -> dict:
+    out = Path(cfg.paths.output_dir)
+    summary = {
+        "stage": stage,
+        "task_name": cfg.task_name,
+        "method": cfg.method,
+        "keep_ratio": cfg.keep_ratio,
+        "seed": cfg.seed,
+        "metrics": metrics,
+        "outputs": outputs,
+        "wall_time_s": round(time.time() - started, 2),
+        "version": __version__,
+        "config": _container(cfg),
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def ensure_data(cfg: DictConfig) -> None:
+    """Build the embedded emoji dataset when a data path points into ``data.emoji_dir`` and it is missing."""
+    emoji_dir = cfg.data.get("emoji_dir")
+    if not emoji_dir:
+        return
+    root = Path(emoji_dir).resolve()
+    paths = [cfg.data.train_path, cfg.data.val_path, cfg.data.test_path]
+    if any(Path(p).resolve().is_relative_to(root) for p in paths) and not (root / "manifest.json").exists():
+        from .emoji import build_emoji_dataset
+
+        log.info("building the embedded emoji dataset in %s (first use; about a minute)", root)
+        build_emoji_dataset(root, resolution=cfg.data.emoji_resolution)
+
+
+def make_loggers(cfg: DictConfig) -> list:
+    """Instantiate ``cfg.logger`` entries (each a ``_target_``), and record the config in each."""
+    from hydra.utils import instantiate
+
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
+    flat = _container(cfg)
+    for lg in loggers:
+        lg.log_hyperparams(flat)
+    return loggers
+
+
+def finish_loggers(loggers: list) -> None:
+    """Flush loggers and end the W&B run (multirun would otherwise reuse a live run)."""
+    for lg in loggers:
+        lg.finalize("success")
+    if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+def _callbacks(cfg: DictConfig) -> list:
+    from hydra.utils import instantiate
+
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+
+
+def _trainer(cfg: DictConfig, loggers: list, **overrides):
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=_callbacks(cfg),
+                       default_root_dir=cfg.paths.output_dir, **overrides)
+
+
+def _scalar_metrics(metrics) -> dict:
+    return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+
+
+def _resume_from(cfg: DictConfig) -> str | None:
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if ckpt.exists():
+        log.info("resuming from %s", ckpt)
+        return str(ckpt)
+    return None
+
+
+def _data_kwargs(cfg: DictConfig) -> dict:
+    d = cfg.data
+    return dict(resolution=d.resolution, num_workers=d.num_workers, cache_dir=d.cache_dir, max_tokens=d.max_tokens)
+
+
+# ---------------------------------------------------------------- stages
+
+def rate(cfg: DictConfig) -> dict:
+    """Train the rater jointly with the proxy (bilevel), then score every sample of the pool."""
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+
+    from .datamodule import RatingDataModule
+    from .scores import score_dataset, write_scores
+
+    started = time.time()
+    out = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    dm = RatingDataModule(
+        train_path=cfg.data.train_path, val_path=cfg.data.val_path, batch_size=cfg.rate.batch_size,
+        val_batch_size=cfg.rate.val_batch_size, limit_train=cfg.data.limit_train, limit_val=cfg.data.limit_val,
+        **_data_kwargs(cfg),
+    )
+    model = instantiate(cfg.bilevel)
+    loggers = make_loggers(cfg)
+    try:
+        trainer = _trainer(cfg, loggers, max_epochs=cfg.rate.max_epochs, max_steps=cfg.rate.max_steps)
+        trainer.fit(model, datamodule=dm, ckpt_path=_resume_from(cfg))
+        fit_metrics = _scalar_metrics(trainer.callback_metrics)
+
+        t0 = time.time()
+        scores = score_dataset(model.rater, dm.pool, cfg.rate.score_batch_size, device=model.device)
+        score_time = time.time() - t0
+        rater_path = out / "rater.pt"
+        tmp = rater_path.with_name(f".rater.pt.tmp-{os.getpid()}")
+        torch.save({"state_dict": model.rater.state_dict(), "config": _container(cfg.rater)}, tmp)
+        os.replace(tmp, rater_path)
+        scores_path = write_scores(
+            out / "scores.parquet", dm.pool.sample_ids, scores,
+            {"stage": "rate", "train_path": str(cfg.data.train_path), "rater_checkpoint": str(rater_path),
+             "config": _container(cfg), "version": __version__},
+        )
+        metrics = {
+            **fit_metrics,
+            "samples_rated": len(scores),
+            "score_mean": float(scores.mean()),
+            "score_std": float(scores.std()),
+            "scoring_time_s": round(score_time, 2),
+            "bilevel_iterations": int(trainer.global_step // 2),
+        }
+        for lg in loggers:
+            lg.log_metrics({f"rate/{k}": v for k, v in metrics.items() if k.startswith("score")}, step=trainer.global_step)
+        return _summary(cfg, "rate", started, metrics, {"scores": str(scores_path), "rater": str(rater_path)})
+    finally:
+        finish_loggers(loggers)
+
+
+def prune(cfg: DictConfig) -> dict:
+    """Select a subset from ``cfg.scores_path`` with ``cfg.method`` at ``cfg.keep_ratio``."""
+    from . import pruning
+    from .scores import read_scores, write_subset
+
+    if not cfg.scores_path:
+        raise ValueError("prune needs scores: set scores_path=PATH/TO/scores.parquet")
+    started = time.time()
+    out = Path(cfg.paths.output_dir)
+    ids, scores, meta = read_scores(cfg.scores_path)
+    params = _container(cfg.pruning)
+    idx = pruning.select(scores, cfg.keep_ratio, cfg.method, cfg.seed, **params)
+    pct = pruning.percentiles(scores)
+    subset_path = write_subset(
+        out / "subset.parquet", [ids[i] for i in idx], scores[idx], pct[idx],
+        {"stage": "prune", "scores_path": str(cfg.scores_path), "method": cfg.method, "keep_ratio": cfg.keep_ratio,
+         "seed": cfg.seed, "params": params, "scores_metadata": meta, "version": __version__},
+    )
+    hist, edges = np.histogram(pct[idx], bins=10, range=(0.0, 1.0))
+    plot = plot_percentiles(pct[idx], out / "percentiles.png", f"{cfg.method}, keep_ratio={cfg.keep_ratio}")
+    metrics = {
+        "pool_size": len(scores),
+        "subset_size": int(len(idx)),
+        "selected_percentile_mean": float(pct[idx].mean()),
+        "selected_percentile_histogram": {f"{edges[i]:.1f}-{edges[i + 1]:.1f}": int(h) for i, h in enumerate(hist)},
+    }
+    loggers = make_loggers(cfg)
+    try:
+        for lg in loggers:
+            lg.log_metrics({"prune/subset_size": metrics["subset_size"],
+                            "prune/selected_percentile_mean": metrics["selected_percentile_mean"]}, step=0)
+            if hasattr(lg, "log_image"):
+                lg.log_image("prune/percentiles", [str(plot)], step=0)
+    finally:
+        finish_loggers(loggers)
+    return _summary(cfg, "prune", started, metrics, {"subset": str(subset_path), "percentiles_plot": str(plot)})
+
+
+def plot_percentiles(percentile: np.ndarray, path: Path, title: str) -> Path:
+    """Histogram of the selected samples' rank percentiles (0 = top score) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(percentile, bins=20, range=(0, 1), color="#4c72b0")
+    ax.set_xlabel("rank percentile of score (0 = highest)")
+    ax.set_ylabel("selected samples")
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train the downstream model on the data ``cfg.method`` selects, then evaluate on the test split."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from .datamodule import TrainingDataModule
+
+    started = time.time()
+    L.seed_everything(cfg.seed, workers=True)
+    dm = TrainingDataModule(
+        train_path=cfg.data.train_path, test_path=cfg.data.test_path, subset_path=cfg.subset_path,
+        scores_path=cfg.scores_path, keep_ratio=cfg.keep_ratio, method=cfg.method,
+        pruning_params=_container(cfg.pruning), seed=cfg.seed, limit_train=cfg.data.limit_train,
+        limit_test=cfg.data.limit_test, batch_size=cfg.train.batch_size, **_data_kwargs(cfg),
+    )
+    model = instantiate(cfg.model)
+    loggers = make_loggers(cfg)
+    try:
+        trainer = _trainer(cfg, loggers, max_steps=cfg.train.max_steps, max_epochs=-1,
+                           gradient_clip_val=cfg.train.gradient_clip_val)
+        trainer.fit(model, datamodule=dm, ckpt_path=_resume_from(cfg))
+        train_time = time.time() - started
+        test = trainer.test(model, datamodule=dm, verbose=False)[0]
+        metrics = {
+            **{k: float(v) for k, v in test.items()},
+            "train/loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+            "train_samples": int(len(dm.sampler.subset)),
+            "pool_size": len(dm.train_set),
+            "steps": int(trainer.global_step),
+            "train_time_s": round(train_time, 2),
+        }
+        outputs = {"samples": str(Path(cfg.paths.output_dir) / "samples.png")}
+        return _summary(cfg, "train", started, metrics, outputs)
+    finally:
+        finish_loggers(loggers)
+
+
+def _substage(cfg: DictConfig, stage: str, subdir: str, **values) -> DictConfig:
+    sub = cfg.copy()
+    with open_dict(sub):
+        sub.stage = stage
+        sub.paths.output_dir = str(Path(cfg.paths.output_dir) / subdir)
+        for k, v in values.items():
+            sub[k] = v
+    return sub
+
+
+def pipeline(cfg: DictConfig) -> dict:
+    """rate -> prune -> train on each of ``cfg.pipeline.compare`` (alchemist, random, full, ...)."""
+    started = time.time()
+    results = {"rate": rate(_substage(cfg, "rate", "rate"))}
+    scores_path = results["rate"]["outputs"]["scores"]
+    results["prune"] = prune(_substage(cfg, "prune", "prune", scores_path=scores_path))
+    for name in cfg.pipeline.compare:
+        if name == "full":
+            sub = _substage(cfg, "train", "train-full", method="full", keep_ratio=1.0)
+        elif name == "random":
+            sub = _substage(cfg, "train", "train-random", method="random")
+        elif name == cfg.method or name == "alchemist":
+            sub = _substage(cfg, "train", f"train-{name}", subset_path=results["prune"]["outputs"]["subset"])
+        else:  # another pruning method drawn from the same scores
+            sub = _substage(cfg, "train", f"train-{name}", method=name, scores_path=scores_path)
+        results[f"train-{name}"] = train(sub)
+    rows = [
+        {"run": k[len("train-"):], "samples": v["metrics"]["train_samples"], "test_loss": v["metrics"]["test/loss"],
+         "train_time_s": v["metrics"]["train_time_s"]}
+        for k, v in results.items() if k.startswith("train-")
+    ]
+    print_comparison(rows, cfg)
+    metrics = {
+        "comparison": rows,
+        "wall_time_s": {k: v["wall_time_s"] for k, v in results.items()},
+        "samples_rated": results["rate"]["metrics"]["samples_rated"],
+        "selected_percentile_histogram": results["prune"]["metrics"]["selected_percentile_histogram"],
+    }
+    outputs = {k: str(Path(cfg.paths.output_dir) / k / "summary.json") for k in results}
+    return _summary(cfg, "pipeline", started, metrics, outputs)
+
+
+def print_comparison(rows: list[dict], cfg: DictConfig) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"test denoising loss, keep_ratio={cfg.keep_ratio}, seed={cfg.seed} (lower is better)")
+    for col in ("run", "samples", "test_loss", "train_time_s"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for r in rows:
+        table.add_row(r["run"], str(r["samples"]), f"{r['test_loss']:.4f}", f"{r['train_time_s']:.0f}")
+    Console().print(table)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Run ``cfg.stage``; returns its summary."""
+    if cfg.stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {cfg.stage!r}")
+    ensure_data(cfg)
+    return {"rate": rate, "prune": prune, "train": train, "pipeline": pipeline}[cfg.stage](cfg)

@@ -1,0 +1,123 @@
+"""The downstream text-to-image model trained on a selected subset (or on the full data).
+
+A diffusers ``UNet2DConditionModel`` in pixel space, ``DDPMScheduler`` noise, per-sample denoising
+MSE averaged over the batch, caption dropout for classifier-free guidance.
+
+Evaluation (``trainer.test``):
+
+- ``test/loss``: denoising loss on the test split at fixed timesteps (``eval_timesteps``) with
+  noise drawn from a generator seeded by each sample's index, so every run — any subset, any
+  batch size — is scored on exactly the same noisy inputs; ``test/loss_t{t}`` per timestep.
+- a grid of images generated from the first ``num_samples`` test captions with fixed seeds,
+  saved as ``samples.png`` in the run directory and logged to W&B.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning import LightningModule
+
+from .diffusion import image_grid, per_sample_loss, sample_images
+
+
+class TextToImageModule(LightningModule):
+    """Args:
+        unet: diffusers ``UNet2DConditionModel``.
+        noise_scheduler: diffusers ``DDPMScheduler`` (training noise).
+        sampling_scheduler: diffusers scheduler for generation (e.g. ``DDIMScheduler``).
+        optimizer: partial optimizer constructor.
+        caption_dropout: probability of training a sample with the empty caption (for CFG).
+        eval_timesteps: timesteps of the test loss.
+        eval_seed: seed of the test noise and of the sample grid.
+        num_samples, sample_steps, guidance_scale: the sample grid.
+        max_tokens, text_dim: shape of the caption states [T, D].
+    """
+
+    def __init__(
+        self,
+        unet,
+        noise_scheduler,
+        sampling_scheduler,
+        optimizer,
+        caption_dropout: float = 0.1,
+        eval_timesteps=(100, 300, 500, 700, 900),
+        eval_seed: int = 1234,
+        num_samples: int = 16,
+        sample_steps: int = 25,
+        guidance_scale: float = 3.0,
+        max_tokens: int = 16,
+        text_dim: int = 384,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["unet", "noise_scheduler", "sampling_scheduler", "optimizer"])
+        self.unet = unet
+        self.noise_scheduler = noise_scheduler
+        self.sampling_scheduler = sampling_scheduler
+        self.optimizer = optimizer
+        self.register_buffer("null_states", torch.zeros(max_tokens, text_dim))
+        self.register_buffer("null_mask", torch.zeros(max_tokens, dtype=torch.bool))
+        self._sample_batch = None
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "null_caption"):
+            states, mask = dm.null_caption()
+            self.null_states.copy_(states)
+            self.null_mask.copy_(mask)
+
+    def configure_optimizers(self):
+        return self.optimizer(self.unet.parameters())
+
+    def training_step(self, batch, batch_idx):
+        images, states, mask = batch["image"], batch["states"], batch["mask"]
+        b = images.shape[0]
+        drop = torch.rand(b, device=self.device) < self.hparams.caption_dropout
+        states = torch.where(drop[:, None, None], self.null_states.expand_as(states), states)
+        mask = torch.where(drop[:, None], self.null_mask.expand_as(mask), mask)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), device=self.device)
+        loss = per_sample_loss(self.unet, self.noise_scheduler, images, states, mask, t).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        return loss
+
+    def _eval_noise(self, indices: torch.Tensor, shape) -> torch.Tensor:
+        out = []
+        for i in indices.tolist():
+            g = torch.Generator().manual_seed(self.hparams.eval_seed * 1_000_003 + i)
+            out.append(torch.randn((len(self.hparams.eval_timesteps), *shape), generator=g))
+        return torch.stack(out, dim=1).to(self.device)  # [K, B, C, H, W]
+
+    def test_step(self, batch, batch_idx):
+        images = batch["image"]
+        b = images.shape[0]
+        noise = self._eval_noise(batch["index"], images.shape[1:])
+        total = 0.0
+        for j, t in enumerate(self.hparams.eval_timesteps):
+            tt = torch.full((b,), int(t), device=self.device, dtype=torch.long)
+            loss = per_sample_loss(self.unet, self.noise_scheduler, images, batch["states"], batch["mask"], tt, noise[j]).mean()
+            self.log(f"test/loss_t{int(t)}", loss, batch_size=b)
+            total = total + loss
+        self.log("test/loss", total / len(self.hparams.eval_timesteps), prog_bar=True, batch_size=b)
+        if self._sample_batch is None:
+            self._sample_batch = {k: batch[k][: self.hparams.num_samples] for k in ("states", "mask", "index")}
+
+    def on_test_epoch_end(self) -> None:
+        if self._sample_batch is None or self.hparams.num_samples <= 0:
+            return
+        sb, self._sample_batch = self._sample_batch, None
+        g = torch.Generator().manual_seed(self.hparams.eval_seed)
+        cfg = self.unet.config
+        images = sample_images(
+            self.unet, self.sampling_scheduler, sb["states"], sb["mask"], self.null_states, self.null_mask,
+            (cfg.in_channels, cfg.sample_size, cfg.sample_size), self.hparams.sample_steps,
+            self.hparams.guidance_scale, generator=g,
+        )
+        grid = image_grid(images)
+        path = Path(self.trainer.default_root_dir) / "samples.png"
+        grid.save(path)
+        from lightning.pytorch.loggers import WandbLogger
+
+        for lg in self.loggers:
+            if isinstance(lg, WandbLogger):
+                lg.log_image("samples", [grid], step=self.global_step)
