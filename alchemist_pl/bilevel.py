@@ -9,16 +9,19 @@ training-pool batch of size B:
 
 1. ``W = softmax_B(s) * b`` from the rater (Eq. 7), no gradient to μ in step 2;
 2. proxy step on ``ul * L_val(θ) + (1 - ul) * Σ_i W_i ℓ_i(θ)`` (Eq. 5);
-3. rater step on ``Σ_i W_i(μ) * (ℓ_i(θ_k) - c_t) / c_t`` with ℓ_i from *before* the proxy step
-   (Eq. 9-10), where ``c_t`` is a running mean of the weighted training loss at the batch's
-   timestep bucket.
+3. rater step (Eq. 9-10) with ℓ_i from *before* the proxy step. With ``rel_i = (ℓ_i - c_t) / c_t``
+   (``c_t``: running mean of the weighted training loss at the batch's timestep bucket) and
+   ``z = Σ_i softmax_B(s)_i rel_i``, the loss is ``Σ_i softmax_B(s)_i(μ) · b · rel_i`` for the
+   instance head plus ``b(μ) · (z - E[z])`` for the batch head (``E[z]``: running mean).
 
 Departures from the paper, each for a measured reason (method.md, "Measured on data like ours"):
 
-- The rater's loss is centred by ``c_t``. Minimising ``Σ ℓ_i W_i`` literally drives the batch
-  weight b to 0 (every ℓ_i > 0), which froze the rater within 100 iterations. Centring leaves the
-  instance head's gradient unchanged (Σ softmax = 1) and turns b's gradient into "is this batch's
-  weighted loss below the usual one at this noise level", the batch head's stated purpose.
+- The rater's loss is centred. Minimising ``Σ ℓ_i W_i`` literally drives the batch weight b to 0
+  (every ℓ_i > 0; measured: b ~ 1e-6 within 100 iterations, then the rater froze). Subtracting
+  ``c_t`` leaves the instance head's gradient direction unchanged (Σ softmax = 1); the batch
+  head's gradient becomes ``z - E[z]``, "is this batch's weighted loss below the usual one at this
+  noise level", which is the batch head's stated purpose and has mean zero, so b neither
+  collapses to 0 nor saturates at 1 while the proxy's loss drifts down.
 - A diffusion proxy: the training batch shares one timestep drawn from ``rater_timesteps``
   (default [0, 600) of 1000), so the within-batch softmax compares samples at one noise level,
   and only where the per-sample loss carries signal. D_val batches use uniform timesteps.
@@ -51,6 +54,8 @@ class BilevelRater(LightningModule):
         rater_timesteps: [low, high) range of the training batch's shared timestep.
         baseline_momentum: momentum of the per-timestep-bucket running mean ``c_t``.
         histogram_every: log a histogram of W every this many steps (W&B only; 0 = never).
+        rater_objective: "centred" (default, see module docstring) or "literal": the paper's
+            ``Σ_i W_i(μ) ℓ_i`` as written, kept for ablations; it collapses b toward 0.
 
     Batches: ``{"val": item, "train": item}`` with items as produced by
     :class:`alchemist_pl.data.ImageCaptionDataset` (images [B, 3, H, W], states [B, T, D],
@@ -71,6 +76,7 @@ class BilevelRater(LightningModule):
         rater_timesteps: tuple[int, int] = (0, 600),
         baseline_momentum: float = 0.9,
         histogram_every: int = 50,
+        rater_objective: str = "centred",
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -85,8 +91,12 @@ class BilevelRater(LightningModule):
         if not (0 <= low < high <= num_t):
             raise ValueError(f"rater_timesteps must satisfy 0 <= low < high <= {num_t}, got {rater_timesteps}")
         self.rater_t = (low, high)
+        if rater_objective not in ("centred", "literal"):
+            raise ValueError(f"rater_objective must be 'centred' or 'literal', got {rater_objective!r}")
         self.register_buffer("baseline", torch.zeros(NUM_BUCKETS))
         self.register_buffer("baseline_seen", torch.zeros(NUM_BUCKETS, dtype=torch.bool))
+        self.register_buffer("z_mean", torch.zeros(()))
+        self.register_buffer("z_seen", torch.zeros((), dtype=torch.bool))
 
     def configure_optimizers(self):
         return [self.proxy_optimizer(self.proxy.parameters()), self.rater_optimizer(self.rater.parameters())]
@@ -137,13 +147,24 @@ class BilevelRater(LightningModule):
             self.baseline[k] = weighted
             self.baseline_seen[k] = True
         c = self.baseline[k].clamp(min=1e-8)
-        rater_loss = (weights * (losses - c) / c).sum()
+        if self.hparams.rater_objective == "centred":
+            rel = (losses - c) / c  # [B] loss relative to the usual weighted loss at this timestep
+            z = rel.mean()  # how hard this batch is as a whole (independent of the rater)
+            if not bool(self.z_seen):
+                self.z_mean.fill_(float(z))
+                self.z_seen.fill_(True)
+            # instance head: Σ_i softmax(s)_i * b * rel_i (b held fixed); batch head: b * (z - E[z]).
+            rater_loss = (torch.softmax(s, 0) * b.detach() * rel).sum() + b * (z - self.z_mean)
+        else:
+            rater_loss = (weights * losses).sum()
         opt_rater.zero_grad()
         self.manual_backward(rater_loss)
         self.clip_gradients(opt_rater, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         opt_rater.step()
         m = self.hparams.baseline_momentum
         self.baseline[k] = m * self.baseline[k] + (1 - m) * weighted
+        if self.hparams.rater_objective == "centred":
+            self.z_mean.mul_(m).add_((1 - m) * z)
 
         entropy = -(probs * probs.clamp(min=1e-12).log()).sum() / math.log(b_size)
         self.log_dict(

@@ -42,7 +42,7 @@ class SubsetDistributedSampler(DistributedSampler):
         indices=None,
         scores=None,
         keep_ratio: float = 1.0,
-        method: str = "shift_gsample",
+        method: str = "full",
         pruning_params: dict | None = None,
         num_replicas: int | None = None,
         rank: int | None = None,

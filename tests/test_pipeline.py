@@ -1,0 +1,103 @@
+"""End to end on a slice of the real data, through the real composed configs and the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from alchemist_pl import pruning
+from alchemist_pl.scores import read_scores, read_subset
+from alchemist_pl.stages import run
+
+from .conftest import CONF, DATA_DIR, ROOT
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, emoji_dir):
+    out = tmp_path_factory.mktemp("smoke")
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("config", overrides=[
+            "+experiment=pipeline", "debug=smoke", "logger=csv", f"paths.data_dir={DATA_DIR}", f"paths.output_dir={out}",
+        ])
+    return out, run(cfg)
+
+
+def test_smoke_pipeline_outputs(smoke):
+    out, summary = smoke
+    assert json.loads((out / "summary.json").read_text())["stage"] == "pipeline"
+    rows = {r["run"]: r for r in summary["metrics"]["comparison"]}
+    assert set(rows) == {"shift_gsample", "random", "full"}
+    assert rows["full"]["samples"] == 512 and rows["shift_gsample"]["samples"] == rows["random"]["samples"] == 256
+    assert all(np.isfinite(r["test_loss"]) and r["test_loss"] > 0 for r in rows.values())
+
+    ids, scores, meta = read_scores(out / "rate" / "scores.parquet")
+    assert len(ids) == 512 and len(set(ids)) == 512 and scores.std() > 0
+    assert meta["stage"] == "rate" and Path(meta["rater_checkpoint"]).is_file()
+
+    subset, smeta = read_subset(out / "prune" / "subset.parquet")
+    assert len(subset) == 256 and set(subset) <= set(ids)
+    # the subset is exactly what select() draws from those scores
+    expected = pruning.select(scores, 0.5, "shift_gsample", seed=0)
+    assert sorted(subset) == sorted(ids[i] for i in expected)
+    assert smeta["method"] == "shift_gsample"
+    hist = summary["metrics"]["selected_percentile_histogram"]
+    assert hist["0.0-0.1"] == hist["0.1-0.2"] == 0 and sum(hist.values()) == 256  # head 0.25 discarded
+
+    for run_dir in ("rate", "prune", "train-shift_gsample", "train-random", "train-full"):
+        s = json.loads((out / run_dir / "summary.json").read_text())
+        assert s["config"]["stage"] == run_dir.split("-")[0]
+    assert (out / "train-full" / "samples.png").stat().st_size > 0
+    assert (out / "prune" / "percentiles.png").stat().st_size > 0
+
+
+def _cli(*args, cwd=ROOT):
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run([sys.executable, "train.py", *args, f"paths.data_dir={DATA_DIR}"], cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_cli_prune_with_wandb_offline(smoke, tmp_path):
+    out, _ = smoke
+    proc = _cli("+experiment=prune", f"scores_path={out / 'rate' / 'scores.parquet'}", "method=top_k",
+                "keep_ratio=0.25", f"paths.output_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ids, scores, _ = read_scores(out / "rate" / "scores.parquet")
+    subset, _ = read_subset(tmp_path / "subset.parquet")
+    top = np.argsort(-scores)[:128]
+    assert sorted(subset) == sorted(ids[i] for i in top)
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "W&B offline run missing"
+
+
+def test_cli_multirun_sweeps_keep_ratio(smoke, tmp_path):
+    out, _ = smoke
+    proc = _cli("-m", "+experiment=prune", f"scores_path={out / 'rate' / 'scores.parquet'}", "keep_ratio=0.2,0.5",
+                "logger=csv", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sizes = sorted(json.loads(p.read_text())["metrics"]["subset_size"] for p in tmp_path.glob("*/summary.json"))
+    assert sizes == [round(0.2 * 512), 256]
+
+
+def test_train_from_scores_file_draws_subset(smoke, make_cfg, tmp_path):
+    out, _ = smoke
+    scores_path = out / "rate" / "scores.parquet"
+    cfg = make_cfg("+experiment=subset", "debug=smoke", "logger=csv", f"scores_path={scores_path}",
+                   "method=bottom_k", "keep_ratio=0.25", "train.max_steps=2", "model.num_samples=0")
+    summary = run(cfg)
+    assert summary["metrics"]["train_samples"] == 128
+    assert np.isfinite(summary["metrics"]["test/loss"])
+
+
+def test_scores_from_another_dataset_rejected(smoke, make_cfg, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"sample_id": ["not-a-sample", "x2"], "score": [1.0, 2.0]}), bad)
+    cfg = make_cfg("+experiment=subset", "debug=smoke", "logger=csv", f"scores_path={bad}")
+    with pytest.raises(ValueError, match=r"2 of 2 sample_ids are not in this dataset.*another dataset"):
+        run(cfg)

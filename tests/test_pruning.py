@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+from alchemist_pl import pruning
+
+
+@pytest.fixture
+def scores():
+    return np.random.default_rng(0).normal(size=10_000).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", ["shift_gsample", "gsample", "random", "top_k", "bottom_k", "block"])
+@pytest.mark.parametrize("keep_ratio", [0.1, 0.5, 0.7])
+def test_exact_size_unique_sorted(scores, method, keep_ratio):
+    idx = pruning.select(scores, keep_ratio, method, seed=3)
+    assert len(idx) == round(keep_ratio * len(scores))
+    assert len(np.unique(idx)) == len(idx)
+    assert np.all(np.diff(idx) > 0)
+    assert idx.min() >= 0 and idx.max() < len(scores)
+
+
+@pytest.mark.parametrize("method", ["shift_gsample", "gsample", "random"])
+def test_deterministic_per_seed(scores, method):
+    a = pruning.select(scores, 0.3, method, seed=1)
+    b = pruning.select(scores, 0.3, method, seed=1)
+    c = pruning.select(scores, 0.3, method, seed=2)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_percentiles_rank_descending():
+    r = pruning.percentiles(np.array([0.1, 5.0, -2.0, 3.0]))
+    np.testing.assert_allclose(r, [0.5, 0.0, 0.75, 0.25])
+
+
+@pytest.mark.parametrize("keep_ratio,head", [(0.2, 0.25), (0.5, 0.25), (0.8, 0.15), (0.9, 0.05)])
+def test_shift_gsample_discards_head(scores, keep_ratio, head):
+    assert pruning.auto_head(keep_ratio) == pytest.approx(head)
+    idx = pruning.select(scores, keep_ratio, "shift_gsample", seed=0)
+    r = pruning.percentiles(scores)[idx]
+    assert r.min() >= head - 1e-12
+    # Without the shift, the Gaussian tail reaches into the head.
+    g = pruning.percentiles(scores)[pruning.select(scores, keep_ratio, "gsample", seed=0)]
+    assert g.min() < head
+
+
+@pytest.mark.parametrize("mean", [0.3, 0.5, 0.7])
+def test_selected_percentiles_concentrate_at_mean(scores, mean):
+    idx = pruning.select(scores, 0.1, "shift_gsample", seed=0, head=0.0, mean=mean, std=0.05)
+    r = pruning.percentiles(scores)[idx]
+    assert abs(np.median(r) - mean) < 0.02
+    assert np.mean(np.abs(r - mean) < 0.1) > 0.9
+
+
+def test_top_bottom_block(scores):
+    k = 1000
+    order = np.argsort(-scores)
+    np.testing.assert_array_equal(pruning.select(scores, 0.1, "top_k"), np.sort(order[:k]))
+    np.testing.assert_array_equal(pruning.select(scores, 0.1, "bottom_k"), np.sort(order[-k:]))
+    r = pruning.percentiles(scores)[pruning.select(scores, 0.1, "block", start=0.4)]
+    assert r.min() == pytest.approx(0.4) and r.max() < 0.5
+
+
+def test_random_ignores_scores(scores):
+    a = pruning.select(scores, 0.2, "random", seed=5)
+    b = pruning.select(-scores, 0.2, "random", seed=5)
+    np.testing.assert_array_equal(a, b)
+    assert pruning.select(scores, 0.2, "alchemist", seed=1).tolist() == pruning.select(scores, 0.2, "shift_gsample", seed=1).tolist()
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(keep_ratio=0.0), "keep_ratio"),
+        (dict(keep_ratio=1.5), "keep_ratio"),
+        (dict(keep_ratio=0.5, method="nope"), "unknown pruning method"),
+        (dict(keep_ratio=0.9, head=0.5), "only"),
+        (dict(keep_ratio=0.5, method="full"), "full"),
+    ],
+)
+def test_bad_arguments(scores, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pruning.select(scores, **kwargs)
+
+
+def test_nan_scores_rejected(scores):
+    scores = scores.copy()
+    scores[[7, 9]] = np.nan
+    with pytest.raises(ValueError, match=r"2 scores are NaN.*\[7, 9\]"):
+        pruning.select(scores, 0.5)

@@ -1,0 +1,53 @@
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from alchemist_pl.scores import ScoresError, dataset_fingerprint, read_scores, read_subset, write_scores, write_subset
+
+
+def test_roundtrip_and_metadata(tmp_path):
+    ids = [f"s{i}" for i in range(50)]
+    scores = np.linspace(-1, 1, 50).astype(np.float32)
+    path = write_scores(tmp_path / "scores.parquet", ids, scores, {"stage": "rate"})
+    got_ids, got, meta = read_scores(path)
+    assert got_ids == ids
+    np.testing.assert_array_equal(got, scores)
+    assert meta["stage"] == "rate"
+    assert meta["dataset_fingerprint"] == dataset_fingerprint(reversed(ids))
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.parquet"]  # no temporary file left
+
+
+def test_subset_roundtrip(tmp_path):
+    path = write_subset(tmp_path / "subset.parquet", ["a", "b"], np.array([1.0, 2.0]), np.array([0.5, 0.0]), {"k": 1})
+    ids, meta = read_subset(path)
+    assert ids == ["a", "b"] and meta == {"k": 1}
+
+
+def _raw(tmp_path, **cols):
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table(cols), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "cols,match",
+    [
+        (dict(sample_id=["a", "b"]), r"missing column\(s\) \['score'\]"),
+        (dict(sample_id=["a", "b"], score=[1.0, float("nan")]), r"NaN or infinite \(first: sample 'b'"),
+        (dict(sample_id=["a", "b"], score=[1.0, float("inf")]), r"sample 'b'"),
+        (dict(sample_id=["a", "b"], score=[1.0, None]), r"sample 'b' has no score"),
+        (dict(sample_id=["a", "a"], score=[1.0, 2.0]), r"duplicate sample_id 'a'"),
+    ],
+)
+def test_bad_scores_files(tmp_path, cols, match):
+    with pytest.raises(ScoresError, match=match):
+        read_scores(_raw(tmp_path, **cols))
+
+
+def test_missing_and_unreadable(tmp_path):
+    with pytest.raises(ScoresError, match="does not exist"):
+        read_scores(tmp_path / "none.parquet")
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(ScoresError, match="not a readable Parquet"):
+        read_scores(tmp_path / "junk.parquet")
