@@ -175,7 +175,7 @@ class BilevelRater(LightningModule):
                 "rate/rater_loss": rater_loss.detach(),
                 "rate/batch_weight": b.detach(),
                 "rate/weight_entropy": entropy,
-                "rate/instance_logit_std": s.detach().std(),
+                "rate/instance_score_std": s.detach().std(),
                 "rate/ul": ul,
             },
             prog_bar=False,

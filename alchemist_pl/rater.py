@@ -5,12 +5,15 @@
 - instance feature ``f_i``: a small convolutional backbone over pixels, concatenated with a
   projection of the caption's sentence embedding (the paper uses the proxy's own backbone
   conditioned on text; here any small backbone is pluggable);
-- instance head: ``MLP(f_i) -> s_i``, one logit per sample; ``W_inst = softmax_B(s)``;
+- instance head: ``MLP(f_i) -> a_i`` (a logit), ``s_i = sigmoid(a_i)``, ``W_inst = softmax_B(s)``
+  (as in the released code: the sigmoid bounds how peaked the batch softmax can get — without it
+  the logits grew to a spread of ~12 and each batch's weight sat on one sample);
 - batch head: ``MLP([mean_B(f); var_B(f)]) -> sigmoid -> b``, one scalar per batch;
 - weight (Eq. 7): ``W_i = softmax_B(s)_i * b``.
 
-The saved score of a sample is its instance logit ``s_i``: it depends on that sample alone, not
-on the batch it was scored in (the released code saves the batch-relative product instead).
+The saved score of a sample is its instance logit ``a_i`` (monotone in ``s_i``, without the
+sigmoid's saturation): it depends on that sample alone, not on the batch it was scored in (the
+released code saves the batch-relative product instead).
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ class GroupMLP(nn.Module):
         feature_dim: d, size of ``f_i``.
         hidden_dim: width of both heads (the released code uses 64).
 
-    ``forward(f [B, d]) -> (s [B], b [])``: instance logits and the batch weight in (0, 1).
+    ``forward(f [B, d]) -> (s [B], b [])``: instance scores ``sigmoid(a)`` and the batch weight,
+    both in (0, 1). ``instance_logit(f) -> a [B]``.
     """
 
     def __init__(self, feature_dim: int, hidden_dim: int = 64):
@@ -63,20 +67,23 @@ class GroupMLP(nn.Module):
         self.instance_head = nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1))
         self.batch_head = nn.Sequential(nn.Linear(2 * feature_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1))
 
+    def instance_logit(self, f: torch.Tensor) -> torch.Tensor:
+        return self.instance_head(f).squeeze(-1)
+
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.instance_head(f).squeeze(-1)
+        s = torch.sigmoid(self.instance_logit(f))
         stats = torch.cat([f.mean(0), f.var(0, unbiased=False)], dim=-1)
         b = torch.sigmoid(self.batch_head(stats)).squeeze(-1)
         return s, b
 
 
 def sample_weights(s: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Eq. 7: ``W_i = softmax_B(s)_i * b``; [B] logits and scalar b -> [B] weights summing to b."""
+    """Eq. 7: ``W_i = softmax_B(s)_i * b``; [B] instance scores and scalar b -> [B] weights summing to b."""
     return torch.softmax(s, dim=0) * b
 
 
 class Rater(nn.Module):
-    """Backbone + Group MLP. ``forward(images, pooled) -> (s [B], b [])``; ``score`` -> s only."""
+    """Backbone + Group MLP. ``forward(images, pooled) -> (s [B], b [])``; ``score`` -> instance logits."""
 
     def __init__(self, backbone: nn.Module, hidden_dim: int = 64):
         super().__init__()
@@ -88,6 +95,5 @@ class Rater(nn.Module):
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """Order-free score of each sample: the instance logit ``s_i``, [B] float32."""
-        f = self.backbone(images, pooled)
-        return self.group_mlp.instance_head(f).squeeze(-1).float()
+        """Order-free score of each sample: the instance logit ``a_i``, [B] float32."""
+        return self.group_mlp.instance_logit(self.backbone(images, pooled)).float()

@@ -9,7 +9,7 @@ Evaluation (``trainer.test``):
   noise drawn from a generator seeded by each sample's index, so every run — any subset, any
   batch size — is scored on exactly the same noisy inputs; ``test/loss_t{t}`` per timestep.
 - a grid of images generated from the first ``num_samples`` test captions with fixed seeds,
-  saved as ``samples.png`` in the run directory and logged to W&B.
+  saved as ``samples.png`` (captions in ``samples.txt``) in the run directory and logged to W&B.
 """
 
 from __future__ import annotations
@@ -114,8 +114,11 @@ class TextToImageModule(LightningModule):
             self.hparams.guidance_scale, generator=g,
         )
         grid = image_grid(images)
-        path = Path(self.trainer.default_root_dir) / "samples.png"
-        grid.save(path)
+        out = Path(self.trainer.default_root_dir)
+        grid.save(out / "samples.png")
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "test_set"):  # the captions, row by row, beside the grid
+            (out / "samples.txt").write_text("\n".join(dm.test_set.captions[i] for i in sb["index"].tolist()) + "\n")
         from lightning.pytorch.loggers import WandbLogger
 
         for lg in self.loggers:

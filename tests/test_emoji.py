@@ -29,3 +29,12 @@ def test_build_is_idempotent(emoji_dir):
     before = {p: p.stat().st_mtime_ns for p in emoji_dir.rglob("*.tar")}
     assert build_emoji_dataset(emoji_dir) == emoji_dir
     assert before == {p: p.stat().st_mtime_ns for p in emoji_dir.rglob("*.tar")}
+
+
+def test_missing_npm_is_a_clear_error(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no npm on PATH
+    with pytest.raises(RuntimeError, match=r"needs the npm client.*apt-get install npm"):
+        build_emoji_dataset(tmp_path / "emoji")
+    assert not (tmp_path / "emoji").exists()
