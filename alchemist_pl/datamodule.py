@@ -56,7 +56,7 @@ class RatingDataModule(_Base):
 
     ``train_dataloader`` yields ``{"val": batch, "train": batch}``; an epoch ends when the shorter
     loader (normally D_val: one epoch = one pass over D_val, as in the paper) is exhausted.
-    ``pool_dataloader`` walks the pool in file order for scoring.
+    After fitting, ``pool`` is the dataset to score (:func:`alchemist_pl.scores.score_dataset`).
     """
 
     def __init__(self, train_path, val_path, val_batch_size: int = 32, limit_train=None, limit_val=None, **kw):

@@ -256,10 +256,11 @@ def train(cfg: DictConfig) -> dict:
                            gradient_clip_val=cfg.train.gradient_clip_val)
         trainer.fit(model, datamodule=dm, ckpt_path=_resume_from(cfg))
         train_time = time.time() - started
+        train_loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
         test = trainer.test(model, datamodule=dm, verbose=False)[0]
         metrics = {
             **{k: float(v) for k, v in test.items()},
-            "train/loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+            "train/loss": train_loss,
             "train_samples": int(len(dm.sampler.subset)),
             "pool_size": len(dm.train_set),
             "steps": int(trainer.global_step),

@@ -51,7 +51,10 @@ def test_smoke_pipeline_outputs(smoke):
     for run_dir in ("rate", "prune", "train-shift_gsample", "train-random", "train-full"):
         s = json.loads((out / run_dir / "summary.json").read_text())
         assert s["config"]["stage"] == run_dir.split("-")[0]
+        if run_dir.startswith("train"):
+            assert np.isfinite(s["metrics"]["train/loss"]) and s["metrics"]["steps"] == 4
     assert (out / "train-full" / "samples.png").stat().st_size > 0
+    assert len((out / "train-full" / "samples.txt").read_text().splitlines()) == 8
     assert (out / "prune" / "percentiles.png").stat().st_size > 0
 
 

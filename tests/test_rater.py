@@ -15,8 +15,10 @@ from alchemist_pl.scores import score_dataset
 def test_group_mlp_shapes_and_normalisation():
     torch.manual_seed(0)
     f = torch.randn(12, 20)
-    s, b = GroupMLP(20, 16)(f)
+    with torch.no_grad():
+        s, b = GroupMLP(20, 16)(f)
     assert s.shape == (12,) and b.shape == ()
+    assert torch.all((s > 0) & (s < 1))  # instance scores pass through a sigmoid
     assert 0 < float(b) < 1
     w = sample_weights(s, b)
     assert w.shape == (12,)
