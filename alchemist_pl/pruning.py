@@ -39,7 +39,7 @@ def auto_head(keep_ratio: float) -> float:
 def percentiles(scores: np.ndarray) -> np.ndarray:
     """Rank percentile r_i in [0, 1) of every score, 0 = highest (float64, shape [N])."""
     scores = np.asarray(scores)
-    order = np.argsort(-scores, kind="stable")
+    order = _descending_order(scores)
     r = np.empty(len(scores), dtype=np.float64)
     r[order] = np.arange(len(scores), dtype=np.float64) / len(scores)
     return r
@@ -60,24 +60,44 @@ def _check(scores: np.ndarray, keep_ratio: float) -> int:
     return max(k, 1)
 
 
-def _gaussian_draw(r: np.ndarray, eligible: np.ndarray, k: int, mean: float, std: float,
-                   rng: np.random.Generator) -> np.ndarray:
-    """k indices among ``eligible`` without replacement, P ∝ exp(-(r - mean)^2 / 2 std^2).
+def _descending_order(scores: np.ndarray) -> np.ndarray:
+    """Indices sorting ``scores`` from highest to lowest, ties by index: [N] int64."""
+    return np.argsort(-scores, kind="stable")
 
-    Gumbel-top-k: adding Gumbel noise to log-weights and keeping the k largest is an exact
-    sample of successive weighted draws without replacement, in O(N).
+
+def _gaussian_draw(order: np.ndarray, first: int, k: int, mean: float, std: float,
+                   rng: np.random.Generator) -> np.ndarray:
+    """k of the samples ranked ``first..N-1``, without replacement, P ∝ exp(-(r - mean)^2 / 2 std^2).
+
+    Works in rank space (``r = position / N``), so no per-sample percentile array is built.
+    Gumbel-top-k: adding Gumbel noise to the log-weights and keeping the k largest is an exact
+    sample of successive weighted draws without replacement; the k-th largest key is found with
+    a linear-time partition. float32 keys keep memory at 4 bytes per eligible sample.
     """
     if std <= 0:
         raise ValueError(f"std must be > 0, got {std}")
-    idx = np.flatnonzero(eligible)
-    if k > len(idx):
-        raise ValueError(f"cannot keep {k} samples: only {len(idx)} remain after discarding the head")
-    logw = -((r[idx] - mean) ** 2) / (2.0 * std * std)
-    keys = logw + rng.gumbel(size=len(idx))
-    if k == len(idx):
-        return idx
-    top = np.argpartition(-keys, k - 1)[:k]
-    return idx[top]
+    n = len(order)
+    m = n - first
+    if k > m:
+        raise ValueError(f"cannot keep {k} samples: only {m} remain after discarding the head")
+    if k == m:
+        return order[first:]
+    keys = np.arange(first, n, dtype=np.float32)
+    keys /= np.float32(n)
+    keys -= np.float32(mean)
+    np.square(keys, out=keys)
+    keys *= np.float32(-1.0 / (2.0 * std * std))
+    u = rng.random(m, dtype=np.float32)
+    np.maximum(u, np.float32(1e-38), out=u)
+    np.log(u, out=u)
+    np.negative(u, out=u)
+    np.log(u, out=u)
+    keys -= u  # + Gumbel(0, 1) = -log(-log(u))
+    del u
+    threshold = np.partition(keys, m - k)[m - k]  # k-th largest key
+    above = np.flatnonzero(keys > threshold)
+    ties = np.flatnonzero(keys == threshold)[: k - len(above)]
+    return order[first + np.concatenate([above, ties])]
 
 
 def select(
@@ -123,7 +143,7 @@ def select(
     elif method == "random":
         out = rng.choice(n, size=k, replace=False)
     elif method in ("top_k", "bottom_k", "block"):
-        order = np.argsort(-scores, kind="stable")
+        order = _descending_order(scores)
         if method == "top_k":
             out = order[:k]
         elif method == "bottom_k":
@@ -132,13 +152,11 @@ def select(
             first = min(max(int(round(start * n)), 0), n - k)
             out = order[first:first + k]
     else:
-        r = percentiles(scores)
+        first = 0
         if method == "shift_gsample":
             h = auto_head(keep_ratio) if head == "auto" else float(head)
             if not (0.0 <= h < 1.0):
                 raise ValueError(f"head must be in [0, 1), got {h}")
-            eligible = r >= h
-        else:
-            eligible = np.ones(n, dtype=bool)
-        out = _gaussian_draw(r, eligible, k, mean, std, rng)
+            first = int(np.ceil(h * n))  # positions with r = position / N < h are the head
+        out = _gaussian_draw(_descending_order(scores), first, k, mean, std, rng)
     return np.sort(out.astype(np.int64))
