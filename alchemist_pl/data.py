@@ -44,16 +44,26 @@ def _shards(path: Path) -> list[Path]:
     return sorted(path.glob("*.tar"))
 
 
+def _read_shard(shard: Path) -> Iterator[dict]:
+    """Samples of one tar shard via webdataset; a broken archive raises DataError naming the shard."""
+    import tarfile
+
+    import webdataset as wds
+
+    try:
+        yield from wds.WebDataset(str(shard), shardshuffle=False, empty_check=False)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DataError(f"{shard}: not a readable tar archive (expected a webdataset shard; {type(e).__name__}: {e})") from e
+
+
 def iter_webdataset(path: Path) -> Iterator[RawSample]:
     """Samples of the ``*.tar`` shards in ``path`` (or one shard), in shard order.
 
     Expects img2dataset's layout: ``{key}.jpg|jpeg|png|webp`` and ``{key}.txt`` per sample
     (``{key}.json`` optional and ignored here). The key is the sample_id.
     """
-    import webdataset as wds
-
     for shard in _shards(path):
-        for sample in wds.WebDataset(str(shard), shardshuffle=False, empty_check=False):
+        for sample in _read_shard(shard):
             key = sample["__key__"]
             image_ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
             if image_ext is None:
@@ -118,9 +128,9 @@ def decode_image(raw: RawSample, resolution: int) -> np.ndarray:
                 im = im.convert("RGBA")
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
-            if im.mode == "I;16" or im.mode == "I":
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scale 0..65535 to 0..255
                 arr = np.asarray(im, dtype=np.float32)
-                im = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+                im = Image.fromarray(np.clip(arr / 257.0, 0, 255).round().astype(np.uint8))
             im = ImageOps.fit(im.convert("RGB"), (resolution, resolution), Image.Resampling.BICUBIC)
             return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
     except Exception as e:  # PIL raises many types for corrupt files
@@ -158,14 +168,14 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             "pooled": self.text.pooled[r],
         }
 
-    def index_of(self, sample_ids) -> np.ndarray:
-        """Positions of ``sample_ids`` in this dataset; raises DataError naming unknown ids."""
+    def index_of(self, sample_ids, source: str = "the file") -> np.ndarray:
+        """Positions of ``sample_ids`` in this dataset; raises DataError naming ``source`` and unknown ids."""
         pos = {s: i for i, s in enumerate(self.sample_ids)}
         idx = [pos.get(s, -1) for s in sample_ids]
         missing = [s for s, i in zip(sample_ids, idx) if i < 0]
         if missing:
             raise DataError(
-                f"{len(missing)} of {len(idx)} sample_ids are not in this dataset "
+                f"{source}: {len(missing)} of {len(idx)} sample_ids are not in this dataset "
                 f"(first: {missing[:3]}); was the file made for another dataset?"
             )
         return np.asarray(idx, dtype=np.int64)

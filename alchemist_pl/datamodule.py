@@ -70,9 +70,10 @@ class RatingDataModule(_Base):
         if self.pool is None:
             self.pool = self._load(self.train_path, self.limit_train)
             self.val_set = self._load(self.val_path, self.limit_val)
-            for name, ds, b in (("training pool", self.pool, self.batch_size), ("D_val", self.val_set, self.val_batch_size)):
+            for name, path, ds, b in (("training pool", self.train_path, self.pool, self.batch_size),
+                                      ("D_val", self.val_path, self.val_set, self.val_batch_size)):
                 if len(ds) < b:
-                    raise data_lib.DataError(f"{name} has {len(ds)} samples, fewer than one batch of {b}")
+                    raise data_lib.DataError(f"{name} {path} has {len(ds)} samples, fewer than one batch of {b}")
 
     def train_dataloader(self):
         return CombinedLoader(
@@ -115,11 +116,11 @@ class TrainingDataModule(_Base):
         n = len(self.train_set)
         if self.subset_path is not None:
             ids, _ = read_subset(self.subset_path)
-            self.subset_indices = self.train_set.index_of(ids)
+            self.subset_indices = self.train_set.index_of(ids, str(self.subset_path))
         elif self.scores_path is not None:
             ids, scores, _ = read_scores(self.scores_path)
             aligned = np.full(n, np.nan, dtype=np.float32)
-            aligned[self.train_set.index_of(ids)] = scores
+            aligned[self.train_set.index_of(ids, str(self.scores_path))] = scores
             if np.isnan(aligned).any():
                 missing = [self.train_set.sample_ids[i] for i in np.flatnonzero(np.isnan(aligned))[:3]]
                 raise data_lib.DataError(

@@ -45,6 +45,14 @@ def percentiles(scores: np.ndarray) -> np.ndarray:
     return r
 
 
+def check_method(method: str) -> str:
+    """Canonical method name (aliases resolved); ValueError naming the choices if unknown."""
+    method = ALIASES.get(method, method)
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; expected one of {METHODS + tuple(ALIASES)}")
+    return method
+
+
 def _check(scores: np.ndarray, keep_ratio: float) -> int:
     if scores.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {scores.shape}")
@@ -54,6 +62,8 @@ def _check(scores: np.ndarray, keep_ratio: float) -> int:
     if bad.any():
         first = np.flatnonzero(bad)[:5].tolist()
         raise ValueError(f"{int(bad.sum())} scores are NaN or infinite (first at indices {first})")
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float, np.floating, np.integer)):
+        raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
     if not (0.0 < keep_ratio <= 1.0):
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
     k = int(round(keep_ratio * len(scores)))
@@ -128,9 +138,7 @@ def select(
         ValueError: unknown method, keep_ratio outside (0, 1], NaN/inf scores, or a head too large
             to leave k samples.
     """
-    method = ALIASES.get(method, method)
-    if method not in METHODS:
-        raise ValueError(f"unknown pruning method {method!r}; expected one of {METHODS + tuple(ALIASES)}")
+    method = check_method(method)
     scores = np.asarray(scores)
     k = _check(scores, keep_ratio)
     n = len(scores)

@@ -56,6 +56,7 @@ class SubsetDistributedSampler(DistributedSampler):
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         n = len(dataset)
+        method = pruning.check_method(method)
         if indices is None and scores is None and method == "random":
             scores = np.zeros(n, dtype=np.float32)  # random ignores the scores
         if indices is None and scores is None and method != "full":

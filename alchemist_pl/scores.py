@@ -84,10 +84,17 @@ def read_scores(path) -> tuple[list[str], np.ndarray, dict]:
     """Read ``(sample_ids, scores [N] float32, metadata)``.
 
     Raises:
-        ScoresError: missing file or column, duplicate sample_id, null/NaN/inf score (names the sample).
+        ScoresError: missing file or column, no rows, non-numeric score column, duplicate sample_id,
+            null/NaN/inf score (names the sample).
     """
+    import pyarrow.types as pat
+
     path, table, ids, metadata = _read(path, ("sample_id", "score"))
+    if not ids:
+        raise ScoresError(f"{path}: the file holds no scores (0 rows)")
     col = table.column("score")
+    if not (pat.is_floating(col.type) or pat.is_integer(col.type)):
+        raise ScoresError(f"{path}: column 'score' must be numeric (float or int), found {col.type}")
     if col.null_count:
         i = next(i for i, v in enumerate(col.to_pylist()) if v is None)
         raise ScoresError(f"{path}: sample {ids[i]!r} has no score")

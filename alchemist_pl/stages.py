@@ -330,5 +330,12 @@ def run(cfg: DictConfig) -> dict:
     """Run ``cfg.stage``; returns its summary."""
     if cfg.stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {cfg.stage!r}")
+    out = Path(cfg.paths.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create the output directory paths.output_dir={out}: {e}") from e
+    if not os.access(out, os.W_OK):
+        raise OSError(f"the output directory paths.output_dir={out} is not writable")
     ensure_data(cfg)
     return {"rate": rate, "prune": prune, "train": train, "pipeline": pipeline}[cfg.stage](cfg)

@@ -127,3 +127,29 @@ def test_image_modes_decode_to_rgb(tmp_path, real_samples, mode):
     ds = load_split(tmp_path / "s", 16, None)
     assert ds.images.shape == (1, 3, 16, 16)
     assert ds.images.float().std() > 0  # not a blank image
+
+
+@pytest.mark.parametrize("damage", ["not-a-tar", "cut-off"])
+def test_broken_shard_named(tmp_path, real_samples, damage):
+    (tmp_path / "s").mkdir()
+    good = tmp_path / "s" / "a-000000.tar"
+    _write_shard(good, _wds_samples(real_samples))
+    bad = tmp_path / "s" / "a-000001.tar"
+    if damage == "not-a-tar":
+        bad.write_bytes(b"this is not a tar archive" * 40)
+    else:
+        _write_shard(bad, _wds_samples(real_samples))
+        bad.write_bytes(bad.read_bytes()[:1500])
+    with pytest.raises(DataError, match=r"a-000001.tar: not a readable tar archive"):
+        load_split(tmp_path / "s", 16, None)
+
+
+def test_16bit_grey_keeps_its_brightness(tmp_path, real_samples):
+    k, _, cap = real_samples[0]
+    arr = np.full((8, 8), 1000, dtype=np.uint16)  # dark: 1000 / 65535 of full scale
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    (tmp_path / "s").mkdir()
+    _write_shard(tmp_path / "s" / "a.tar", [{"__key__": k, "png": buf.getvalue(), "txt": cap}])
+    ds = load_split(tmp_path / "s", 8, None)
+    assert int(ds.images.max()) == round(1000 / 257)

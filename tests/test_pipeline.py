@@ -102,5 +102,5 @@ def test_scores_from_another_dataset_rejected(smoke, make_cfg, tmp_path):
     bad = tmp_path / "other.parquet"
     pq.write_table(pa.table({"sample_id": ["not-a-sample", "x2"], "score": [1.0, 2.0]}), bad)
     cfg = make_cfg("+experiment=subset", "debug=smoke", "logger=csv", f"scores_path={bad}")
-    with pytest.raises(ValueError, match=r"2 of 2 sample_ids are not in this dataset.*another dataset"):
+    with pytest.raises(ValueError, match=r"other.parquet: 2 of 2 sample_ids are not in this dataset.*another dataset"):
         run(cfg)

@@ -72,6 +72,7 @@ def test_random_ignores_scores(scores):
     "kwargs,match",
     [
         (dict(keep_ratio=0.0), "keep_ratio"),
+        (dict(keep_ratio="half"), "keep_ratio must be a number"),
         (dict(keep_ratio=1.5), "keep_ratio"),
         (dict(keep_ratio=0.5, method="nope"), "unknown pruning method"),
         (dict(keep_ratio=0.9, head=0.5), "only"),

@@ -69,6 +69,7 @@ def test_draws_subset_from_scores_like_select():
         (dict(indices=[1, 1, 2]), "duplicates"),
         (dict(indices=[5, 1000]), r"\[0, 1000\)"),
         (dict(method="top_k"), "needs scores"),
+        (dict(method="nonsense"), "unknown pruning method 'nonsense'"),
     ],
 )
 def test_bad_input(kw, match):

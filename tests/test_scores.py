@@ -51,3 +51,11 @@ def test_missing_and_unreadable(tmp_path):
     (tmp_path / "junk.parquet").write_text("not parquet")
     with pytest.raises(ScoresError, match="not a readable Parquet"):
         read_scores(tmp_path / "junk.parquet")
+
+
+def test_empty_and_non_numeric_scores(tmp_path):
+    with pytest.raises(ScoresError, match=r"x.parquet: the file holds no scores"):
+        read_scores(_raw(tmp_path, sample_id=pa.array([], pa.string()), score=pa.array([], pa.float32())))
+    for bad in (["0.1", "high"], [True, False]):
+        with pytest.raises(ScoresError, match=r"column 'score' must be numeric"):
+            read_scores(_raw(tmp_path, sample_id=["a", "b"], score=bad))
