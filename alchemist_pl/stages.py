@@ -172,6 +172,7 @@ def rate(cfg: DictConfig) -> dict:
         }
         for lg in loggers:
             lg.log_metrics({f"rate/{k}": v for k, v in metrics.items() if k.startswith("score")}, step=trainer.global_step)
+        log.info("rate: scored %d samples -> %s", len(scores), scores_path)
         return _summary(cfg, "rate", started, metrics, {"scores": str(scores_path), "rater": str(rater_path)})
     finally:
         finish_loggers(loggers)
@@ -212,6 +213,7 @@ def prune(cfg: DictConfig) -> dict:
                 lg.log_image("prune/percentiles", [str(plot)], step=0)
     finally:
         finish_loggers(loggers)
+    log.info("prune: %s kept %d of %d samples -> %s", cfg.method, len(idx), len(scores), subset_path)
     return _summary(cfg, "prune", started, metrics, {"subset": str(subset_path), "percentiles_plot": str(plot)})
 
 
@@ -242,6 +244,14 @@ def train(cfg: DictConfig) -> dict:
     from .datamodule import TrainingDataModule
 
     started = time.time()
+    if cfg.subset_path:  # label the run with how the subset file was made, not with cfg.method
+        from .scores import read_subset
+
+        _, meta = read_subset(cfg.subset_path)
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.method = meta.get("method", "subset_file")
+            cfg.keep_ratio = meta.get("keep_ratio", cfg.keep_ratio)
     L.seed_everything(cfg.seed, workers=True)
     dm = TrainingDataModule(
         train_path=cfg.data.train_path, test_path=cfg.data.test_path, subset_path=cfg.subset_path,
@@ -267,6 +277,8 @@ def train(cfg: DictConfig) -> dict:
             "train_time_s": round(train_time, 2),
         }
         outputs = {"samples": str(Path(cfg.paths.output_dir) / "samples.png")}
+        log.info("train: %s on %d of %d samples, test loss %.4f -> %s", cfg.method, metrics["train_samples"],
+                 metrics["pool_size"], metrics.get("test/loss", float("nan")), cfg.paths.output_dir)
         return _summary(cfg, "train", started, metrics, outputs)
     finally:
         finish_loggers(loggers)

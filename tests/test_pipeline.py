@@ -67,13 +67,14 @@ def _cli(*args, cwd=ROOT):
 def test_cli_prune_with_wandb_offline(smoke, tmp_path):
     out, _ = smoke
     proc = _cli("+experiment=prune", f"scores_path={out / 'rate' / 'scores.parquet'}", "method=top_k",
-                "keep_ratio=0.25", f"paths.output_dir={tmp_path}")
+                "keep_ratio=0.25", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ids, scores, _ = read_scores(out / "rate" / "scores.parquet")
     subset, _ = read_subset(tmp_path / "subset.parquet")
     top = np.argsort(-scores)[:128]
     assert sorted(subset) == sorted(ids[i] for i in top)
     assert list((tmp_path / "wandb").glob("offline-run-*")), "W&B offline run missing"
+    assert "prune: top_k kept 128 of 512 samples" in (tmp_path / "train.log").read_text()
 
 
 def test_cli_multirun_sweeps_keep_ratio(smoke, tmp_path):
@@ -104,3 +105,22 @@ def test_scores_from_another_dataset_rejected(smoke, make_cfg, tmp_path):
     cfg = make_cfg("+experiment=subset", "debug=smoke", "logger=csv", f"scores_path={bad}")
     with pytest.raises(ValueError, match=r"other.parquet: 2 of 2 sample_ids are not in this dataset.*another dataset"):
         run(cfg)
+
+
+def test_rerun_resumes_from_last_checkpoint(smoke, make_cfg, tmp_path):
+    """A second run into the same output directory continues from checkpoints/last.ckpt."""
+    base = ("+experiment=baseline", "debug=smoke", "logger=csv", "model.num_samples=0",
+            "callbacks.model_checkpoint.every_n_train_steps=1")
+    first = run(make_cfg(*base, "train.max_steps=2"))
+    assert first["metrics"]["steps"] == 2 and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    second = run(make_cfg(*base, "train.max_steps=3"))
+    assert second["metrics"]["steps"] == 3
+
+
+def test_subset_file_run_is_labelled_by_the_file(smoke, make_cfg):
+    out, _ = smoke
+    cfg = make_cfg("+experiment=subset", "debug=smoke", "logger=csv", f"subset_path={out / 'prune' / 'subset.parquet'}",
+                   "method=random", "keep_ratio=0.9", "train.max_steps=1", "model.num_samples=0")
+    summary = run(cfg)
+    assert (summary["method"], summary["keep_ratio"]) == ("shift_gsample", 0.5)
+    assert summary["metrics"]["train_samples"] == 256
