@@ -71,8 +71,31 @@ def _check(scores: np.ndarray, keep_ratio: float) -> int:
 
 
 def _descending_order(scores: np.ndarray) -> np.ndarray:
-    """Indices sorting ``scores`` from highest to lowest, ties by index: [N] int64."""
-    return np.argsort(-scores, kind="stable")
+    """Indices sorting ``scores`` from highest to lowest, ties by index: [N] int64.
+
+    For float32 scores (N < 2^32) each score's bits are mapped to an unsigned key that sorts in
+    descending score order and packed with the sample's index into one uint64; NumPy's
+    vectorised value sort of that array is ~3x faster than a stable argsort and breaks ties by
+    index. Other dtypes use a stable argsort.
+    """
+    n = len(scores)
+    if scores.dtype != np.float32 or n >= 2**32:
+        return np.argsort(-scores, kind="stable")
+    u = (scores + np.float32(0.0)).view(np.uint32)  # + 0 turns -0.0 into 0.0 (they tie)
+    negative = (u >> np.uint32(31)).astype(bool)
+    key = np.invert(u)
+    key &= np.uint32(0x7FFFFFFF)  # positives: larger score -> smaller key
+    key[negative] = u[negative]  # negatives: the raw bits grow as the score falls
+    del u, negative
+    packed = key.astype(np.uint64)
+    del key
+    packed <<= np.uint64(32)
+    chunk = 1 << 24
+    for start in range(0, n, chunk):
+        packed[start:start + chunk] |= np.arange(start, min(start + chunk, n), dtype=np.uint64)
+    packed.sort()
+    packed &= np.uint64(0xFFFFFFFF)
+    return packed.view(np.int64)
 
 
 def _gaussian_draw(order: np.ndarray, first: int, k: int, mean: float, std: float,

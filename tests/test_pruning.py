@@ -89,3 +89,13 @@ def test_nan_scores_rejected(scores):
     scores[[7, 9]] = np.nan
     with pytest.raises(ValueError, match=r"2 scores are NaN.*\[7, 9\]"):
         pruning.select(scores, 0.5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_descending_order_matches_stable_argsort(dtype):
+    x = np.random.default_rng(2).standard_normal(50_000).astype(dtype)
+    x[:500] = x[500:1000]  # ties
+    x[1000:1010] = 0.0
+    x[1010:1020] = -0.0
+    x[1020:1025] = [np.finfo(dtype).max, -np.finfo(dtype).max, np.finfo(dtype).tiny, -np.finfo(dtype).tiny, 1e-45]
+    np.testing.assert_array_equal(pruning._descending_order(x), np.argsort(-x, kind="stable"))
