@@ -65,9 +65,11 @@ def _read(path: str | os.PathLike, required: tuple[str, ...]):
     ids = table.column("sample_id").to_pylist()
     if any(not isinstance(s, str) for s in ids):
         raise ScoresError(f"{path}: sample_id must be non-null strings")
-    if len(set(ids)) != len(ids):
-        dup = next(s for s in ids if ids.count(s) > 1)
-        raise ScoresError(f"{path}: duplicate sample_id {dup!r}")
+    seen: set[str] = set()
+    for s in ids:
+        if s in seen:
+            raise ScoresError(f"{path}: duplicate sample_id {s!r}")
+        seen.add(s)
     return path, table, ids, metadata
 
 
