@@ -11,17 +11,18 @@ training-pool batch of size B:
 2. proxy step on ``ul * L_val(θ) + (1 - ul) * Σ_i W_i ℓ_i(θ)`` (Eq. 5);
 3. rater step (Eq. 9-10) with ℓ_i from *before* the proxy step. With ``rel_i = (ℓ_i - c_t) / c_t``
    (``c_t``: running mean of the weighted training loss at the batch's timestep bucket) and
-   ``z = Σ_i softmax_B(s)_i rel_i``, the loss is ``Σ_i softmax_B(s)_i(μ) · b · rel_i`` for the
-   instance head plus ``b(μ) · (z - E[z])`` for the batch head (``E[z]``: running mean).
+   ``z = mean_i rel_i`` (how hard the batch is as a whole, independent of the rater), the loss is
+   ``Σ_i softmax_B(s)_i(μ) · b · rel_i`` for the instance head plus ``b(μ) · (z - E[z])`` for the
+   batch head (``E[z]``: running mean of z).
 
 Departures from the paper, each for a measured reason (method.md, "Measured on data like ours"):
 
 - The rater's loss is centred. Minimising ``Σ ℓ_i W_i`` literally drives the batch weight b to 0
   (every ℓ_i > 0; measured: b ~ 1e-6 within 100 iterations, then the rater froze). Subtracting
   ``c_t`` leaves the instance head's gradient direction unchanged (Σ softmax = 1); the batch
-  head's gradient becomes ``z - E[z]``, "is this batch's weighted loss below the usual one at this
-  noise level", which is the batch head's stated purpose and has mean zero, so b neither
-  collapses to 0 nor saturates at 1 while the proxy's loss drifts down.
+  head's gradient becomes ``z - E[z]``, "is this batch easier than the usual one at this noise
+  level", the batch head's stated purpose, so b no longer collapses to 0. Measured: while the
+  proxy's loss falls, the running means lag and b drifts up (0.95-1 by the end of a default run).
 - A diffusion proxy: the training batch shares one timestep drawn from ``rater_timesteps``
   (default [0, 600) of 1000), so the within-batch softmax compares samples at one noise level,
   and only where the per-sample loss carries signal. D_val batches use uniform timesteps.
