@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -60,17 +61,24 @@ def _summary(cfg: DictConfig, stage: str, started: float, metrics: dict, outputs
 
 
 def ensure_data(cfg: DictConfig) -> None:
-    """Build the embedded emoji dataset when a data path points into ``data.emoji_dir`` and it is missing."""
+    """Build what the config's data paths need and is missing: the embedded emoji dataset when a
+    path points into ``data.emoji_dir``, and the corrupted pool when ``corruption`` is set."""
     emoji_dir = cfg.data.get("emoji_dir")
-    if not emoji_dir:
-        return
-    root = Path(emoji_dir).resolve()
-    paths = [cfg.data.train_path, cfg.data.val_path, cfg.data.test_path]
-    if any(Path(p).resolve().is_relative_to(root) for p in paths) and not (root / "manifest.json").exists():
-        from .emoji import build_emoji_dataset
+    corruption = cfg.get("corruption")
+    if emoji_dir:
+        root = Path(emoji_dir).resolve()
+        paths = [cfg.data.val_path, cfg.data.test_path,
+                 corruption.source if corruption else cfg.data.train_path]
+        if any(Path(p).resolve().is_relative_to(root) for p in paths) and not (root / "manifest.json").exists():
+            from .emoji import build_emoji_dataset
 
-        log.info("building the embedded emoji dataset in %s (first use; about a minute)", root)
-        build_emoji_dataset(root, resolution=cfg.data.emoji_resolution)
+            log.info("building the embedded emoji dataset in %s (first use; about a minute)", root)
+            build_emoji_dataset(root, resolution=cfg.data.emoji_resolution)
+    if corruption:
+        from .corruption import build_corrupted_pool
+
+        build_corrupted_pool(corruption.source, corruption.dir, corruption.fraction, corruption.kinds,
+                             corruption.seed, corruption.pool_size, cfg.data.resolution)
 
 
 def make_loggers(cfg: DictConfig) -> list:
@@ -100,11 +108,44 @@ def _callbacks(cfg: DictConfig) -> list:
     return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
 
 
-def _trainer(cfg: DictConfig, loggers: list, **overrides):
+def _trainer(cfg: DictConfig, loggers: list, extra_callbacks=(), **overrides):
     from hydra.utils import instantiate
 
-    return instantiate(cfg.trainer, logger=loggers or False, callbacks=_callbacks(cfg),
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=_callbacks(cfg) + list(extra_callbacks),
                        default_root_dir=cfg.paths.output_dir, **overrides)
+
+
+def make_evaluation(cfg: DictConfig, test_set, grid_path=None):
+    """The :class:`~alchemist_pl.evaluation.GenerationEvaluation` callback ``cfg.eval`` describes.
+
+    Prompts: the first ``eval.num_images`` samples of ``test_set`` (captions unseen in training);
+    reference: all of ``test_set``'s images. Returns (callback, info about the evaluator).
+    """
+    from . import evaluation
+
+    e = cfg.eval
+    m = min(int(e.num_images), len(test_set))
+    rows = test_set.caption_rows[:m]
+    prompts = {"states": test_set.text.states[rows].float(), "mask": test_set.text.mask[rows],
+               "pooled": test_set.text.pooled[rows].float(), "captions": test_set.captions[:m]}
+    real = test_set.images.float() / 127.5 - 1.0
+    if e.backend == "domain":
+        enc_cfg = e.encoder
+        encoder, info = evaluation.load_domain_encoder(
+            enc_cfg.data_path, cfg.data.resolution, cfg.data.cache_dir, cfg.data.max_tokens, test_path=cfg.data.test_path,
+            epochs=enc_cfg.epochs, batch_size=enc_cfg.batch_size, lr=enc_cfg.lr, seed=enc_cfg.seed,
+        )
+        metrics = evaluation.DomainMetrics(encoder, kid_subset_size=int(e.kid_subset_size))
+    elif e.backend == "standard":
+        metrics, info = evaluation.StandardMetrics(), {"backend": "standard"}
+    else:
+        raise ValueError(f"eval.backend must be 'domain' or 'standard', got {e.backend!r}")
+    metrics.set_reference(real)
+    callback = evaluation.GenerationEvaluation(
+        metrics, prompts, every_n_steps=e.every_n_steps, sample_steps=e.sample_steps,
+        guidance_scale=e.guidance_scale, seed=e.seed, batch_size=e.batch_size, grid_path=grid_path,
+    )
+    return callback, {**info, "num_images": m, "reference_images": len(test_set)}
 
 
 def _scalar_metrics(metrics) -> dict:
@@ -162,8 +203,10 @@ def rate(cfg: DictConfig) -> dict:
             {"stage": "rate", "train_path": str(cfg.data.train_path), "rater_checkpoint": str(rater_path),
              "config": _container(cfg), "version": __version__},
         )
+        quality = _rating_report(cfg, dm.pool, scores, out, loggers)
         metrics = {
             **fit_metrics,
+            **quality,
             "samples_rated": len(scores),
             "score_mean": float(scores.mean()),
             "score_std": float(scores.std()),
@@ -173,9 +216,43 @@ def rate(cfg: DictConfig) -> dict:
         for lg in loggers:
             lg.log_metrics({f"rate/{k}": v for k, v in metrics.items() if k.startswith("score")}, step=trainer.global_step)
         log.info("rate: scored %d samples -> %s", len(scores), scores_path)
-        return _summary(cfg, "rate", started, metrics, {"scores": str(scores_path), "rater": str(rater_path)})
+        return _summary(cfg, "rate", started, metrics, {"scores": str(scores_path), "rater": str(rater_path),
+                                                        "ranking_grid": str(out / "ranking.png")})
     finally:
         finish_loggers(loggers)
+
+
+def _ground_truth(cfg: DictConfig) -> dict | None:
+    from .corruption import ground_truth_for, read_ground_truth
+
+    path = ground_truth_for(cfg.data.train_path)
+    return read_ground_truth(path) if path else None
+
+
+def _rating_report(cfg: DictConfig, pool, scores: np.ndarray, out: Path, loggers: list) -> dict:
+    """Head/middle/tail grid of the ranking, a W&B table of every score, and, when the pool has a
+    ground truth (planted noise), AUROC and per-kind percentiles (:func:`analysis.rating_quality`)."""
+    from . import analysis
+    from .pruning import percentiles
+
+    analysis.ranking_grid(pool.images, scores, out / "ranking.png")
+    gt = _ground_truth(cfg)
+    quality = {"rating_quality": analysis.rating_quality(pool.sample_ids, scores, gt)} if gt else {}
+    if quality:
+        log.info("rate: AUROC clean vs corrupted %.3f; per kind %s", quality["rating_quality"]["auroc"],
+                 {k: round(v["auroc"], 3) for k, v in quality["rating_quality"]["per_kind"].items() if v["auroc"] is not None})
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            import wandb
+
+            pct = percentiles(scores)
+            cols = ["sample_id", "caption", "score", "percentile"] + (["corruption"] if gt else [])
+            rows = [[sid, cap, float(sc), float(p)] + ([gt[sid]] if gt else [])
+                    for sid, cap, sc, p in zip(pool.sample_ids, pool.captions, scores, pct)]
+            lg.experiment.log({"rate/scores": wandb.Table(columns=cols, data=rows),
+                               "rate/ranking": wandb.Image(str(out / "ranking.png"),
+                                                           caption="rows 1-2 head, 3-4 middle, 5-6 tail")})
+    return quality
 
 
 def prune(cfg: DictConfig) -> dict:
@@ -204,6 +281,11 @@ def prune(cfg: DictConfig) -> dict:
         "selected_percentile_mean": float(pct[idx].mean()),
         "selected_percentile_histogram": {f"{edges[i]:.1f}-{edges[i + 1]:.1f}": int(h) for i, h in enumerate(hist)},
     }
+    gt = _ground_truth(cfg)
+    if gt:
+        from .analysis import subset_quality
+
+        metrics["subset_quality"] = subset_quality(ids, [ids[i] for i in idx], gt)
     loggers = make_loggers(cfg)
     try:
         for lg in loggers:
@@ -259,10 +341,20 @@ def train(cfg: DictConfig) -> dict:
         pruning_params=_container(cfg.pruning), seed=cfg.seed, limit_train=cfg.data.limit_train,
         limit_test=cfg.data.limit_test, batch_size=cfg.train.batch_size, **_data_kwargs(cfg),
     )
+    dm.setup("fit")
+    subset_size = int(len(dm.sampler.subset))
+    max_steps = int(cfg.train.max_steps)
+    if cfg.train.get("epochs"):  # equal epochs: steps scale with the subset size
+        max_steps = max(1, math.ceil(float(cfg.train.epochs) * subset_size / cfg.train.batch_size))
+    out = Path(cfg.paths.output_dir)
+    extra, eval_info = [], None
+    if cfg.get("eval") and cfg.eval.enabled:
+        evaluator, eval_info = make_evaluation(cfg, dm.test_set, grid_path=out / "eval_samples.png")
+        extra.append(evaluator)
     model = instantiate(cfg.model)
     loggers = make_loggers(cfg)
     try:
-        trainer = _trainer(cfg, loggers, max_steps=cfg.train.max_steps, max_epochs=-1,
+        trainer = _trainer(cfg, loggers, extra, max_steps=max_steps, max_epochs=-1,
                            gradient_clip_val=cfg.train.gradient_clip_val)
         trainer.fit(model, datamodule=dm, ckpt_path=_resume_from(cfg))
         train_time = time.time() - started
@@ -271,12 +363,34 @@ def train(cfg: DictConfig) -> dict:
         metrics = {
             **{k: float(v) for k, v in test.items()},
             "train/loss": train_loss,
-            "train_samples": int(len(dm.sampler.subset)),
+            "train_samples": subset_size,
             "pool_size": len(dm.train_set),
             "steps": int(trainer.global_step),
             "train_time_s": round(train_time, 2),
         }
-        outputs = {"samples": str(Path(cfg.paths.output_dir) / "samples.png")}
+        ids = dm.train_set.sample_ids
+        if dm.scores is not None:  # the subset the sampler drew from the scores, for provenance and reports
+            from . import pruning
+            from .scores import write_subset
+
+            sub = np.asarray(dm.sampler.subset)
+            write_subset(out / "subset.parquet", [ids[i] for i in sub], dm.scores[sub],
+                         pruning.percentiles(dm.scores)[sub],
+                         {"stage": "train", "scores_path": str(cfg.scores_path), "method": cfg.method,
+                          "keep_ratio": cfg.keep_ratio, "seed": cfg.seed, "version": __version__})
+        gt = _ground_truth(cfg)
+        if gt:
+            from .analysis import subset_quality
+
+            metrics["subset_quality"] = subset_quality(ids, [ids[i] for i in dm.sampler.subset], gt)
+        if extra:
+            curve = extra[0].curve
+            metrics.update({f"eval/{k}": v for k, v in curve[-1].items() if k != "step"})
+            metrics["eval_curve"] = curve
+            metrics["evaluator"] = eval_info
+        outputs = {"samples": str(out / "samples.png")}
+        if extra:
+            outputs["eval_samples"] = str(out / "eval_samples.png")
         log.info("train: %s on %d of %d samples, test loss %.4f -> %s", cfg.method, metrics["train_samples"],
                  metrics["pool_size"], metrics.get("test/loss", float("nan")), cfg.paths.output_dir)
         return _summary(cfg, "train", started, metrics, outputs)

@@ -1,0 +1,289 @@
+"""Planted web-style noise: a copy of a clean training pool in which a known fraction is corrupted.
+
+Web-crawled image-caption data is bad in a few recurring ways. ``build_corrupted_pool`` reads a
+clean pool (any folder :func:`alchemist_pl.data.iter_samples` reads), corrupts a ``fraction`` of
+it, split evenly over the chosen kinds, and writes webdataset shards plus the ground truth:
+
+==================  ===========================================================================
+kind                what the sample becomes
+==================  ===========================================================================
+``caption_swap``    its image with another sample's caption (misaligned pair)
+``blur``            its image downsampled 4x and blown up again, then blurred (low detail)
+``noise``           its image under heavy Gaussian pixel noise (sigma 0.35 of the range)
+``blank``           a near-plain image: one random flat colour with faint noise, caption kept
+``collage``         a 2x2 mosaic of its image and three others, under its own caption (cluttered)
+``near_duplicate``  another sample's image and caption, shifted by 1-2 px and slightly re-lit
+==================  ===========================================================================
+
+Sample ids are kept, so the corrupted pool has the clean pool's ids and size; a corrupted sample
+replaces the clean one. The ground truth, ``corruptions.parquet`` beside the ``train/`` shards,
+has one row per sample: ``sample_id``, ``corruption`` ("clean" or a kind) and ``other_id`` (the
+sample whose caption or image was borrowed, else ""). D_val and the test split are not touched:
+configs point only ``data.train_path`` at the corrupted pool.
+
+Everything is drawn from ``numpy.random.default_rng(seed)``: the same arguments give the same
+pool, byte for byte. The build is atomic (temporary folder, then rename) and idempotent (a
+finished build with the same parameters is reused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from .data import DataError, decode_image, iter_samples
+
+log = logging.getLogger(__name__)
+
+KINDS = ("caption_swap", "blur", "noise", "blank", "collage", "near_duplicate")
+CLEAN = "clean"
+GROUND_TRUTH = "corruptions.parquet"
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr.transpose(1, 2, 0)).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _pil(arr: np.ndarray) -> Image.Image:
+    return Image.fromarray(arr.transpose(1, 2, 0))
+
+
+def _arr(im: Image.Image) -> np.ndarray:
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def corrupt_image(kind: str, image: np.ndarray, rng: np.random.Generator, others: list[np.ndarray] = ()) -> np.ndarray:
+    """Apply one image corruption.
+
+    Args:
+        kind: one of ``blur``, ``noise``, ``blank``, ``collage``, ``near_duplicate`` (``caption_swap``
+            leaves the image alone).
+        image: uint8 [3, H, W].
+        rng: the random source.
+        others: uint8 [3, H, W] images to borrow: three for ``collage``, one for ``near_duplicate``.
+
+    Returns:
+        uint8 [3, H, W].
+
+    Raises:
+        ValueError: unknown kind, or too few ``others``.
+    """
+    _, h, w = image.shape
+    if kind == "caption_swap":
+        return image.copy()
+    if kind == "blur":
+        small = _pil(image).resize((max(1, w // 4), max(1, h // 4)), Image.Resampling.BILINEAR)
+        return _arr(small.resize((w, h), Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(1.0)))
+    if kind == "noise":
+        noisy = image.astype(np.float32) + rng.normal(0.0, 0.35 * 255, image.shape)
+        return np.clip(noisy, 0, 255).round().astype(np.uint8)
+    if kind == "blank":
+        colour = rng.integers(0, 256, size=(3, 1, 1)).astype(np.float32)
+        flat = colour + rng.normal(0.0, 4.0, image.shape)
+        return np.clip(flat, 0, 255).round().astype(np.uint8)
+    if kind == "collage":
+        if len(others) < 3:
+            raise ValueError("collage needs three other images")
+        tiles = [_pil(x).resize((w // 2, h // 2), Image.Resampling.BILINEAR) for x in (image, *others[:3])]
+        canvas = Image.new("RGB", (w, h), (255, 255, 255))
+        for i, tile in enumerate(tiles):
+            canvas.paste(tile, ((i % 2) * (w // 2), (i // 2) * (h // 2)))
+        return _arr(canvas)
+    if kind == "near_duplicate":
+        if len(others) < 1:
+            raise ValueError("near_duplicate needs the image it duplicates")
+        dx, dy = (int(v) for v in rng.integers(-2, 3, size=2))
+        shifted = _pil(others[0]).transform((w, h), Image.Transform.AFFINE, (1, 0, -dx, 0, 1, -dy),
+                                            fillcolor=(255, 255, 255))
+        gain = float(rng.uniform(0.92, 1.08))
+        return np.clip(_arr(shifted).astype(np.float32) * gain, 0, 255).round().astype(np.uint8)
+    raise ValueError(f"unknown corruption kind {kind!r}; expected one of {KINDS}")
+
+
+def _params(source: Path, fraction: float, kinds, seed: int, pool_size, resolution: int) -> dict:
+    from .emoji import manifest_hash
+
+    source_hash = manifest_hash(source.resolve().parent)
+    return {
+        "format_version": FORMAT_VERSION,
+        # a built dataset is known by its manifest (so the pool can move between machines), else by path
+        "source": source.name if source_hash else str(source.resolve()),
+        "source_manifest_sha256": source_hash,
+        "fraction": float(fraction),
+        "kinds": list(kinds),
+        "seed": int(seed),
+        "pool_size": None if pool_size is None else int(pool_size),
+        "resolution": int(resolution),
+    }
+
+
+def build_corrupted_pool(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    fraction: float = 0.3,
+    kinds=KINDS,
+    seed: int = 0,
+    pool_size: int | None = None,
+    resolution: int = 32,
+    shard_size: int = 2000,
+) -> Path:
+    """Write a corrupted copy of the pool at ``source`` to ``out_dir/train`` with its ground truth.
+
+    Args:
+        source: clean pool (webdataset shards or image folder with metadata.jsonl).
+        out_dir: output folder; gets ``train/*.tar``, ``corruptions.parquet``, ``manifest.json``.
+        fraction: share of the pool to corrupt, in [0, 1); split evenly over ``kinds``.
+        kinds: corruption kinds, a subset of :data:`KINDS`.
+        seed: seed of every random choice.
+        pool_size: use only the first ``pool_size`` samples of ``source`` (None: all).
+        resolution: side in pixels the images are decoded to and written at.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        ValueError: bad fraction or kind; DataError: unreadable source or a pool too small to
+            corrupt (fewer than 5 samples).
+    """
+    import webdataset as wds
+
+    source, out = Path(source), Path(out_dir)
+    kinds = list(kinds)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"corruption fraction must be in [0, 1), got {fraction}")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"corruption kinds must be a non-empty subset of {KINDS}, got {kinds}")
+    params = _params(source, fraction, kinds, seed, pool_size, resolution)
+    manifest = out / MANIFEST
+    if manifest.exists():
+        if json.loads(manifest.read_text()).get("params") == params:
+            return out
+        raise FileExistsError(f"{out} holds a corrupted pool built with other parameters; remove it or choose another dir")
+
+    ids, captions, images = [], [], []
+    for raw in iter_samples(source):
+        if pool_size is not None and len(ids) >= pool_size:
+            break
+        ids.append(raw.sample_id)
+        captions.append(raw.caption.strip())
+        images.append(decode_image(raw, resolution))
+    n = len(ids)
+    if n < 5:
+        raise DataError(f"{source}: {n} samples; a corrupted pool needs at least 5")
+
+    rng = np.random.default_rng(seed)
+    n_bad = int(round(fraction * n))
+    chosen = rng.permutation(n)[:n_bad]
+    kind_of = np.full(n, CLEAN, dtype=object)
+    kind_of[chosen] = [kinds[i % len(kinds)] for i in range(n_bad)]
+    other_id = [""] * n
+    new_images, new_captions = list(images), list(captions)
+    for i in np.sort(chosen):
+        kind = kind_of[i]
+        others = []
+        if kind == "caption_swap":
+            j = int(rng.integers(n))
+            while captions[j] == captions[i]:
+                j = int(rng.integers(n))
+            new_captions[i], other_id[i] = captions[j], ids[j]
+        elif kind == "collage":
+            js = rng.choice(np.delete(np.arange(n), i), size=3, replace=False)
+            others = [images[j] for j in js]
+            other_id[i] = ",".join(ids[j] for j in js)
+        elif kind == "near_duplicate":
+            j = int(rng.integers(n - 1))
+            j += j >= i
+            others = [images[j]]
+            new_captions[i], other_id[i] = captions[j], ids[j]
+        new_images[i] = corrupt_image(kind, images[i], rng, others)
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        (tmp / "train").mkdir(parents=True)
+        with wds.ShardWriter(str(tmp / "train" / "train-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
+            for i in range(n):
+                sink.write({"__key__": ids[i], "png": _png(new_images[i]), "txt": new_captions[i],
+                            "json": {"corruption": kind_of[i], "other_id": other_id[i]}})
+        _write_ground_truth(tmp / GROUND_TRUTH, ids, [str(k) for k in kind_of], other_id)
+        counts = {k: int((kind_of == k).sum()) for k in (CLEAN, *kinds)}
+        shards = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp / "train").glob("*.tar"))}
+        (tmp / MANIFEST).write_text(json.dumps({"params": params, "counts": counts, "shards": shards}, indent=2))
+        if out.exists():  # an interrupted earlier build without manifest
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("corrupted pool: %d samples, %s -> %s", n, counts, out)
+    return out
+
+
+def _write_ground_truth(path: Path, ids, kinds, other_ids) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"sample_id": ids, "corruption": kinds, "other_id": other_ids}), path)
+
+
+def read_ground_truth(path: str | os.PathLike) -> dict[str, str]:
+    """``{sample_id: corruption}`` from a ``corruptions.parquet`` (kind, or "clean").
+
+    Raises:
+        DataError: missing file or columns.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: ground-truth file does not exist")
+    table = pq.read_table(path)
+    for col in ("sample_id", "corruption"):
+        if col not in table.column_names:
+            raise DataError(f"{path}: missing column {col!r} (expected sample_id, corruption)")
+    return dict(zip(table.column("sample_id").to_pylist(), table.column("corruption").to_pylist()))
+
+
+def ground_truth_for(train_path: str | os.PathLike) -> Path | None:
+    """The ``corruptions.parquet`` that describes the pool at ``train_path`` (its parent folder), if any."""
+    p = Path(train_path)
+    for cand in (p / GROUND_TRUTH, p.parent / GROUND_TRUTH):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write a copy of a clean pool with planted web-style noise.")
+    parser.add_argument("source", help="clean pool: folder of webdataset shards or image folder")
+    parser.add_argument("out_dir")
+    parser.add_argument("--fraction", type=float, default=0.3)
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pool-size", type=int, default=None)
+    parser.add_argument("--resolution", type=int, default=32)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = build_corrupted_pool(args.source, args.out_dir, args.fraction, args.kinds.split(","), args.seed,
+                               args.pool_size, args.resolution)
+    print(json.dumps(json.loads((out / MANIFEST).read_text())["counts"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
