@@ -166,7 +166,9 @@ def _plots(groups, rate_runs, out: Path) -> list[Path]:
     for (method, kr), runs in groups.items():
         pcts = []
         for r in runs:
-            sub = Path(r["_path"]).parent / "subset.parquet"
+            sub = Path(r["_path"]).parent / "subset.parquet"  # drawn from scores by the run itself
+            if not sub.exists() and r.get("config", {}).get("subset_path"):
+                sub = Path(r["config"]["subset_path"])  # a precomputed subset file
             if sub.exists():
                 import pyarrow.parquet as pq
 

@@ -87,7 +87,7 @@ def main() -> None:
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
         "Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
         + f", total {sum(times.values()) / 60:.1f} min", "",
-        "Setup (conf/experiment/efficiency.yaml): 6,000-sample emoji pool, 30% planted noise (5% each: caption "
+        "Setup unless the overrides above change it (conf/experiment/efficiency.yaml): 6,000-sample emoji pool, 30% planted noise (5% each: caption "
         "swap, blur, heavy noise, blank, collage, near-duplicate), clean D_val 1,183 and test 1,128; "
         "downstream UNet (16,32,32) 0.45M params at 32 px, 4 epochs over each subset (batch 32); "
         "rater: 10 epochs over D_val; domain metrics on 256 fixed test prompts, 10 DDIM steps, CFG 3.", "",

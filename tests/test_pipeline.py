@@ -23,6 +23,7 @@ def smoke(tmp_path_factory, emoji_dir):
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose("config", overrides=[
             "+experiment=pipeline", "debug=smoke", "logger=csv", f"paths.data_dir={DATA_DIR}", f"paths.output_dir={out}",
+            "corruption=web", "corruption.pool_size=600",  # a pool with planted noise and its ground truth
         ])
     return out, run(cfg)
 
@@ -56,6 +57,41 @@ def test_smoke_pipeline_outputs(smoke):
     assert (out / "train-full" / "samples.png").stat().st_size > 0
     assert len((out / "train-full" / "samples.txt").read_text().splitlines()) == 8
     assert (out / "prune" / "percentiles.png").stat().st_size > 0
+
+
+def test_smoke_evidence_on_planted_noise(smoke):
+    out, summary = smoke
+    rate = json.loads((out / "rate" / "summary.json").read_text())["metrics"]
+    quality = rate["rating_quality"]
+    assert set(quality["per_kind"]) == {"clean", "caption_swap", "blur", "noise", "blank", "collage", "near_duplicate"}
+    assert 0 <= quality["auroc"] <= 1 and sum(k["count"] for k in quality["per_kind"].values()) == 512
+    assert (out / "rate" / "ranking.png").stat().st_size > 0
+    for name in ("shift_gsample", "random", "full"):
+        m = json.loads((out / f"train-{name}" / "summary.json").read_text())["metrics"]
+        assert m["subset_quality"]["subset_size"] == m["train_samples"]
+        assert m["eval_curve"][-1]["step"] == 4 and np.isfinite(m["eval/domain_fid"]) and m["eval/domain_fid"] > 0
+        assert 0 <= m["eval/domain_clip"] <= 100 and m["evaluator"]["sha256"]
+    full = json.loads((out / "train-full" / "summary.json").read_text())["metrics"]["subset_quality"]
+    assert full["subset_corrupted_share"] == full["pool_corrupted_share"]
+    # the same prompts, seeds and evaluator: two runs' generated images differ only through their weights
+    ev = [json.loads((out / f"train-{n}" / "summary.json").read_text())["metrics"]["evaluator"] for n in ("random", "full")]
+    assert ev[0]["sha256"] == ev[1]["sha256"] and ev[0]["num_images"] == ev[1]["num_images"] == 16
+
+
+def test_compare_report_from_the_runs(smoke, tmp_path):
+    from alchemist_pl.compare import report
+
+    out, summary = smoke
+    path = report([out], tmp_path)
+    text = path.read_text()
+    fid = {n: json.loads((out / f"train-{n}" / "summary.json").read_text())["metrics"]["eval/domain_fid"]
+           for n in ("shift_gsample", "random", "full")}
+    for label, name in (("alchemist (Shift-Gsample)", "shift_gsample"), ("random", "random"), ("full data", "full")):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+        assert f"{fid[name]:.2f}" in row  # one seed: the value itself, no spread
+    assert "Rating quality (1 rate runs)" in text and "corrupted share of subset" in text
+    assert (tmp_path / "metric_vs_keep_ratio.png").stat().st_size > 0
+    assert (tmp_path / "selected_percentiles.png").stat().st_size > 0  # train-full has no scores, the others do
 
 
 def _cli(*args, cwd=ROOT):
