@@ -6,8 +6,8 @@ Three Hydra multiruns of ``train.py +experiment=efficiency`` (conf/experiment/ef
 6,000-sample pool with 30% planted web-style noise, 0.45M-parameter downstream UNet, equal epochs):
 
 1. rate:  seed in --seeds                                   (one rater + proxy per seed)
-2. train: method in --methods x keep_ratio in --keep-ratios x seed, each from its seed's scores
-3. train: method=full x seed
+2. train: method=full x seed
+3. train: method in --methods x keep_ratio in --keep-ratios x seed, each from its seed's scores
 
 then ``python -m alchemist_pl.compare`` over all of it, into --results (report.md + plots), with
 this run's command, commit, machine and wall times prepended. Extra arguments after ``--`` go to
@@ -63,13 +63,13 @@ def main() -> None:
     times = {}
     times["rate"] = _run(py + ["stage=rate", f"seed={args.seeds}", f"hydra.sweep.dir={out}/rate",
                                "hydra.sweep.subdir=seed${seed}"], out / "rate.log")
+    times["train (full)"] = _run(py + [
+        "stage=train", "method=full", "keep_ratio=1.0", f"seed={args.seeds}", f"hydra.sweep.dir={out}/full",
+        "hydra.sweep.subdir=full-seed${seed}"], out / "full.log")
     times["train (subsets)"] = _run(py + [
         "stage=train", f"method={args.methods}", f"keep_ratio={args.keep_ratios}", f"seed={args.seeds}",
         f"scores_path={out}/rate/seed${{seed}}/scores.parquet", f"hydra.sweep.dir={out}/train",
         "hydra.sweep.subdir=${method}-${keep_ratio}-seed${seed}"], out / "train.log")
-    times["train (full)"] = _run(py + [
-        "stage=train", "method=full", "keep_ratio=1.0", f"seed={args.seeds}", f"hydra.sweep.dir={out}/full",
-        "hydra.sweep.subdir=full-seed${seed}"], out / "full.log")
 
     sys.path.insert(0, str(ROOT))
     from alchemist_pl.compare import report
