@@ -3,7 +3,7 @@
     python benchmarks/data_efficiency.py --out outputs/efficiency --results benchmarks/results/efficiency
 
 Three Hydra multiruns of ``train.py +experiment=efficiency`` (conf/experiment/efficiency.yaml:
-6,000-sample pool with 30% planted web-style noise, 0.45M-parameter downstream UNet, equal epochs):
+4,000-sample pool with 30% planted web-style noise, 0.45M-parameter downstream UNet, equal epochs):
 
 1. rate:  seed in --seeds                                   (one rater + proxy per seed)
 2. train: method=full x seed
@@ -87,10 +87,11 @@ def main() -> None:
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
         "Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
         + f", total {sum(times.values()) / 60:.1f} min", "",
-        "Setup unless the overrides above change it (conf/experiment/efficiency.yaml): 6,000-sample emoji pool, 30% planted noise (5% each: caption "
-        "swap, blur, heavy noise, blank, collage, near-duplicate), clean D_val 1,183 and test 1,128; "
-        "downstream UNet (16,32,32) 0.45M params at 32 px, 4 epochs over each subset (batch 32); "
-        "rater: 10 epochs over D_val; domain metrics on 256 fixed test prompts, 10 DDIM steps, CFG 3.", "",
+        "Setup unless the overrides above change it (conf/experiment/efficiency.yaml): 4,000-sample emoji pool, "
+        "30% planted noise (5% each: caption swap, blur, heavy noise, blank, collage, near-duplicate), clean "
+        "D_val 1,183 and test 1,128; downstream UNet (16,32,32) 0.45M params at 32 px, 2 epochs over each "
+        "subset (batch 32); rater: 6 epochs over D_val; domain metrics every 50 steps on 128 fixed test "
+        "prompts (reference: all 1,128 test images), 10 DDIM steps, CFG 3.", "",
     ]
     path.write_text("\n".join(header) + path.read_text().split("\n", 1)[1])
     (results / "times.json").write_text(json.dumps(times, indent=2))
