@@ -113,6 +113,15 @@ def time_to_match(groups, method, baseline, metric: str = "eval/domain_fid", low
             "ratio": None if hit is None else hit / float(bs[-1])}
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _plots(groups, rate_runs, out: Path) -> list[Path]:
     import matplotlib
 
@@ -141,10 +150,7 @@ def _plots(groups, rate_runs, out: Path) -> list[Path]:
             ax.set_xlabel("keep_ratio")
             ax.set_title(f"{label} ({'lower' if lower else 'higher'} is better)", fontsize=9)
         axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out / "metric_vs_keep_ratio.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_save(fig, out / "metric_vs_keep_ratio.png"))
 
     curve_metrics = [m for m in METRICS[:3] if any(len(mean_curve(runs, m[0])[0]) for runs in groups.values())]
     if curve_metrics:
@@ -157,10 +163,7 @@ def _plots(groups, rate_runs, out: Path) -> list[Path]:
             ax.set_xlabel("training step")
             ax.set_title(f"{label}, mean over seeds", fontsize=9)
         axes[0][0].legend(fontsize=6)
-        fig.tight_layout()
-        paths.append(out / "metric_vs_step.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_save(fig, out / "metric_vs_step.png"))
 
     hists = {}
     for (method, kr), runs in groups.items():
@@ -183,10 +186,7 @@ def _plots(groups, rate_runs, out: Path) -> list[Path]:
         ax.set_xlabel("rank percentile of score (0 = highest)")
         ax.set_ylabel("density of selected samples")
         ax.legend(fontsize=6)
-        fig.tight_layout()
-        paths.append(out / "selected_percentiles.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_save(fig, out / "selected_percentiles.png"))
     return paths
 
 

@@ -374,6 +374,9 @@ class GenerationEvaluation(_callback_base()):
             from .diffusion import image_grid
 
             image_grid(images[:32]).save(self.grid_path)
+            for lg in trainer.loggers:
+                if type(lg).__name__ == "WandbLogger":
+                    lg.log_image("eval/samples", [str(self.grid_path)], step=step)
         return values
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
