@@ -32,7 +32,8 @@ def per_sample_loss(
         noise: [B, C, H, W] Gaussian noise (drawn if None).
 
     Returns:
-        [B] float32 MSE between the UNet's prediction and its target (epsilon, v or sample).
+        [B] MSE between the UNet's prediction and its target (epsilon, v or sample): float32, or
+        float64 when the model runs in float64 (exact meta-gradient tests).
     """
     if noise is None:
         noise = torch.randn_like(images)
@@ -48,7 +49,8 @@ def per_sample_loss(
         target = images
     else:
         raise ValueError(f"unsupported prediction_type {kind!r}")
-    return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    return F.mse_loss(pred.to(dtype), target.to(dtype), reduction="none").mean(dim=(1, 2, 3))
 
 
 def shared_timesteps(batch_size: int, low: int, high: int, device, generator=None) -> torch.Tensor:
