@@ -51,6 +51,18 @@ def _check(train_losses, val_loss, params, w):
     return exact
 
 
+def tiny_attention_unet():
+    """An 8 px UNet2DConditionModel that reads the caption (cross-attention at 4x4), seeded."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        mid_block_type=None, cross_attention_dim=384, attention_head_dim=4, norm_num_groups=4,
+    )
+
+
 def test_exact_meta_gradient_on_a_tiny_mlp():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1)).double()
@@ -71,12 +83,7 @@ def test_exact_meta_gradient_on_a_tiny_diffusers_proxy(small_split):
     """The real proxy path: a tiny UNet2DConditionModel with cross-attention on real emoji + captions."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        mid_block_type=None, cross_attention_dim=384, attention_head_dim=4, norm_num_groups=4,
-    ).double()
+    unet = tiny_attention_unet().double()
     sched = DDPMScheduler(num_train_timesteps=1000)
     items = [small_split[i] for i in range(10)]
 
