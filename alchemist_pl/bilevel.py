@@ -150,6 +150,7 @@ class BilevelRater(LightningModule):
         if rater_loss_weighting == "min_snr":
             min_snr_weights(noise_scheduler, torch.tensor([low]), min_snr_gamma)  # checks gamma and prediction type
         self.null_caption: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.share_inner_grad = True  # exact estimator: reuse the proxy step's training gradient (tests turn it off)
         self.seen_index: list[torch.Tensor] = []  # pool positions of the training batches ...
         self.seen_t: list[torch.Tensor] = []  # ... and the timesteps they saw (not checkpointed)
         self.register_buffer("baseline", torch.zeros(NUM_BUCKETS))
@@ -200,14 +201,15 @@ class BilevelRater(LightningModule):
                 self.baseline_seen[k] = True
         return self.baseline[buckets].clamp(min=1e-8), updates
 
-    def _exact_rater_loss(self, val, train, t_val, noise_val, t_train, noise_train, loss_weights, weights):
-        """Σ_i g_i W_i(μ) with g = ∂L_val(θ')/∂W from :func:`exact_meta_gradient` (held fixed)."""
+    def _exact_rater_loss(self, val, train, t_val, noise_val, t_train, noise_train, loss_weights, weights, inner=None):
+        """Σ_i g_i W_i(μ) with g = ∂L_val(θ')/∂W from :func:`exact_meta_gradient` (held fixed);
+        ``inner``: ∇_θ Σ_i W_i ℓ_i(θ) if already computed."""
         train_fn = proxy_loss_fn(self.proxy, self.noise_scheduler, train, t_train, noise_train)
         val_fn = proxy_loss_fn(self.proxy, self.noise_scheduler, val, t_val, noise_val)
         with math_attention():
             meta, val_after = exact_meta_gradient(
                 lambda p: train_fn(p) * loss_weights, lambda p: val_fn(p).mean(),
-                detached_params(self.proxy), weights.detach(), self.hparams.lookahead_lr,
+                detached_params(self.proxy), weights.detach(), self.hparams.lookahead_lr, inner_grad=inner,
             )
         meta = meta.float()
         return (meta * weights).sum(), {"rate/meta_grad_std": meta.std(), "rate/val_loss_lookahead": val_after.float()}
@@ -255,17 +257,29 @@ class BilevelRater(LightningModule):
 
         s, b = self.rater(train["image"], train["pooled"])
         weights = sample_weights(s, b)  # Eq. 7, [B]
-        extra = {}
+        extra, inner = {}, None
+        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
+        single = getattr(self._trainer, "world_size", 1) == 1  # under DDP, gradients must come from manual_backward
+        if h.estimator == "exact" and ul < 1.0 and self.share_inner_grad and scaler is None and single:
+            # ∇_θ Σ W_i ℓ_i(θ) is both the lookahead's step and the training part of the proxy step: compute it once.
+            proxy_params = [p for p in self.proxy.parameters() if p.requires_grad]
+            inner = torch.autograd.grad((weights.detach() * train_losses).sum(), proxy_params, allow_unused=True)
         if h.estimator == "exact":  # meta-gradient at θ_k, before the proxy step
             rater_loss, extra = self._exact_rater_loss(val, train, t_val, noise_val, t_train, noise_train,
-                                                       loss_weights, weights)
+                                                       loss_weights, weights, inner)
 
         # Proxy step (Eq. 5), weights held fixed.
-        proxy_loss = ul * val_loss
-        if ul < 1.0:
-            proxy_loss = proxy_loss + (1.0 - ul) * (weights.detach() * train_losses).sum()
         opt_proxy.zero_grad()
-        self.manual_backward(proxy_loss)
+        if inner is not None:
+            self.manual_backward(ul * val_loss)
+            for p, g in zip(proxy_params, inner):
+                if g is not None:
+                    p.grad = (1.0 - ul) * g if p.grad is None else p.grad.add_(g, alpha=1.0 - ul)
+        else:
+            proxy_loss = ul * val_loss
+            if ul < 1.0:
+                proxy_loss = proxy_loss + (1.0 - ul) * (weights.detach() * train_losses).sum()
+            self.manual_backward(proxy_loss)
         self.clip_gradients(opt_proxy, gradient_clip_val=h.grad_clip, gradient_clip_algorithm="norm")
         opt_proxy.step()
 

@@ -127,6 +127,22 @@ def test_exact_estimator_trains_the_rater(tiny_split):
     assert change > 0.01, change
 
 
+def test_exact_estimator_reuses_the_inner_gradient_without_changing_the_step(tiny_split):
+    """Sharing ∇Σ W_i ℓ_i between the lookahead and the proxy step leaves the proxy's gradient as it was."""
+    grads = []
+    for share in (True, False):
+        model = _tiny_bilevel("centred", estimator="exact", lookahead_lr=0.1)
+        model.share_inner_grad = share
+        torch.manual_seed(1)
+        loader = CombinedLoader({k: DataLoader(tiny_split, batch_size=16, drop_last=True) for k in ("val", "train")},
+                                "min_size")
+        Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False).fit(model, train_dataloaders=loader)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert grads[0].shape == grads[1].shape and grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("options", [
     {"estimator": "second_order"}, {"rater_noise": "fresh"}, {"rater_timestep_sampling": "sorted"},
     {"rater_loss_weighting": "p2"}, {"caption_gap_weight": -1.0},
