@@ -64,6 +64,33 @@ def shared_timesteps(batch_size: int, low: int, high: int, device, generator=Non
     return t.expand(batch_size).contiguous()
 
 
+class PixArtProxy(torch.nn.Module):
+    """A diffusers ``PixArtTransformer2DModel`` (DiT with cross-attention and adaLN-single) called like
+    a ``UNet2DConditionModel``: ``forward(sample, timestep, encoder_hidden_states, encoder_attention_mask)``.
+
+    Keyword arguments go to ``PixArtTransformer2DModel`` (``caption_channels`` projects the caption
+    states; ``use_additional_conditions`` stays off, there is no resolution/aspect conditioning).
+    Shapes: sample [B, C, H, W], timestep [B] or scalar int64, encoder_hidden_states [B, T, D],
+    encoder_attention_mask [B, T] bool -> output with ``.sample`` [B, out_channels, H, W].
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        from diffusers import PixArtTransformer2DModel
+
+        self.transformer = PixArtTransformer2DModel(use_additional_conditions=False, **kwargs)
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, encoder_attention_mask=None):
+        timestep = torch.as_tensor(timestep, device=sample.device)
+        if timestep.ndim == 0:
+            timestep = timestep.expand(sample.shape[0])
+        if encoder_attention_mask is not None:
+            encoder_attention_mask = encoder_attention_mask.to(sample.dtype)
+        return self.transformer(sample, encoder_hidden_states=encoder_hidden_states, timestep=timestep,
+                                added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+                                encoder_attention_mask=encoder_attention_mask)
+
+
 def stratified_timesteps(batch_size: int, low: int, high: int, device, generator=None) -> torch.Tensor:
     """One timestep per stratum: [low, high) cut into ``batch_size`` equal strata, one uniform draw in
     each, in random order over the batch: [B] int64.

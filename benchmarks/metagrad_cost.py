@@ -14,11 +14,13 @@ data: real emoji batches (train pool and D_val, each of size B). Steps timed:
   runs it (that gradient is also the training part of the proxy step, computed there anyway);
 - ``double_backward``: :func:`alchemist_pl.metagrad.double_backward_meta_gradient` + the same.
 
-Each (estimator, B) runs in a fresh subprocess (large allocations are unmapped on free), one
-warm-up step, then ``--steps`` timed steps (median). Peak memory is the rise of the process's
-peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs``) over the RSS before the timed steps;
-on CUDA, ``torch.cuda.max_memory_allocated`` over the allocation before them. The whole sweep is
-repeated ``--repeats`` times, interleaved, and the table gives medians over repeats.
+Each (estimator, B) runs in a fresh subprocess (large allocations are unmapped on free): one
+warm-up step, one step for memory, then ``--steps`` timed steps alternating with plain steps on a
+copy of the proxy; the time ratio is the median of the pairwise ratios (robust to the load of a
+shared machine changing). Peak memory is the rise of the process's peak RSS (``VmHWM``, reset
+through ``/proc/self/clear_refs``) over the RSS before the step; on CUDA,
+``torch.cuda.max_memory_allocated`` over the allocation before it. The whole sweep is repeated
+``--repeats`` times, interleaved, and the table gives medians over repeats.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def _rss_kb(field: str) -> int:
 
 
 def worker(method: str, batch: int, steps: int, device: str, threads: int) -> dict:
+    import copy
     import gc
 
     import torch
@@ -118,25 +121,42 @@ def worker(method: str, batch: int, steps: int, device: str, threads: int) -> di
                     signal = exact_meta_gradient(*args, inner_grad=inner)[0]
         rater_update(signal)
 
+    plain_proxy = copy.deepcopy(proxy)  # the reference step trains a copy, so θ above stays put
+    plain_opt = torch.optim.AdamW(plain_proxy.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05)
+    plain_fn = proxy_loss_fn(plain_proxy, sched, train, t_train, n_train)
+
+    def plain_step():
+        plain_opt.zero_grad()
+        plain_fn(dict(plain_proxy.named_parameters())).mean().backward()
+        plain_opt.step()
+
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     step()  # warm-up: optimizer state, kernel choice
+    plain_step()
     sync()
     gc.collect()
+    # memory: one step of the method alone
     if device == "cuda":
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
         base = _rss_kb("VmRSS") * 1024
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
+    step()
+    sync()
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else _rss_kb("VmHWM") * 1024
-    return {"method": method, "batch": batch, "seconds": statistics.median(times), "extra_mb": (peak - base) / 2**20,
-            "params": sum(p.numel() for p in proxy.parameters())}
+    # time: the method's step and a plain step alternate, so a load change on a shared machine hits both
+    times, plain_times = [], []
+    for _ in range(steps):
+        for fn, out in ((plain_step, plain_times), (step, times)):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            out.append(time.perf_counter() - t0)
+    return {"method": method, "batch": batch, "seconds": statistics.median(times),
+            "plain_seconds": statistics.median(plain_times),
+            "ratio": statistics.median(t / q for t, q in zip(times, plain_times)),
+            "extra_mb": (peak - base) / 2**20, "params": sum(p.numel() for p in proxy.parameters())}
 
 
 def main() -> None:
@@ -168,7 +188,7 @@ def main() -> None:
                 runs.setdefault((method, batch), []).append(row)
                 print(f"repeat {r} {row}", flush=True)
 
-    med = {k: (statistics.median(x["seconds"] for x in v), statistics.median(x["extra_mb"] for x in v))
+    med = {k: {f: statistics.median(x[f] for x in v) for f in ("seconds", "plain_seconds", "ratio", "extra_mb")}
            for k, v in runs.items()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
@@ -193,17 +213,19 @@ def main() -> None:
         f"- machine: {machine}",
         f"- proxy: conf/proxy/unet_tiny.yaml at 32 px ({params / 1e6:.2f}M parameters); real emoji batches, "
         f"D_val batch = training batch = B",
-        f"- medians over {a.repeats} repeats (fresh process each) of the median of {a.steps} timed steps; "
+        f"- medians over {a.repeats} repeats (fresh process each) of the median of {a.steps} timed steps "
+        f"(each paired with a plain step); "
         f"sweep took {time.time() - started:.0f} s",
         "",
-        f"| B | estimator | step time (s) | × plain step | {mem} | × plain step |",
-        "|---|---|---|---|---|---|",
+        f"| B | estimator | step time (s) | plain step alongside (s) | × plain step (time) | {mem} | × plain step (memory) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for batch in a.batches:
-        t0, m0 = med[("plain", batch)]
+        m0 = med[("plain", batch)]["extra_mb"]
         for method in METHODS:
-            t, m = med[(method, batch)]
-            lines.append(f"| {batch} | {method} | {t:.3f} | {t / t0:.2f} | {m:.0f} | {m / m0:.2f} |")
+            r = med[(method, batch)]
+            lines.append(f"| {batch} | {method} | {r['seconds']:.3f} | {r['plain_seconds']:.3f} | {r['ratio']:.2f} | "
+                         f"{r['extra_mb']:.0f} | {r['extra_mb'] / m0:.2f} |")
     lines.append("")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(lines))
