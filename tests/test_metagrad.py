@@ -79,11 +79,10 @@ def test_exact_meta_gradient_on_a_tiny_mlp():
     _check(train_losses, val_loss, detached_params(net), w)
 
 
-def test_exact_meta_gradient_on_a_tiny_diffusers_proxy(small_split):
-    """The real proxy path: a tiny UNet2DConditionModel with cross-attention on real emoji + captions."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+def _proxy_check(unet, small_split):
+    """_check on real emoji + captions at 8 px: 4 training samples at one shared timestep, 6 for D_val."""
+    from diffusers import DDPMScheduler
 
-    unet = tiny_attention_unet().double()
     sched = DDPMScheduler(num_train_timesteps=1000)
     items = [small_split[i] for i in range(10)]
 
@@ -105,6 +104,22 @@ def test_exact_meta_gradient_on_a_tiny_diffusers_proxy(small_split):
     with math_attention():
         exact = _check(train_losses, lambda p: val_fn(p).mean(), detached_params(unet), w)
     assert len(set(exact.tolist())) == 4  # samples get different meta-gradients
+
+
+def test_exact_meta_gradient_on_a_tiny_diffusers_proxy(small_split):
+    """The real proxy path: a tiny UNet2DConditionModel with cross-attention on real emoji + captions."""
+    _proxy_check(tiny_attention_unet().double(), small_split)
+
+
+def test_exact_meta_gradient_on_a_tiny_pixart_proxy(small_split):
+    """The optional transformer proxy (conf/proxy/pixart_tiny.yaml's class) at 8 px, one layer."""
+    from alchemist_pl.diffusion import PixArtProxy
+
+    torch.manual_seed(0)
+    proxy = PixArtProxy(sample_size=8, in_channels=3, out_channels=3, patch_size=2, num_layers=1,
+                        num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16, caption_channels=384,
+                        norm_num_groups=1)
+    _proxy_check(proxy.double(), small_split)
 
 
 def test_inner_grad_reuse_and_errors():
