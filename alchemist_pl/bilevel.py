@@ -33,6 +33,9 @@ Options (each a constructor argument and a key of ``conf/bilevel/``):
   ``dL_val(θ')/dμ`` with ``θ' = θ − η ∇_θ Σ_i W_i ℓ_i(θ)`` (:mod:`alchemist_pl.metagrad`, one
   forward-mode JVP per batch) instead of Eq. 9-10. The rater loss is ``Σ_i g_i · W_i(μ)`` with
   ``g_i = ∂L_val(θ')/∂W_i`` held fixed; both heads get a true meta-gradient, so no centring.
+  The lookahead's inner gradient ``∇_θ Σ W_i ℓ_i`` is also the training part of the proxy step;
+  it is computed once and shared (single process without a gradient scaler; otherwise recomputed).
+  D_val's timesteps and noise are the same for L_val(θ) in the proxy step and L_val(θ').
 - ``rater_timestep_sampling`` ("shared", "stratified", "uniform") and ``rater_noise``
   ("independent", "shared": one noise image for the whole batch) choose the training batch's
   noise; ``rater_loss_weighting="min_snr"`` multiplies each ℓ_i by its min-SNR-γ weight (it only

@@ -5,7 +5,7 @@ One-step lookahead (method.md, "Exact meta-gradient"; DataRater, Calian et al. 2
     θ'(w) = θ − η ∇_θ Σ_i w_i ℓ_i(θ)
     ∂L_val(θ')/∂w_i = −η ∇_θ L_val(θ') · ∇_θ ℓ_i(θ)
 
-The right side for the whole batch is ONE forward-mode Jacobian-vector product of the map
+The right side for the whole batch is ONE forward-mode Jacobian-vector product (``torch.autograd.forward_ad``) of the map
 ``θ -> (ℓ_1, ..., ℓ_B)(θ)`` along the tangent ``v = ∇_θ L_val(θ')``: no second-order backward and
 no per-sample gradients. :func:`double_backward_meta_gradient` computes the same number by
 differentiating through the inner gradient (``create_graph=True``); it exists as a test oracle and
@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from typing import Callable
 
 import torch
-from torch.func import functional_call, jvp
+import torch.autograd.forward_ad as fwAD
+from torch.func import functional_call
 
 from .diffusion import per_sample_loss
 
@@ -122,9 +123,14 @@ def exact_meta_gradient(
         ahead = {n: p.detach().requires_grad_(True) for n, p in _lookahead(params, inner_grad, lr).items()}
         after = val_loss(ahead)
         v = torch.autograd.grad(after, [ahead[n] for n in names], allow_unused=True)
-    tangent = {n: torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, v)}
-    primal = {n: p.detach() for n, p in params.items()}
-    _, directional = jvp(train_losses, (primal,), (tangent,))  # [B]: ∇ℓ_i(θ) · v
+    # One forward pass with dual numbers θ + ε v: the tangent of the losses is [B] ∇ℓ_i(θ) · v.
+    # (torch.autograd.forward_ad rather than torch.func.jvp: the same numbers, ~15% faster here.)
+    with torch.no_grad(), fwAD.dual_level():
+        dual = {n: fwAD.make_dual(params[n].detach(), torch.zeros_like(params[n]) if g is None else g)
+                for n, g in zip(names, v)}
+        directional = fwAD.unpack_dual(train_losses(dual)).tangent
+    if directional is None:  # the losses do not depend on θ
+        directional = torch.zeros_like(w)
     return (-lr * directional).detach(), after.detach()
 
 
