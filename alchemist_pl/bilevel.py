@@ -63,6 +63,7 @@ from .rater import sample_weights
 NUM_BUCKETS = 10
 ESTIMATORS = ("first_order", "exact")
 NOISE_MODES = ("independent", "shared")
+TIMESTEP_MODES = ("shared", "stratified", "uniform")
 LOSS_WEIGHTINGS = ("none", "min_snr")
 
 
@@ -141,7 +142,7 @@ class BilevelRater(LightningModule):
             raise ValueError(f"rater_objective must be 'centred' or 'literal', got {rater_objective!r}")
         for name, value, allowed in (("estimator", estimator, ESTIMATORS), ("rater_noise", rater_noise, NOISE_MODES),
                                      ("rater_loss_weighting", rater_loss_weighting, LOSS_WEIGHTINGS),
-                                     ("rater_timestep_sampling", rater_timestep_sampling, ("shared", "stratified", "uniform"))):
+                                     ("rater_timestep_sampling", rater_timestep_sampling, TIMESTEP_MODES)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if estimator == "exact" and lookahead_lr <= 0:
@@ -149,7 +150,8 @@ class BilevelRater(LightningModule):
         if caption_gap_weight < 0:
             raise ValueError(f"caption_gap_weight must be >= 0, got {caption_gap_weight}")
         if caption_gap_weight > 0 and estimator == "exact":
-            raise ValueError("caption_gap_weight > 0 needs estimator=first_order (the exact estimator's signal is the meta-gradient)")
+            raise ValueError("caption_gap_weight > 0 needs estimator=first_order "
+                             "(the exact estimator's signal is the meta-gradient)")
         if rater_loss_weighting == "min_snr":
             min_snr_weights(noise_scheduler, torch.tensor([low]), min_snr_gamma)  # checks gamma and prediction type
         self.null_caption: tuple[torch.Tensor, torch.Tensor | None] | None = None
@@ -264,7 +266,7 @@ class BilevelRater(LightningModule):
         scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
         single = getattr(self._trainer, "world_size", 1) == 1  # under DDP, gradients must come from manual_backward
         if h.estimator == "exact" and ul < 1.0 and self.share_inner_grad and scaler is None and single:
-            # ∇_θ Σ W_i ℓ_i(θ) is both the lookahead's step and the training part of the proxy step: compute it once.
+            # ∇_θ Σ W_i ℓ_i(θ) is the lookahead's step and the training part of the proxy step: compute it once.
             proxy_params = [p for p in self.proxy.parameters() if p.requires_grad]
             inner = torch.autograd.grad((weights.detach() * train_losses).sum(), proxy_params, allow_unused=True)
         if h.estimator == "exact":  # meta-gradient at θ_k, before the proxy step

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--resolution", type=int, default=32, help="side in pixels the images are decoded at (default 32)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N samples")
     p.add_argument("--cutoff", type=float, default=0.25, help="frequency: radial cutoff in cycles per pixel")
-    p.add_argument("--threshold", type=float, default=0.3, help="edge_density: gradient threshold (grey levels per pixel)")
+    p.add_argument("--threshold", type=float, default=0.3,
+                   help="edge_density: gradient threshold in grey levels per pixel")
     a = p.parse_args(argv)
     params = {"frequency": {"cutoff": a.cutoff}, "edge_density": {"threshold": a.threshold}}.get(a.scorer, {})
     logging.basicConfig(level=logging.INFO, format="%(message)s")

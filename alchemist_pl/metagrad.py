@@ -5,8 +5,8 @@ One-step lookahead (method.md, "Exact meta-gradient"; DataRater, Calian et al. 2
     θ'(w) = θ − η ∇_θ Σ_i w_i ℓ_i(θ)
     ∂L_val(θ')/∂w_i = −η ∇_θ L_val(θ') · ∇_θ ℓ_i(θ)
 
-The right side for the whole batch is ONE forward-mode Jacobian-vector product (``torch.autograd.forward_ad``) of the map
-``θ -> (ℓ_1, ..., ℓ_B)(θ)`` along the tangent ``v = ∇_θ L_val(θ')``: no second-order backward and
+The right side for the whole batch is ONE forward-mode Jacobian-vector product
+(``torch.autograd.forward_ad``) of the map ``θ -> (ℓ_1, ..., ℓ_B)(θ)`` along the tangent ``v = ∇_θ L_val(θ')``: no second-order backward and
 no per-sample gradients. :func:`double_backward_meta_gradient` computes the same number by
 differentiating through the inner gradient (``create_graph=True``); it exists as a test oracle and
 as the baseline of ``benchmarks/metagrad_cost.py``.
@@ -46,7 +46,9 @@ def detached_params(module: torch.nn.Module) -> Params:
     return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
 
 
-def proxy_loss_fn(proxy, scheduler, batch: dict, timesteps: torch.Tensor, noise: torch.Tensor) -> Callable[[Params], torch.Tensor]:
+def proxy_loss_fn(
+    proxy, scheduler, batch: dict, timesteps: torch.Tensor, noise: torch.Tensor
+) -> Callable[[Params], torch.Tensor]:
     """``params -> [B]`` per-sample denoising losses of ``proxy`` at fixed timesteps and noise.
 
     Args:
