@@ -159,23 +159,10 @@ def worker(method: str, batch: int, steps: int, device: str, threads: int) -> di
             "extra_mb": (peak - base) / 2**20, "params": sum(p.numel() for p in proxy.parameters())}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--batches", type=int, nargs="*", default=[16, 32, 64])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker (1: steadier on a shared machine)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--worker", nargs=2, metavar=("METHOD", "BATCH"), help=argparse.SUPPRESS)
-    a = p.parse_args()
-    if a.worker:
-        print(json.dumps(worker(a.worker[0], int(a.worker[1]), a.steps, a.device, a.threads)))
-        return
-
+def sweep(a) -> list[dict]:
+    """Run every (estimator, B) worker ``a.repeats`` times, interleaved; print and return the rows."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": str(a.threads)}
-    runs: dict[tuple[str, int], list[dict]] = {}
-    started = time.time()
+    rows = []
     for r in range(a.repeats):
         for batch in a.batches:
             for method in METHODS:
@@ -184,18 +171,51 @@ def main() -> None:
                 res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
                 if res.returncode:
                     raise SystemExit(f"worker {method} B={batch} failed:\n{res.stderr[-3000:]}")
-                row = json.loads(res.stdout.strip().splitlines()[-1])
-                runs.setdefault((method, batch), []).append(row)
-                print(f"repeat {r} {row}", flush=True)
+                rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+                print(f"repeat {r} {rows[-1]}", flush=True)
+    return rows
 
-    med = {k: {f: statistics.median(x[f] for x in v) for f in ("seconds", "plain_seconds", "ratio", "extra_mb")}
-           for k, v in runs.items()}
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--batches", type=int, nargs="*", default=[16, 32, 64])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per worker (1: steadier on a shared machine)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--report-from", type=Path, help="write the table from the printed rows of an earlier sweep")
+    p.add_argument("--worker", nargs=2, metavar=("METHOD", "BATCH"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        print(json.dumps(worker(a.worker[0], int(a.worker[1]), a.steps, a.device, a.threads)))
+        return
+
+    started = time.time()
+    if a.report_from:  # rows printed by an earlier (possibly interrupted) sweep: "repeat R {row}" per line
+        import ast
+
+        rows = [ast.literal_eval(line.split(" ", 2)[2]) for line in a.report_from.read_text().splitlines()
+                if line.startswith("repeat ")]
+    else:
+        rows = sweep(a)
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        runs.setdefault((row["method"], row["batch"]), []).append(row)
+    batches = [b for b in a.batches if all((m, b) in runs for m in METHODS)]
+    done = {b: min(len(runs[(m, b)]) for m in METHODS) for b in batches}  # complete repeats per B
+    repeats = min(done.values())
+    med = {(m, b): {f: statistics.median(x[f] for x in runs[(m, b)][:done[b]])
+                    for f in ("seconds", "plain_seconds", "ratio", "extra_mb")} for m in METHODS for b in batches}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
-    params = next(iter(runs.values()))[0]["params"]
+    params = rows[0]["params"]
     cmd = (f"python benchmarks/metagrad_cost.py --out {a.out} --batches {' '.join(map(str, a.batches))} "
            f"--repeats {a.repeats} --steps {a.steps} --threads {a.threads} --device {a.device}")
+    if a.report_from:
+        cmd += f" > LOG`, interrupted after {repeats}+ complete repeat(s), then the same with `--report-from LOG"
     if a.device == "cuda":
         import torch
 
@@ -213,14 +233,13 @@ def main() -> None:
         f"- machine: {machine}",
         f"- proxy: conf/proxy/unet_tiny.yaml at 32 px ({params / 1e6:.2f}M parameters); real emoji batches, "
         f"D_val batch = training batch = B",
-        f"- medians over {a.repeats} repeats (fresh process each) of the median of {a.steps} timed steps "
-        f"(each paired with a plain step); "
-        f"sweep took {time.time() - started:.0f} s",
+        f"- medians over {', '.join(f'{done[b]} (B={b})' for b in batches)} repeats (fresh process each) of the median of {a.steps} timed steps "
+        f"(each paired with a plain step)" + ("" if a.report_from else f"; sweep took {time.time() - started:.0f} s"),
         "",
         f"| B | estimator | step time (s) | plain step alongside (s) | × plain step (time) | {mem} | × plain step (memory) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for batch in a.batches:
+    for batch in batches:
         m0 = med[("plain", batch)]["extra_mb"]
         for method in METHODS:
             r = med[(method, batch)]
