@@ -32,7 +32,8 @@ def per_sample_loss(
         noise: [B, C, H, W] Gaussian noise (drawn if None).
 
     Returns:
-        [B] float32 MSE between the UNet's prediction and its target (epsilon, v or sample).
+        [B] MSE between the UNet's prediction and its target (epsilon, v or sample): float32, or
+        float64 when the model runs in float64 (exact meta-gradient tests).
     """
     if noise is None:
         noise = torch.randn_like(images)
@@ -48,7 +49,8 @@ def per_sample_loss(
         target = images
     else:
         raise ValueError(f"unsupported prediction_type {kind!r}")
-    return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    return F.mse_loss(pred.to(dtype), target.to(dtype), reduction="none").mean(dim=(1, 2, 3))
 
 
 def shared_timesteps(batch_size: int, low: int, high: int, device, generator=None) -> torch.Tensor:
@@ -60,6 +62,127 @@ def shared_timesteps(batch_size: int, low: int, high: int, device, generator=Non
     """
     t = torch.randint(low, high, (1,), device=device, generator=generator)
     return t.expand(batch_size).contiguous()
+
+
+class PixArtProxy(torch.nn.Module):
+    """A diffusers ``PixArtTransformer2DModel`` (DiT with cross-attention and adaLN-single) called like
+    a ``UNet2DConditionModel``: ``forward(sample, timestep, encoder_hidden_states, encoder_attention_mask)``.
+
+    Keyword arguments go to ``PixArtTransformer2DModel`` (``caption_channels`` projects the caption
+    states; ``use_additional_conditions`` stays off, there is no resolution/aspect conditioning).
+    Shapes: sample [B, C, H, W], timestep [B] or scalar int64, encoder_hidden_states [B, T, D],
+    encoder_attention_mask [B, T] bool -> output with ``.sample`` [B, out_channels, H, W].
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        from diffusers import PixArtTransformer2DModel
+
+        self.transformer = PixArtTransformer2DModel(use_additional_conditions=False, **kwargs)
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, encoder_attention_mask=None):
+        timestep = torch.as_tensor(timestep, device=sample.device)
+        if timestep.ndim == 0:
+            timestep = timestep.expand(sample.shape[0])
+        if encoder_attention_mask is not None:
+            encoder_attention_mask = encoder_attention_mask.to(sample.dtype)
+        return self.transformer(sample, encoder_hidden_states=encoder_hidden_states, timestep=timestep,
+                                added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+                                encoder_attention_mask=encoder_attention_mask)
+
+
+def stratified_timesteps(batch_size: int, low: int, high: int, device, generator=None) -> torch.Tensor:
+    """One timestep per stratum: [low, high) cut into ``batch_size`` equal strata, one uniform draw in
+    each, in random order over the batch: [B] int64.
+
+    Every batch covers the whole range evenly (less variance of the batch's mean loss than
+    independent draws); a sample's timestep is still random, so compare samples across batches,
+    not within one (see ``bilevel.rater_timestep_sampling``).
+    """
+    width = (high - low) / batch_size
+    u = torch.rand(batch_size, generator=generator, device=device)
+    order = torch.randperm(batch_size, generator=generator, device=device)
+    t = low + ((order + u) * width).long()
+    return t.clamp(low, high - 1)
+
+
+def draw_timesteps(mode: str, batch_size: int, low: int, high: int, device, generator=None) -> torch.Tensor:
+    """The training batch's timesteps [B] int64 in [low, high): ``mode`` = "shared" (one t for the
+    batch), "stratified" (one per stratum) or "uniform" (independent draws).
+
+    Raises:
+        ValueError: unknown ``mode``.
+    """
+    if mode == "shared":
+        return shared_timesteps(batch_size, low, high, device, generator)
+    if mode == "stratified":
+        return stratified_timesteps(batch_size, low, high, device, generator)
+    if mode == "uniform":
+        return torch.randint(low, high, (batch_size,), device=device, generator=generator)
+    raise ValueError(f"timestep sampling must be 'shared', 'stratified' or 'uniform', got {mode!r}")
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+    Weighting Strategy", Eq. 7 for ε- and v-prediction): [B] timesteps -> [B] float32 weights.
+
+    ``min(SNR(t), γ) / SNR(t)`` for epsilon prediction, ``min(SNR(t), γ) / (SNR(t) + 1)`` for
+    v-prediction; SNR from diffusers' ``compute_snr``. With ε-prediction this down-weights the
+    high-SNR (low-noise) timesteps, where SNR > γ.
+
+    Raises:
+        ValueError: ``gamma <= 0`` or a prediction type other than epsilon / v_prediction.
+    """
+    from diffusers.training_utils import compute_snr
+
+    if gamma <= 0:
+        raise ValueError(f"min_snr_gamma must be > 0, got {gamma}")
+    snr = compute_snr(scheduler, timesteps).float()
+    clipped = torch.clamp(snr, max=gamma)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return clipped / snr
+    if kind == "v_prediction":
+        return clipped / (snr + 1)
+    raise ValueError(f"min-SNR weighting supports epsilon and v_prediction, not {kind!r}")
+
+
+def caption_gap(
+    unet,
+    scheduler,
+    images: torch.Tensor,
+    states: torch.Tensor,
+    mask: torch.Tensor | None,
+    null_states: torch.Tensor,
+    null_mask: torch.Tensor | None,
+    timesteps: torch.Tensor,
+    noise: torch.Tensor,
+    cond_losses: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """How much the caption helps denoise each sample: ``ℓ(x_i | ∅) − ℓ(x_i | c_i)``, [B].
+
+    The diffusion-classifier idea (Li et al. 2023, "Your Diffusion Model is Secretly a Zero-Shot
+    Classifier"): a caption that describes the image lowers the denoising loss relative to the
+    null caption; a wrong or generic caption does not. Both losses use the same timesteps and noise.
+
+    Args:
+        unet, scheduler, images, states, mask, timesteps: as :func:`per_sample_loss`.
+        null_states: [T, D] token states of the empty caption; null_mask: [T] bool or None.
+        noise: [B, C, H, W], the noise of both losses.
+        cond_losses: [B] conditional losses already computed with this noise and these timesteps
+            (saves a forward); computed if None.
+
+    Returns:
+        [B] float gap (positive: the caption helps). Exactly 0 for a sample whose caption is the
+        null caption.
+    """
+    b = images.shape[0]
+    if cond_losses is None:
+        cond_losses = per_sample_loss(unet, scheduler, images, states, mask, timesteps, noise)
+    null_s = null_states.to(states.dtype).expand(b, *null_states.shape)
+    null_m = None if null_mask is None else null_mask.expand(b, *null_mask.shape)
+    uncond = per_sample_loss(unet, scheduler, images, null_s, null_m, timesteps, noise)
+    return uncond - cond_losses
 
 
 @torch.no_grad()

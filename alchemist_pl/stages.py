@@ -212,6 +212,7 @@ def rate(cfg: DictConfig) -> dict:
             "score_std": float(scores.std()),
             "scoring_time_s": round(score_time, 2),
             "bilevel_iterations": int(trainer.global_step // 2),
+            **model.timestep_correlation(scores),  # score_timestep_spearman, samples_seen
         }
         for lg in loggers:
             lg.log_metrics({f"rate/{k}": v for k, v in metrics.items() if k.startswith("score")}, step=trainer.global_step)

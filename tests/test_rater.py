@@ -49,7 +49,7 @@ def test_scores_do_not_depend_on_batch_or_order(small_split):
     assert a.std() > 0
 
 
-def _tiny_bilevel(objective: str) -> BilevelRater:
+def _tiny_bilevel(objective: str, **options) -> BilevelRater:
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -64,6 +64,7 @@ def _tiny_bilevel(objective: str) -> BilevelRater:
     return BilevelRater(
         proxy, DDPMScheduler(num_train_timesteps=1000), rater, opt(1e-3), opt(3e-3),
         ul_init=0.8, ul_decay=0.0, rater_timesteps=(0, 600), histogram_every=0, rater_objective=objective,
+        **options,
     )
 
 
@@ -85,14 +86,15 @@ def tiny_split(emoji_dir, cache_dir):
     return load_split(emoji_dir / "val", resolution=8, cache_dir=cache_dir, limit=128)
 
 
-def _run(small_split, objective, iterations=300):
-    model = _tiny_bilevel(objective)
+def _run(small_split, objective, iterations=300, **options):
+    model = _tiny_bilevel(objective, **options)
     loader = lambda: DataLoader(small_split, batch_size=16, shuffle=True, drop_last=True)  # noqa: E731
     probe = next(iter(DataLoader(small_split, batch_size=32)))
     track = _Track(probe)
     trainer = Trainer(accelerator="cpu", max_steps=2 * iterations, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, callbacks=[track])
     trainer.fit(model, train_dataloaders=CombinedLoader({"val": loader(), "train": loader()}, "min_size"))
+    _run.last = (model, trainer)
     return np.array(track.b), track.scores
 
 
@@ -109,3 +111,168 @@ def test_literal_rater_loss_collapses_the_batch_weight(tiny_split):
     """The failure mode the centred objective exists to avoid (method.md, measured facts)."""
     b, _ = _run(tiny_split, "literal")
     assert b[-1] < 0.05 < b[0]
+
+
+# ---------------------------------------------------------------- method options (issue 4)
+
+
+def test_exact_estimator_trains_the_rater(tiny_split):
+    """The exact one-step meta-gradient drives the rater through the real loop on real data."""
+    b, scores = _run(tiny_split, "centred", iterations=100, estimator="exact", lookahead_lr=0.1)
+    model, trainer = _run.last
+    assert len(b) == 100 and np.isfinite(b).all()
+    assert float(trainer.callback_metrics["rate/meta_grad_std"]) > 0
+    assert np.isfinite(float(trainer.callback_metrics["rate/val_loss_lookahead"]))
+    change = (scores[-1] - scores[0]).abs().mean() / scores[0].std()
+    assert change > 0.01, change
+
+
+def test_exact_estimator_reuses_the_inner_gradient_without_changing_the_step(tiny_split):
+    """Sharing ∇Σ W_i ℓ_i between the lookahead and the proxy step leaves the proxy's gradient as it was."""
+    grads = []
+    for share in (True, False):
+        model = _tiny_bilevel("centred", estimator="exact", lookahead_lr=0.1)
+        model.share_inner_grad = share
+        torch.manual_seed(1)
+        loader = CombinedLoader({k: DataLoader(tiny_split, batch_size=16, drop_last=True) for k in ("val", "train")},
+                                "min_size")
+        Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False).fit(model, train_dataloaders=loader)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert grads[0].shape == grads[1].shape and grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [
+    {"estimator": "second_order"}, {"rater_noise": "fresh"}, {"rater_timestep_sampling": "sorted"},
+    {"rater_loss_weighting": "p2"}, {"caption_gap_weight": -1.0},
+    {"caption_gap_weight": 0.5, "estimator": "exact"}, {"estimator": "exact", "lookahead_lr": 0.0},
+])
+def test_bad_options_raise(options):
+    with pytest.raises(ValueError):
+        _tiny_bilevel("centred", **options)
+
+
+def test_stratified_shared_and_timestep_records(tiny_split):
+    """Stratified batches cover every stratum; shared noise is one image; the loop records each sample's t."""
+    from alchemist_pl.diffusion import draw_timesteps
+
+    t = draw_timesteps("stratified", 12, 0, 600, "cpu")
+    assert sorted((t // 50).tolist()) == list(range(12))
+    shared = draw_timesteps("shared", 12, 0, 600, "cpu")
+    assert shared.unique().numel() == 1 and 0 <= int(shared[0]) < 600
+    model = _tiny_bilevel("centred", rater_noise="shared", rater_timestep_sampling="stratified",
+                          rater_loss_weighting="min_snr")
+    noise = model._train_noise(torch.zeros(4, 3, 8, 8))
+    assert torch.equal(noise[0], noise[3]) and noise.std() > 0
+    _run(tiny_split, "centred", iterations=6, rater_timestep_sampling="stratified", rater_loss_weighting="min_snr")
+    model, _ = _run.last
+    index, seen_t = torch.cat(model.seen_index), torch.cat(model.seen_t)
+    assert len(index) == len(seen_t) == 6 * 16
+    assert all(len(set((x // 37.5).long().tolist())) == 16 for x in model.seen_t)  # one per stratum
+    result = model.timestep_correlation(np.random.default_rng(0).normal(size=len(tiny_split)))
+    assert result["samples_seen"] == len(set(index.tolist()))
+    assert abs(result["score_timestep_spearman"]) < 0.5
+
+
+def test_timestep_correlation_detects_timestep_scores():
+    from alchemist_pl.bilevel import timestep_correlation
+
+    rng = np.random.default_rng(0)
+    index = rng.integers(0, 200, size=600)
+    t = rng.integers(0, 600, size=600).astype(float)
+    count = np.bincount(index, minlength=200)
+    mean_t = np.bincount(index, weights=t, minlength=200) / np.maximum(count, 1)
+    leaky = -mean_t + rng.normal(scale=10, size=200)  # scores that mostly say "this sample saw a low t"
+    r = timestep_correlation(leaky, index, t)
+    assert r["samples_seen"] == int((count > 0).sum())
+    assert r["score_timestep_spearman"] < -0.9
+    assert abs(timestep_correlation(rng.normal(size=200), index, t)["score_timestep_spearman"]) < 0.2
+    assert np.isnan(timestep_correlation(np.zeros(200), index, t)["score_timestep_spearman"])
+
+
+def test_min_snr_weights_follow_the_formula():
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    from alchemist_pl.diffusion import min_snr_weights
+
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    t = torch.tensor([0, 20, 100, 400, 999])
+    snr = compute_snr(sched, t)
+    torch.testing.assert_close(min_snr_weights(sched, t, 5.0), (torch.clamp(snr, max=5.0) / snr).float())
+    w = min_snr_weights(sched, t, 5.0)
+    assert w[0] < w[1] < w[2] <= 1.0 and float(w[-1]) == 1.0  # low-noise timesteps are down-weighted
+    with pytest.raises(ValueError):
+        min_snr_weights(sched, t, 0.0)
+
+
+def test_caption_gap(tiny_split):
+    """ℓ(x | null) − ℓ(x | caption) per sample, with the dataset's own empty-caption embedding."""
+    from alchemist_pl.diffusion import caption_gap, per_sample_loss
+
+    from diffusers import DDPMScheduler
+
+    from .test_metagrad import tiny_attention_unet
+
+    unet = tiny_attention_unet().eval()
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    batch = next(iter(DataLoader(tiny_split, batch_size=6)))
+    text = tiny_split.text
+    r = text.captions.index("")
+    null_states, null_mask = text.states[r].float(), text.mask[r]
+    t = torch.full((6,), 200)
+    noise = torch.randn(batch["image"].shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        gap = caption_gap(unet, sched, batch["image"], batch["states"], batch["mask"], null_states, null_mask, t, noise)
+        cond = per_sample_loss(unet, sched, batch["image"], batch["states"], batch["mask"], t, noise)
+        uncond = per_sample_loss(unet, sched, batch["image"], null_states.expand(6, -1, -1), null_mask.expand(6, -1),
+                                 t, noise)
+        # the caption of every sample replaced by the null caption: the gap is exactly zero
+        zero = caption_gap(unet, sched, batch["image"], null_states.expand(6, -1, -1), null_mask.expand(6, -1),
+                           null_states, null_mask, t, noise)
+        other = caption_gap(unet, sched, batch["image"], batch["states"], batch["mask"], batch["states"][0],
+                            batch["mask"][0], t, noise)
+    assert gap.shape == (6,) and torch.isfinite(gap).all()
+    torch.testing.assert_close(gap, uncond - cond)
+    assert gap.abs().max() > 0
+    assert torch.equal(zero, torch.zeros(6))
+    assert float(other[0]) == 0.0 and not torch.allclose(other, gap)  # the "null" argument is what is used
+
+
+def test_caption_gap_in_the_loop(tiny_split):
+    """λ > 0 needs the empty caption; with it the loop logs a finite mean gap."""
+    loader = CombinedLoader({k: DataLoader(tiny_split, batch_size=16, shuffle=True, drop_last=True)
+                             for k in ("val", "train")}, "min_size")
+
+    def fit(model):
+        trainer = Trainer(accelerator="cpu", max_steps=6, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(model, train_dataloaders=loader)
+        return trainer
+
+    with pytest.raises(ValueError, match="empty caption"):
+        fit(_tiny_bilevel("centred", caption_gap_weight=0.5))
+    model = _tiny_bilevel("centred", caption_gap_weight=0.5)
+    r = tiny_split.text.captions.index("")
+    model.set_null_caption(tiny_split.text.states[r].float(), tiny_split.text.mask[r])
+    trainer = fit(model)
+    assert np.isfinite(float(trainer.callback_metrics["rate/caption_gap"]))
+
+
+def test_pixart_proxy_config_runs_the_exact_loop(make_cfg, tiny_split):
+    """proxy=pixart_tiny bilevel=exact composes, instantiates and trains (at 8 px) through the real loop."""
+    from hydra.utils import instantiate
+
+    cfg = make_cfg("proxy=pixart_tiny", "bilevel=exact", "data.resolution=8", "bilevel.histogram_every=0",
+                   "bilevel.ul_init=0.9")
+    model = instantiate(cfg.bilevel)
+    assert type(model.proxy).__name__ == "PixArtProxy" and model.hparams.estimator == "exact"
+    loader = CombinedLoader({k: DataLoader(tiny_split, batch_size=16, shuffle=True, drop_last=True)
+                             for k in ("val", "train")}, "min_size")
+    before = [p.detach().clone() for p in model.proxy.parameters()]
+    trainer = Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, train_dataloaders=loader)
+    assert np.isfinite(float(trainer.callback_metrics["rate/meta_grad_std"]))
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.proxy.parameters()))
