@@ -55,8 +55,15 @@ def _summary(cfg: DictConfig, stage: str, started: float, metrics: dict, outputs
         "version": __version__,
         "config": _container(cfg),
     }
-    write_json(out / "summary.json", summary)
+    if _is_global_zero():  # under DDP every rank runs the stage; rank 0 writes
+        write_json(out / "summary.json", summary)
     return summary
+
+
+def _is_global_zero() -> bool:
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def ensure_data(cfg: DictConfig) -> None:
@@ -133,7 +140,7 @@ def rate(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from .datamodule import RatingDataModule
-    from .scores import score_dataset, write_scores
+    from .scores import provenance, score_dataset_distributed, write_scores
 
     started = time.time()
     out = Path(cfg.paths.output_dir)
@@ -141,7 +148,7 @@ def rate(cfg: DictConfig) -> dict:
     dm = RatingDataModule(
         train_path=cfg.data.train_path, val_path=cfg.data.val_path, batch_size=cfg.rate.batch_size,
         val_batch_size=cfg.rate.val_batch_size, limit_train=cfg.data.limit_train, limit_val=cfg.data.limit_val,
-        **_data_kwargs(cfg),
+        seed=cfg.seed, **_data_kwargs(cfg),
     )
     model = instantiate(cfg.bilevel)
     loggers = make_loggers(cfg)
@@ -151,17 +158,21 @@ def rate(cfg: DictConfig) -> dict:
         fit_metrics = _scalar_metrics(trainer.callback_metrics)
 
         t0 = time.time()
-        scores = score_dataset(model.rater, dm.pool, cfg.rate.score_batch_size, device=model.device)
+        dm.setup("fit")  # after a ddp_spawn fit the main process has not loaded the data yet
+        # under DDP each rank scores its shard and all ranks get every score; rank 0 writes
+        scores = score_dataset_distributed(model.rater, dm.pool, cfg.rate.score_batch_size, device=model.device)
         score_time = time.time() - t0
-        rater_path = out / "rater.pt"
-        tmp = rater_path.with_name(f".rater.pt.tmp-{os.getpid()}")
-        torch.save({"state_dict": model.rater.state_dict(), "config": _container(cfg.rater)}, tmp)
-        os.replace(tmp, rater_path)
-        scores_path = write_scores(
-            out / "scores.parquet", dm.pool.sample_ids, scores,
-            {"stage": "rate", "train_path": str(cfg.data.train_path), "rater_checkpoint": str(rater_path),
-             "config": _container(cfg), "version": __version__},
-        )
+        rater_path, scores_path = out / "rater.pt", out / "scores.parquet"
+        if trainer.is_global_zero:
+            tmp = rater_path.with_name(f".rater.pt.tmp-{os.getpid()}")
+            torch.save({"state_dict": model.rater.state_dict(), "config": _container(cfg.rater)}, tmp)
+            os.replace(tmp, rater_path)
+            write_scores(
+                scores_path, dm.pool.sample_ids, scores,
+                {"stage": "rate", "train_path": str(cfg.data.train_path), "rater_checkpoint": str(rater_path),
+                 "config": _container(cfg), **provenance(), "world_size": trainer.world_size},
+            )
+        _barrier(trainer)
         metrics = {
             **fit_metrics,
             "samples_rated": len(scores),
@@ -176,6 +187,14 @@ def rate(cfg: DictConfig) -> dict:
         return _summary(cfg, "rate", started, metrics, {"scores": str(scores_path), "rater": str(rater_path)})
     finally:
         finish_loggers(loggers)
+
+
+def _barrier(trainer) -> None:
+    """Wait for every rank (the outputs rank 0 writes exist after it); no-op outside DDP."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        trainer.strategy.barrier("outputs written")
 
 
 def prune(cfg: DictConfig) -> dict:
