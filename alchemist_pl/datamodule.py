@@ -12,12 +12,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 from pathlib import Path
 
 import numpy as np
 import torch
 from lightning import LightningDataModule
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -74,13 +74,29 @@ class _Base(LightningDataModule):
                                   persistent_workers=self.num_workers > 0, generator=g, **kw)
 
     def state_dict(self) -> dict:
-        """Saved into every checkpoint: the RNG states of this process at the moment of saving."""
-        return {"rng_states": _collect_rng_states(include_cuda=torch.cuda.is_available())}
+        """Saved into every checkpoint: the RNG states of this process at the moment of saving.
+
+        Only tensors and plain Python values, so Lightning's ``weights_only`` checkpoint load
+        accepts them.
+        """
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                           has_gauss, cached], "python": random.getstate()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return {"rng_states": state}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore the RNG states saved with the checkpoint (a resumed run draws the same noise)."""
-        if "rng_states" in state_dict:
-            _set_rng_states(state_dict["rng_states"])
+        state = state_dict.get("rng_states")
+        if not state:
+            return
+        torch.set_rng_state(state["torch"])
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(state["python"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class RatingDataModule(_Base):
