@@ -24,7 +24,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from . import data as data_lib
 from .sampler import SubsetDistributedSampler
-from .scores import read_scores, read_subset
+from .scores import check_fingerprint, read_scores, read_subset
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,9 @@ class TrainingDataModule(_Base):
             ids, _ = read_subset(self.subset_path)
             self.subset_indices = self.train_set.index_of(ids, str(self.subset_path))
         elif self.scores_path is not None:
-            ids, scores, _ = read_scores(self.scores_path)
+            ids, scores, meta = read_scores(self.scores_path)
+            check_fingerprint(self.scores_path, meta, self.train_set.sample_ids,
+                              f"the training set data.train_path={self.train_path} ({n} samples)")
             aligned = np.full(n, np.nan, dtype=np.float32)
             aligned[self.train_set.index_of(ids, str(self.scores_path))] = scores
             if np.isnan(aligned).any():

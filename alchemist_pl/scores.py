@@ -130,7 +130,8 @@ def read_scores(path) -> tuple[list[str], np.ndarray, dict]:
 
     Raises:
         ScoresError: missing file or column, no rows, non-numeric score column, duplicate sample_id,
-            null/NaN/inf score (names the sample).
+            null/NaN/inf score (names the sample), rows that do not match the recorded
+            ``dataset_fingerprint``.
     """
     import pyarrow.types as pat
 
@@ -148,6 +149,7 @@ def read_scores(path) -> tuple[list[str], np.ndarray, dict]:
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ScoresError(f"{path}: {int(bad.sum())} scores are NaN or infinite (first: sample {ids[i]!r} = {scores[i]})")
+    check_fingerprint(path, metadata, ids, "the file's own rows (edited or truncated?)")
     return ids, scores, metadata
 
 

@@ -200,7 +200,7 @@ def _barrier(trainer) -> None:
 def prune(cfg: DictConfig) -> dict:
     """Select a subset from ``cfg.scores_path`` with ``cfg.method`` at ``cfg.keep_ratio``."""
     from . import pruning
-    from .scores import read_scores, write_subset
+    from .scores import provenance, read_scores, write_subset
 
     if not cfg.scores_path:
         raise ValueError("prune needs scores: set scores_path=PATH/TO/scores.parquet")
@@ -208,12 +208,14 @@ def prune(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     ids, scores, meta = read_scores(cfg.scores_path)
     params = _container(cfg.pruning)
-    idx = pruning.select(scores, cfg.keep_ratio, cfg.method, cfg.seed, **params)
-    pct = pruning.percentiles(scores)
+    order = pruning.descending_order(scores)  # one sort, shared by select and percentiles
+    idx = pruning.select(scores, cfg.keep_ratio, cfg.method, cfg.seed, order=order, **params)
+    pct = pruning.percentiles(scores, order=order)
+    del order
     subset_path = write_subset(
         out / "subset.parquet", [ids[i] for i in idx], scores[idx], pct[idx],
         {"stage": "prune", "scores_path": str(cfg.scores_path), "method": cfg.method, "keep_ratio": cfg.keep_ratio,
-         "seed": cfg.seed, "params": params, "scores_metadata": meta, "version": __version__},
+         "seed": cfg.seed, "params": params, "scores_metadata": meta, "config": _container(cfg), **provenance()},
     )
     hist, edges = np.histogram(pct[idx], bins=10, range=(0.0, 1.0))
     plot = plot_percentiles(pct[idx], out / "percentiles.png", f"{cfg.method}, keep_ratio={cfg.keep_ratio}")
