@@ -54,7 +54,11 @@ class _Base(LightningDataModule):
         self.max_tokens = max_tokens
         self.seed = seed
 
-    def _load(self, path, limit):
+    def _load(self, path, limit, key: str):
+        """Load one split; ``key`` names its config entry (``data.train_path``) in errors."""
+        if not Path(path).exists():
+            raise data_lib.DataError(f"{key}={path} does not exist (expected a folder of *.tar webdataset "
+                                     f"shards, one shard, or an image folder with metadata.jsonl)")
         return load_split(path, self.resolution, self.cache_dir, limit, self.max_tokens)
 
     def _loader(self, dataset, batch_size, **kw):
@@ -116,8 +120,8 @@ class RatingDataModule(_Base):
 
     def setup(self, stage: str | None = None) -> None:
         if self.pool is None:
-            self.pool = self._load(self.train_path, self.limit_train)
-            self.val_set = self._load(self.val_path, self.limit_val)
+            self.pool = self._load(self.train_path, self.limit_train, "data.train_path")
+            self.val_set = self._load(self.val_path, self.limit_val, "data.val_path")
             for name, path, ds, b in (("training pool", self.train_path, self.pool, self.batch_size),
                                       ("D_val", self.val_path, self.val_set, self.val_batch_size)):
                 if len(ds) < b:
@@ -158,8 +162,8 @@ class TrainingDataModule(_Base):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        self.train_set = self._load(self.train_path, self.limit_train)
-        self.test_set = self._load(self.test_path, self.limit_test)
+        self.train_set = self._load(self.train_path, self.limit_train, "data.train_path")
+        self.test_set = self._load(self.test_path, self.limit_test, "data.test_path")
         n = len(self.train_set)
         if self.subset_path is not None:
             ids, _ = read_subset(self.subset_path)
