@@ -5,29 +5,23 @@ import io
 
 import numpy as np
 import pytest
-import webdataset as wds
 from hydra.errors import ConfigCompositionException
 from PIL import Image
 
-from alchemist_pl.data import DataError, iter_samples, load_split
+from alchemist_pl.data import DataError, load_split
 from alchemist_pl.stages import run
+
+from .test_data import _write_shard, real_samples  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
-def real(emoji_dir):
-    """The first 4 real samples of the test split: (sample_id, png bytes, caption)."""
-    out = []
-    for raw in iter_samples(emoji_dir / "test"):
-        out.append((raw.sample_id, raw.image, raw.caption))
-        if len(out) == 4:
-            return out
+def real(real_samples):
+    return real_samples[:4]
 
 
 def _shard(path, samples):
     path.parent.mkdir(parents=True, exist_ok=True)
-    with wds.TarWriter(str(path)) as sink:
-        for s in samples:
-            sink.write(s)
+    _write_shard(path, samples)
 
 
 def _jpeg(png: bytes, size=None) -> bytes:
