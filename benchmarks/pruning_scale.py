@@ -49,25 +49,34 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--sizes", nargs="*", default=["1e6", "1e7", "1e8"])
+    p.add_argument("--repeat", type=int, default=1, help="runs per (N, method); the table reports the median time")
     args = p.parse_args()
     root = Path(__file__).resolve().parents[1]
     rows = []
     for n in args.sizes:
         for m in METHODS:
-            out = subprocess.run([sys.executable, "-c", CHILD, n, m], cwd=root, capture_output=True, text=True, check=True)
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs = []
+            for _ in range(args.repeat):
+                out = subprocess.run([sys.executable, "-c", CHILD, n, m], cwd=root, capture_output=True, text=True,
+                                     check=True)
+                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs.sort(key=lambda r: r["seconds"])
+            rows.append({**runs[len(runs) // 2], "all_seconds": [round(r["seconds"], 2) for r in runs]})
             print(rows[-1], flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     lines = [
         "# pruning.select at scale (keep_ratio 0.5, float32 scores)",
         "",
-        f"- command: `python benchmarks/pruning_scale.py --out {args.out} --sizes {' '.join(args.sizes)}`",
+        f"- command: `python benchmarks/pruning_scale.py --out {args.out} --sizes {' '.join(args.sizes)}"
+        f" --repeat {args.repeat}` (median of {args.repeat} runs; all runs in the last column)",
         f"- commit: `{commit}`",
-        f"- machine: {platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}",
+        f"- machine: {platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()};"
+        f" load average at the end {__import__('os').getloadavg()[0]:.1f} (the machine was shared: times are noisy)",
         "",
-        "| N | method | time (s) | process peak RSS (GB) | extra over the input (GB) |",
-        "|---|---|---|---|---|",
-        *[f"| {r['n']:.0e} | {r['method']} | {r['seconds']:.2f} | {r['peak_gb']:.2f} | {r['extra_gb']:.2f} |" for r in rows],
+        "| N | method | time (s) | process peak RSS (GB) | extra over the input (GB) | all runs (s) |",
+        "|---|---|---|---|---|---|",
+        *[f"| {r['n']:.0e} | {r['method']} | {r['seconds']:.2f} | {r['peak_gb']:.2f} | {r['extra_gb']:.2f} |"
+          f" {', '.join(map(str, r['all_seconds']))} |" for r in rows],
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
