@@ -9,6 +9,8 @@ under new names by symlinks). Each measurement runs in a fresh subprocess:
   lookup, rater forward, one Parquet part per shard), samples/s;
 - ``forward only``: the rater's ``score`` on the same batches, decoded into memory beforehand
   (1x only), samples/s;
+- ``loader only``: the streaming dataloader alone (read tar, decode, resize; no rater), 1x, samples/s:
+  the ceiling the end-to-end rate can reach with that many workers;
 - peak RSS of the process (and of its dataloader workers, largest one) while scoring.
 
 The rater is the default ``conf/rater`` at random initialisation: the forward cost is what counts.
@@ -49,6 +51,11 @@ if mode == "end-to-end":
     dt = time.perf_counter() - t
     import pyarrow.parquet as pq
     n = sum(pq.read_metadata(p).num_rows for p in written)
+elif mode == "loader-only":
+    loader = torch.utils.data.DataLoader(ShardBatches(shards, 32, batch), batch_size=None, num_workers=workers)
+    t = time.perf_counter()
+    n = sum(len(b["sample_id"]) for b in loader)
+    dt = time.perf_counter() - t
 else:
     captions = PooledCaptions(cache)
     batches = [(b["image"].float() / 127.5 - 1.0, captions(b["caption"])) for b in ShardBatches(shards, 32, batch) if b["sample_id"]]
@@ -101,6 +108,7 @@ def main() -> None:
         tmp = Path(tmp)
         one = repeated_pool(src, tmp / "pool-1x", 1)
         forward = run("forward-only", one, tmp / "unused", 0, args.batch_size, args.threads)
+        loader = {w: run("loader-only", one, tmp / "unused", w, args.batch_size, args.threads) for w in args.workers}
         for repeat in args.repeats:
             pool = repeated_pool(src, tmp / f"pool-{repeat}x", repeat)
             for workers in args.workers:
@@ -119,6 +127,8 @@ def main() -> None:
         f" batch {args.batch_size}; rater = conf/rater default",
         "",
         f"Rater forward alone on the same batches (decoded in memory beforehand): **{forward['samples_per_s']:.0f} samples/s**.",
+        "Streaming loader alone (read tar + decode + resize, no rater), 1x: "
+        + ", ".join(f"{w} workers **{r['samples_per_s']:.0f} samples/s**" for w, r in loader.items()) + ".",
         "",
         "| pool | shards | samples | dataloader workers | end-to-end samples/s | % of forward alone | peak RSS scoring process (GB) | peak RSS largest worker (GB) |",
         "|---|---|---|---|---|---|---|---|",
