@@ -28,7 +28,8 @@ TINY = ["debug=smoke", "data.limit_train=64", "data.limit_val=32", "rate.batch_s
 
 
 def cli(*args):
-    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
+    # one thread per process: on a small shared CPU, oversubscribed OpenMP threads make each step ~10x slower
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "train.py", *args, f"paths.data_dir={DATA_DIR}"], cwd=ROOT,
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -21,7 +21,8 @@ TINY = ["+experiment=rate", "debug=smoke", "~logger", "data.limit_train=64", "da
 
 
 def rate(out, *extra):
-    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
+    # one thread per process: on a small shared CPU, oversubscribed OpenMP threads make each step ~10x slower
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "train.py", *TINY, f"+callbacks.probe.out={out}/probe",
                            f"hydra.run.dir={out}", *extra], cwd=ROOT, capture_output=True, text=True, env=env,
                           timeout=600)
