@@ -51,7 +51,9 @@ def _read_shard(shard: Path) -> Iterator[dict]:
     import webdataset as wds
 
     try:
-        yield from wds.WebDataset(str(shard), shardshuffle=False, empty_check=False)
+        # one shard, read whole in this process: no splitting by node (DDP) or dataloader worker
+        yield from wds.WebDataset(str(shard), shardshuffle=False, empty_check=False, nodesplitter=None,
+                                  workersplitter=None)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataError(f"{shard}: not a readable tar archive (expected a webdataset shard; {type(e).__name__}: {e})") from e
 

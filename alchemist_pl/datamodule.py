@@ -1,20 +1,30 @@
-"""LightningDataModules for rating (pool + D_val) and for training on a subset (train + test)."""
+"""LightningDataModules for rating (pool + D_val) and for training on a subset (train + test).
+
+Resuming mid-epoch reproduces an uninterrupted run exactly: the train loaders are torchdata
+``StatefulDataLoader``s with seeded generators (Lightning saves their position in the epoch into
+the checkpoint and restores it), and the datamodule's ``state_dict`` carries the process's RNG
+states (torch, NumPy, Python), restored with the checkpoint, so the noise and timesteps drawn by
+the training step after the resume are those the uninterrupted run drew.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
 import os
+import random
 from pathlib import Path
 
 import numpy as np
+import torch
 from lightning import LightningDataModule
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from . import data as data_lib
 from .sampler import SubsetDistributedSampler
-from .scores import read_scores, read_subset
+from .scores import check_fingerprint, read_scores, read_subset
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +45,62 @@ def load_split(path, resolution: int, cache_dir=None, limit=None, max_tokens: in
 
 class _Base(LightningDataModule):
     def __init__(self, resolution: int = 32, batch_size: int = 32, num_workers: int = 0,
-                 cache_dir: str | os.PathLike | None = None, max_tokens: int = 16):
+                 cache_dir: str | os.PathLike | None = None, max_tokens: int = 16, seed: int = 0):
         super().__init__()
         self.resolution = resolution
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.cache_dir = cache_dir
         self.max_tokens = max_tokens
+        self.seed = seed
 
-    def _load(self, path, limit):
+    def _load(self, path, limit, key: str):
+        """Load one split; ``key`` names its config entry (``data.train_path``) in errors."""
+        if not Path(path).exists():
+            raise data_lib.DataError(f"{key}={path} does not exist (expected a folder of *.tar webdataset "
+                                     f"shards, one shard, or an image folder with metadata.jsonl)")
         return load_split(path, self.resolution, self.cache_dir, limit, self.max_tokens)
 
     def _loader(self, dataset, batch_size, **kw):
         return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, **kw)
+
+    def _train_loader(self, dataset, batch_size, offset: int = 0, **kw):
+        """A resumable loader: its shuffle order and worker seeds come from its own generator.
+
+        ``offset`` gives each loader of the module its own stream (``seed + offset``). Under DDP
+        Lightning swaps the shuffling sampler for a ``DistributedSampler`` seeded with the global
+        seed and the epoch; the loader keeps its position either way.
+        """
+        g = torch.Generator()
+        g.manual_seed(self.seed + offset)
+        return StatefulDataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
+                                  persistent_workers=self.num_workers > 0, generator=g, **kw)
+
+    def state_dict(self) -> dict:
+        """Saved into every checkpoint: the RNG states of this process at the moment of saving.
+
+        Only tensors and plain Python values, so Lightning's ``weights_only`` checkpoint load
+        accepts them.
+        """
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                           has_gauss, cached], "python": random.getstate()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return {"rng_states": state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the RNG states saved with the checkpoint (a resumed run draws the same noise)."""
+        state = state_dict.get("rng_states")
+        if not state:
+            return
+        torch.set_rng_state(state["torch"])
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(state["python"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class RatingDataModule(_Base):
@@ -68,8 +120,8 @@ class RatingDataModule(_Base):
 
     def setup(self, stage: str | None = None) -> None:
         if self.pool is None:
-            self.pool = self._load(self.train_path, self.limit_train)
-            self.val_set = self._load(self.val_path, self.limit_val)
+            self.pool = self._load(self.train_path, self.limit_train, "data.train_path")
+            self.val_set = self._load(self.val_path, self.limit_val, "data.val_path")
             for name, path, ds, b in (("training pool", self.train_path, self.pool, self.batch_size),
                                       ("D_val", self.val_path, self.val_set, self.val_batch_size)):
                 if len(ds) < b:
@@ -78,8 +130,8 @@ class RatingDataModule(_Base):
     def train_dataloader(self):
         return CombinedLoader(
             {
-                "val": self._loader(self.val_set, self.val_batch_size, shuffle=True, drop_last=True),
-                "train": self._loader(self.pool, self.batch_size, shuffle=True, drop_last=True),
+                "val": self._train_loader(self.val_set, self.val_batch_size, offset=0, shuffle=True, drop_last=True),
+                "train": self._train_loader(self.pool, self.batch_size, offset=1, shuffle=True, drop_last=True),
             },
             mode="min_size",
         )
@@ -97,12 +149,11 @@ class TrainingDataModule(_Base):
     def __init__(self, train_path, test_path, subset_path=None, scores_path=None, keep_ratio: float = 1.0,
                  method: str = "full", pruning_params: dict | None = None, seed: int = 0,
                  limit_train=None, limit_test=None, test_batch_size: int = 128, **kw):
-        super().__init__(**kw)
+        super().__init__(seed=seed, **kw)
         self.train_path, self.test_path = train_path, test_path
         self.subset_path, self.scores_path = subset_path, scores_path
         self.keep_ratio, self.method = keep_ratio, method
         self.pruning_params = dict(pruning_params or {})
-        self.seed = seed
         self.limit_train, self.limit_test = limit_train, limit_test
         self.test_batch_size = test_batch_size
         self.train_set = self.test_set = None
@@ -111,14 +162,16 @@ class TrainingDataModule(_Base):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        self.train_set = self._load(self.train_path, self.limit_train)
-        self.test_set = self._load(self.test_path, self.limit_test)
+        self.train_set = self._load(self.train_path, self.limit_train, "data.train_path")
+        self.test_set = self._load(self.test_path, self.limit_test, "data.test_path")
         n = len(self.train_set)
         if self.subset_path is not None:
             ids, _ = read_subset(self.subset_path)
             self.subset_indices = self.train_set.index_of(ids, str(self.subset_path))
         elif self.scores_path is not None:
-            ids, scores, _ = read_scores(self.scores_path)
+            ids, scores, meta = read_scores(self.scores_path)
+            check_fingerprint(self.scores_path, meta, self.train_set.sample_ids,
+                              f"the training set data.train_path={self.train_path} ({n} samples)")
             aligned = np.full(n, np.nan, dtype=np.float32)
             aligned[self.train_set.index_of(ids, str(self.scores_path))] = scores
             if np.isnan(aligned).any():
@@ -142,7 +195,7 @@ class TrainingDataModule(_Base):
         return self.train_set.text.states[r].float(), self.train_set.text.mask[r]
 
     def train_dataloader(self):
-        return self._loader(self.train_set, self.batch_size, sampler=self.sampler, drop_last=True)
+        return self._train_loader(self.train_set, self.batch_size, sampler=self.sampler, drop_last=True)
 
     def test_dataloader(self):
         return self._loader(self.test_set, self.test_batch_size, shuffle=False)

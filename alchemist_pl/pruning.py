@@ -5,7 +5,8 @@ the sorted int64 indices of ``round(keep_ratio * N)`` distinct samples. Every me
 apart from one sort (O(N log N)), so it scales to 10^8 scores.
 
 Rank percentile: scores are sorted descending and ``r_i = rank_i / N`` in [0, 1), 0 = top score.
-Ties are broken by index (stable sort), so the result is deterministic.
+Ties are broken by index (stable sort), so the result is deterministic. A caller that needs both
+the subset and the percentiles sorts once (:func:`descending_order`) and passes ``order=`` to both.
 
 Methods:
     shift_gsample: discard the head ``r < head``, then draw without replacement with probability
@@ -36,10 +37,13 @@ def auto_head(keep_ratio: float) -> float:
     return float(max(0.0, min(0.25, 1.0 - keep_ratio - 0.05)))
 
 
-def percentiles(scores: np.ndarray) -> np.ndarray:
-    """Rank percentile r_i in [0, 1) of every score, 0 = highest (float64, shape [N])."""
+def percentiles(scores: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """Rank percentile r_i in [0, 1) of every score, 0 = highest (float64, shape [N]).
+
+    ``order``: the scores' :func:`descending_order` if already computed (saves the sort).
+    """
     scores = np.asarray(scores)
-    order = _descending_order(scores)
+    order = _given_or_sorted(scores, order)
     r = np.empty(len(scores), dtype=np.float64)
     r[order] = np.arange(len(scores), dtype=np.float64) / len(scores)
     return r
@@ -70,7 +74,16 @@ def _check(scores: np.ndarray, keep_ratio: float) -> int:
     return max(k, 1)
 
 
-def _descending_order(scores: np.ndarray) -> np.ndarray:
+def _given_or_sorted(scores: np.ndarray, order) -> np.ndarray:
+    if order is None:
+        return descending_order(scores)
+    order = np.asarray(order)
+    if order.shape != scores.shape:
+        raise ValueError(f"order must be the scores' descending order, shape {scores.shape}; got shape {order.shape}")
+    return order
+
+
+def descending_order(scores: np.ndarray) -> np.ndarray:
     """Indices sorting ``scores`` from highest to lowest, ties by index: [N] int64.
 
     For float32 scores (N < 2^32) each score's bits are mapped to an unsigned key that sorts in
@@ -78,6 +91,7 @@ def _descending_order(scores: np.ndarray) -> np.ndarray:
     vectorised value sort of that array is ~3x faster than a stable argsort and breaks ties by
     index. Other dtypes use a stable argsort.
     """
+    scores = np.asarray(scores)
     n = len(scores)
     if scores.dtype != np.float32 or n >= 2**32:
         return np.argsort(-scores, kind="stable")
@@ -96,6 +110,9 @@ def _descending_order(scores: np.ndarray) -> np.ndarray:
     packed.sort()
     packed &= np.uint64(0xFFFFFFFF)
     return packed.view(np.int64)
+
+
+_descending_order = descending_order
 
 
 def _gaussian_draw(order: np.ndarray, first: int, k: int, mean: float, std: float,
@@ -142,6 +159,7 @@ def select(
     mean: float = DEFAULT_MEAN,
     std: float = DEFAULT_STD,
     start: float = 0.4,
+    order: np.ndarray | None = None,
 ) -> np.ndarray:
     """Indices of the selected subset.
 
@@ -153,13 +171,15 @@ def select(
         head: shift_gsample's discarded head fraction in [0, 1), or "auto" (:func:`auto_head`).
         mean, std: centre and width of the Gaussian over rank percentile (shift_gsample, gsample).
         start: first percentile of the window (block); clipped so the window fits.
+        order: [N] the scores' :func:`descending_order`, if the caller has it already (prune shares
+            one sort between ``select`` and :func:`percentiles`); computed here otherwise.
 
     Returns:
         [k] int64 sorted indices, no duplicates.
 
     Raises:
-        ValueError: unknown method, keep_ratio outside (0, 1], NaN/inf scores, or a head too large
-            to leave k samples.
+        ValueError: unknown method, keep_ratio outside (0, 1], NaN/inf scores, a head too large
+            to leave k samples, or an ``order`` whose shape is not the scores'.
     """
     method = check_method(method)
     scores = np.asarray(scores)
@@ -174,7 +194,7 @@ def select(
     elif method == "random":
         out = rng.choice(n, size=k, replace=False)
     elif method in ("top_k", "bottom_k", "block"):
-        order = _descending_order(scores)
+        order = _given_or_sorted(scores, order)
         if method == "top_k":
             out = order[:k]
         elif method == "bottom_k":
@@ -189,5 +209,5 @@ def select(
             if not (0.0 <= h < 1.0):
                 raise ValueError(f"head must be in [0, 1), got {h}")
             first = int(np.ceil(h * n))  # positions with r = position / N < h are the head
-        out = _gaussian_draw(_descending_order(scores), first, k, mean, std, rng)
+        out = _gaussian_draw(_given_or_sorted(scores, order), first, k, mean, std, rng)
     return np.sort(out.astype(np.int64))

@@ -2,8 +2,10 @@
 
 ``scores.parquet``: columns ``sample_id`` (string), ``score`` (float32, higher = more useful).
 ``subset.parquet``: columns ``sample_id``, ``score``, ``percentile`` (rank percentile, 0 = top).
-Both carry a JSON object under the schema metadata key ``alchemist`` (config, dataset
-fingerprint, producing stage). Any tool can write these files: only the two columns of
+Both carry a JSON object under the schema metadata key ``alchemist`` (producing stage, config,
+package version and git commit, and ``dataset_fingerprint``: a hash of the pool's sample_ids).
+A scores file whose recorded fingerprint does not match its own rows, or (when training from it)
+the training set, is refused with an error naming the file (:func:`check_fingerprint`). Any tool can write these files: only the two columns of
 ``scores.parquet`` are required to prune or train from them. Writes are atomic (temporary file
 in the same folder, then rename), so a killed run never leaves a half-written file.
 """
@@ -32,6 +34,47 @@ def dataset_fingerprint(sample_ids) -> str:
         h.update(s.encode("utf-8"))
         h.update(b"\0")
     return h.hexdigest()
+
+
+def provenance() -> dict:
+    """``{"version": package version, "commit": git commit of the source tree or None}``."""
+    import subprocess
+
+    from . import __version__
+
+    commit = None
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0:
+            commit = out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"version": __version__, "commit": commit}
+
+
+def check_fingerprint(path, metadata: dict, sample_ids, what: str) -> None:
+    """Refuse a scores file made for another dataset.
+
+    Args:
+        path: the scores file (named in the error).
+        metadata: its metadata (:func:`read_scores`); a file without ``dataset_fingerprint``
+            (written by another tool) is accepted.
+        sample_ids: the samples it must describe: its own rows, or the training set.
+        what: how to name those samples in the error, e.g. "the training set data.train_path=...".
+
+    Raises:
+        ScoresError: the recorded fingerprint differs from that of ``sample_ids``.
+    """
+    recorded = metadata.get("dataset_fingerprint")
+    if recorded is None:
+        return
+    actual = dataset_fingerprint(sample_ids)
+    if actual != recorded:
+        raise ScoresError(
+            f"{path}: the scores were made for another dataset: recorded dataset_fingerprint "
+            f"{recorded[:12]}... (train_path={metadata.get('train_path')}), but {what} has {actual[:12]}..."
+        )
 
 
 def _write(path: str | os.PathLike, columns: dict, metadata: dict) -> Path:
@@ -87,7 +130,8 @@ def read_scores(path) -> tuple[list[str], np.ndarray, dict]:
 
     Raises:
         ScoresError: missing file or column, no rows, non-numeric score column, duplicate sample_id,
-            null/NaN/inf score (names the sample).
+            null/NaN/inf score (names the sample), rows that do not match the recorded
+            ``dataset_fingerprint``.
     """
     import pyarrow.types as pat
 
@@ -105,6 +149,7 @@ def read_scores(path) -> tuple[list[str], np.ndarray, dict]:
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ScoresError(f"{path}: {int(bad.sum())} scores are NaN or infinite (first: sample {ids[i]!r} = {scores[i]})")
+    check_fingerprint(path, metadata, ids, "the file's own rows (edited or truncated?)")
     return ids, scores, metadata
 
 
@@ -136,12 +181,46 @@ def score_dataset(rater, dataset, batch_size: int = 256, device="cpu") -> np.nda
     Each score depends on its own sample only (``Rater.score``), so batch size and order do not
     change it beyond float rounding.
     """
+    out = np.full(len(dataset), np.nan, dtype=np.float32)
+    _score_into(out, rater, dataset, batch_size, device)
+    return out
+
+
+def _score_into(out: np.ndarray, rater, dataset, batch_size: int, device) -> None:
+    """Write the score of each item of ``dataset`` into ``out[item["index"]]``."""
     was_training = rater.training
     rater.eval()
-    out = np.empty(len(dataset), dtype=np.float32)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in loader:
         s = rater.score(batch["image"].to(device), batch["pooled"].to(device))
-        out[batch["index"].numpy()] = s.cpu().numpy()
+        out[batch["index"].numpy()] = s.float().cpu().numpy()
     rater.train(was_training)
-    return out
+
+
+@torch.no_grad()
+def score_dataset_distributed(rater, dataset, batch_size: int = 256, device="cpu") -> np.ndarray:
+    """:func:`score_dataset` split across the ranks of the current ``torch.distributed`` group.
+
+    Rank r of W scores positions r, r + W, r + 2W, ...; the shards are all-gathered, so every rank
+    returns the same [N] float32 array, equal to a single process's :func:`score_dataset` (each
+    score depends on its own sample only). Without an initialised process group (one process, or
+    the main process after a ``ddp_spawn`` fit) it is :func:`score_dataset`.
+    """
+    import math
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return score_dataset(rater, dataset, batch_size, device)
+    world, rank, n = dist.get_world_size(), dist.get_rank(), len(dataset)
+    per = math.ceil(n / world)
+    full = np.full(n, np.nan, dtype=np.float32)
+    mine = list(range(rank, n, world))
+    _score_into(full, rater, torch.utils.data.Subset(dataset, mine), batch_size, device)
+    local = torch.full((per,), float("nan"), dtype=torch.float32)
+    local[: len(mine)] = torch.from_numpy(full[mine])
+    local = local.to(device)
+    parts = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(parts, local)
+    # parts[r][j] is the score of position r + j * W
+    return torch.stack(parts).cpu().T.reshape(-1)[:n].numpy().copy()

@@ -56,8 +56,15 @@ def _summary(cfg: DictConfig, stage: str, started: float, metrics: dict, outputs
         "version": __version__,
         "config": _container(cfg),
     }
-    write_json(out / "summary.json", summary)
+    if _is_global_zero():  # under DDP every rank runs the stage; rank 0 writes
+        write_json(out / "summary.json", summary)
     return summary
+
+
+def _is_global_zero() -> bool:
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def ensure_data(cfg: DictConfig) -> None:
@@ -174,7 +181,7 @@ def rate(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from .datamodule import RatingDataModule
-    from .scores import score_dataset, write_scores
+    from .scores import provenance, score_dataset_distributed, write_scores
 
     started = time.time()
     out = Path(cfg.paths.output_dir)
@@ -182,7 +189,7 @@ def rate(cfg: DictConfig) -> dict:
     dm = RatingDataModule(
         train_path=cfg.data.train_path, val_path=cfg.data.val_path, batch_size=cfg.rate.batch_size,
         val_batch_size=cfg.rate.val_batch_size, limit_train=cfg.data.limit_train, limit_val=cfg.data.limit_val,
-        **_data_kwargs(cfg),
+        seed=cfg.seed, **_data_kwargs(cfg),
     )
     model = instantiate(cfg.bilevel)
     loggers = make_loggers(cfg)
@@ -192,18 +199,23 @@ def rate(cfg: DictConfig) -> dict:
         fit_metrics = _scalar_metrics(trainer.callback_metrics)
 
         t0 = time.time()
-        scores = score_dataset(model.rater, dm.pool, cfg.rate.score_batch_size, device=model.device)
+        dm.setup("fit")  # after a ddp_spawn fit the main process has not loaded the data yet
+        # under DDP each rank scores its shard and all ranks get every score; rank 0 writes
+        scores = score_dataset_distributed(model.rater, dm.pool, cfg.rate.score_batch_size, device=model.device)
         score_time = time.time() - t0
-        rater_path = out / "rater.pt"
-        tmp = rater_path.with_name(f".rater.pt.tmp-{os.getpid()}")
-        torch.save({"state_dict": model.rater.state_dict(), "config": _container(cfg.rater)}, tmp)
-        os.replace(tmp, rater_path)
-        scores_path = write_scores(
-            out / "scores.parquet", dm.pool.sample_ids, scores,
-            {"stage": "rate", "train_path": str(cfg.data.train_path), "rater_checkpoint": str(rater_path),
-             "config": _container(cfg), "version": __version__},
-        )
-        quality = _rating_report(cfg, dm.pool, scores, out, loggers)
+        rater_path, scores_path = out / "rater.pt", out / "scores.parquet"
+        if trainer.is_global_zero:
+            tmp = rater_path.with_name(f".rater.pt.tmp-{os.getpid()}")
+            torch.save({"state_dict": model.rater.state_dict(), "config": _container(cfg.rater)}, tmp)
+            os.replace(tmp, rater_path)
+            write_scores(
+                scores_path, dm.pool.sample_ids, scores,
+                {"stage": "rate", "train_path": str(cfg.data.train_path), "rater_checkpoint": str(rater_path),
+                 "config": _container(cfg), **provenance(), "world_size": trainer.world_size},
+            )
+        # rank 0 alone writes the grid and logs the table (the other ranks have no logger to feed)
+        quality = _rating_report(cfg, dm.pool, scores, out, loggers) if trainer.is_global_zero else {}
+        _barrier(trainer)
         metrics = {
             **fit_metrics,
             **quality,
@@ -256,10 +268,18 @@ def _rating_report(cfg: DictConfig, pool, scores: np.ndarray, out: Path, loggers
     return quality
 
 
+def _barrier(trainer) -> None:
+    """Wait for every rank (the outputs rank 0 writes exist after it); no-op outside DDP."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        trainer.strategy.barrier("outputs written")
+
+
 def prune(cfg: DictConfig) -> dict:
     """Select a subset from ``cfg.scores_path`` with ``cfg.method`` at ``cfg.keep_ratio``."""
     from . import pruning
-    from .scores import read_scores, write_subset
+    from .scores import provenance, read_scores, write_subset
 
     if not cfg.scores_path:
         raise ValueError("prune needs scores: set scores_path=PATH/TO/scores.parquet")
@@ -267,12 +287,14 @@ def prune(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     ids, scores, meta = read_scores(cfg.scores_path)
     params = _container(cfg.pruning)
-    idx = pruning.select(scores, cfg.keep_ratio, cfg.method, cfg.seed, **params)
-    pct = pruning.percentiles(scores)
+    order = pruning.descending_order(scores)  # one sort, shared by select and percentiles
+    idx = pruning.select(scores, cfg.keep_ratio, cfg.method, cfg.seed, order=order, **params)
+    pct = pruning.percentiles(scores, order=order)
+    del order
     subset_path = write_subset(
         out / "subset.parquet", [ids[i] for i in idx], scores[idx], pct[idx],
         {"stage": "prune", "scores_path": str(cfg.scores_path), "method": cfg.method, "keep_ratio": cfg.keep_ratio,
-         "seed": cfg.seed, "params": params, "scores_metadata": meta, "version": __version__},
+         "seed": cfg.seed, "params": params, "scores_metadata": meta, "config": _container(cfg), **provenance()},
     )
     hist, edges = np.histogram(pct[idx], bins=10, range=(0.0, 1.0))
     plot = plot_percentiles(pct[idx], out / "percentiles.png", f"{cfg.method}, keep_ratio={cfg.keep_ratio}")
@@ -370,15 +392,15 @@ def train(cfg: DictConfig) -> dict:
             "train_time_s": round(train_time, 2),
         }
         ids = dm.train_set.sample_ids
-        if dm.scores is not None:  # the subset the sampler drew from the scores, for provenance and reports
+        if dm.scores is not None and trainer.is_global_zero:  # the subset drawn from the scores, for reports
             from . import pruning
-            from .scores import write_subset
+            from .scores import provenance, write_subset
 
             sub = np.asarray(dm.sampler.subset)
             write_subset(out / "subset.parquet", [ids[i] for i in sub], dm.scores[sub],
                          pruning.percentiles(dm.scores)[sub],
                          {"stage": "train", "scores_path": str(cfg.scores_path), "method": cfg.method,
-                          "keep_ratio": cfg.keep_ratio, "seed": cfg.seed, "version": __version__})
+                          "keep_ratio": cfg.keep_ratio, "seed": cfg.seed, **provenance()})
         gt = _ground_truth(cfg)
         if gt:
             from .analysis import subset_quality

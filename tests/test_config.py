@@ -28,3 +28,29 @@ def test_models_instantiate(make_cfg):
 def test_unknown_key_named(make_cfg):
     with pytest.raises(ConfigCompositionException, match="keep_ratoi"):
         make_cfg("keep_ratoi=0.3")
+
+
+def test_slurm_launcher_composes(tmp_path):
+    """conf/hydra/launcher/slurm.yaml composes with the submitit plugin and takes its sizes from the trainer."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[slurm]'")
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from .conftest import CONF
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
+                                           "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path}"],
+                      return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert (launcher["tasks_per_node"], launcher["gpus_per_node"], launcher["nodes"]) == (4, 4, 1)
+    assert launcher["partition"] == "gpu" and launcher["submitit_folder"] == f"{tmp_path}/.submitit/%j"
+    assert cfg.trainer.strategy == "ddp_find_unused_parameters_true"
+
+
+@pytest.mark.parametrize("name,strategy,devices", [("ddp_cpu", "ddp_find_unused_parameters_true", 2),
+                                                   ("ddp_spawn_cpu", "ddp_spawn_find_unused_parameters_true", 2)])
+def test_ddp_trainer_configs(make_cfg, name, strategy, devices):
+    cfg = make_cfg(f"trainer={name}")
+    assert (cfg.trainer.accelerator, cfg.trainer.strategy, cfg.trainer.devices) == ("cpu", strategy, devices)

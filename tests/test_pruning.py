@@ -99,3 +99,16 @@ def test_descending_order_matches_stable_argsort(dtype):
     x[1010:1020] = -0.0
     x[1020:1025] = [np.finfo(dtype).max, -np.finfo(dtype).max, np.finfo(dtype).tiny, -np.finfo(dtype).tiny, 1e-45]
     np.testing.assert_array_equal(pruning._descending_order(x), np.argsort(-x, kind="stable"))
+
+
+@pytest.mark.parametrize("method", ["shift_gsample", "gsample", "top_k", "bottom_k", "block"])
+def test_shared_order_gives_the_same_subset_and_percentiles(scores, method):
+    order = pruning.descending_order(scores)
+    np.testing.assert_array_equal(pruning.select(scores, 0.3, method, seed=2, order=order),
+                                  pruning.select(scores, 0.3, method, seed=2))
+    np.testing.assert_array_equal(pruning.percentiles(scores, order=order), pruning.percentiles(scores))
+
+
+def test_order_of_wrong_shape_rejected(scores):
+    with pytest.raises(ValueError, match=r"order must be the scores' descending order, shape \(10000,\)"):
+        pruning.select(scores, 0.3, "top_k", order=np.arange(5))

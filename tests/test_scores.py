@@ -59,3 +59,33 @@ def test_empty_and_non_numeric_scores(tmp_path):
     for bad in (["0.1", "high"], [True, False]):
         with pytest.raises(ScoresError, match=r"column 'score' must be numeric"):
             read_scores(_raw(tmp_path, sample_id=["a", "b"], score=bad))
+
+
+def test_rows_that_do_not_match_the_recorded_fingerprint_refused(tmp_path):
+    ids = [f"s{i}" for i in range(20)]
+    path = write_scores(tmp_path / "scores.parquet", ids, np.arange(20, dtype=np.float32), {"train_path": "/pool"})
+    table = pq.read_table(path)
+    pq.write_table(table.slice(0, 15), tmp_path / "cut.parquet")  # rows dropped, metadata kept
+    with pytest.raises(ScoresError, match=r"cut.parquet: the scores were made for another dataset.*own rows"):
+        read_scores(tmp_path / "cut.parquet")
+    # a file without a recorded fingerprint (another tool's) is accepted as it is
+    pq.write_table(table.slice(0, 15).replace_schema_metadata(None), tmp_path / "plain.parquet")
+    assert len(read_scores(tmp_path / "plain.parquet")[0]) == 15
+
+
+def test_training_refuses_scores_of_another_dataset(tmp_path, emoji_dir, cache_dir):
+    """A scores file rated on the first 40 samples cannot drive training on the first 32."""
+    from alchemist_pl.data import load_split
+    from alchemist_pl.datamodule import TrainingDataModule
+
+    pool = load_split(emoji_dir / "val", 16, cache_dir, limit=40)
+    path = write_scores(tmp_path / "scores40.parquet", pool.sample_ids, np.linspace(0, 1, 40), {"train_path": "val[:40]"})
+    dm = TrainingDataModule(emoji_dir / "val", emoji_dir / "val", scores_path=path, keep_ratio=0.5, method="top_k",
+                            limit_train=32, limit_test=8, batch_size=4, resolution=16, cache_dir=cache_dir)
+    with pytest.raises(ScoresError, match=r"scores40.parquet: the scores were made for another dataset.*"
+                                          r"the training set data.train_path=.*val \(32 samples\)"):
+        dm.setup("fit")
+    dm = TrainingDataModule(emoji_dir / "val", emoji_dir / "val", scores_path=path, keep_ratio=0.5, method="top_k",
+                            limit_train=40, limit_test=8, batch_size=4, resolution=16, cache_dir=cache_dir)
+    dm.setup("fit")
+    assert len(dm.sampler.subset) == 20

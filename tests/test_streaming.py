@@ -1,0 +1,126 @@
+"""Streaming scoring over real emoji shards: same scores as the in-memory path, shards split across
+ranks and workers, resumable per shard, bad input named."""
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from alchemist_pl.data import DataError, load_split
+from alchemist_pl.scores import ScoresError, read_scores, score_dataset
+from alchemist_pl.streaming import merge_parts, part_path, score_shards, shard_list
+
+from .test_data import _write_shard, real_samples  # noqa: F401 (a fixture)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory, emoji_dir):
+    """4 shards cut from the real test split: 3 x 20 samples and an empty one."""
+    from alchemist_pl.data import iter_samples
+
+    raws = []
+    for raw in iter_samples(emoji_dir / "test"):
+        raws.append({"__key__": raw.sample_id, "png": raw.image, "txt": raw.caption})
+        if len(raws) == 60:
+            break
+    folder = tmp_path_factory.mktemp("pool")
+    for i in range(3):
+        _write_shard(folder / f"pool-{i:06d}.tar", raws[20 * i: 20 * (i + 1)])
+    _write_shard(folder / "pool-000003.tar", [])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def rater(make_cfg_module):
+    torch.manual_seed(0)
+    return instantiate(make_cfg_module().rater).eval()
+
+
+@pytest.fixture(scope="module")
+def make_cfg_module(emoji_dir):
+    from hydra import compose, initialize_config_dir
+
+    from .conftest import CONF
+
+    def _make(*overrides):
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            return compose("config", overrides=list(overrides))
+
+    return _make
+
+
+@pytest.fixture(scope="module")
+def in_memory(pool, rater, cache_dir):
+    ds = load_split(pool, 32, cache_dir)
+    return ds.sample_ids, score_dataset(rater, ds, batch_size=16)
+
+
+def test_streamed_scores_equal_in_memory_scores(pool, rater, cache_dir, in_memory, tmp_path):
+    shards = shard_list(pool)
+    written = score_shards(rater, shards, tmp_path / "parts", 32, cache_dir, batch_size=8)
+    assert sorted(p.name for p in written) == [f"pool-00000{i}.tar.parquet" for i in range(4)]
+    out = merge_parts(shards, tmp_path / "parts", tmp_path / "scores.parquet", {"stage": "rate"})
+    ids, scores, meta = read_scores(out)
+    assert ids == in_memory[0] and meta["shards"] == 4
+    np.testing.assert_allclose(scores, in_memory[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("world_size,num_workers", [(2, 0), (3, 2)])
+def test_shards_split_across_ranks_and_workers(pool, rater, cache_dir, in_memory, tmp_path, world_size, num_workers):
+    shards = shard_list(pool)
+    per_rank = [score_shards(rater, shards, tmp_path / "parts", 32, cache_dir, batch_size=8, num_workers=num_workers,
+                             rank=r, world_size=world_size) for r in range(world_size)]
+    names = [p.name for ps in per_rank for p in ps]
+    assert sorted(names) == sorted({p.name for p in sum(per_rank, [])})  # disjoint
+    assert len(names) == 4  # covering
+    assert sorted(p.name for p in per_rank[0]) == [s.name + ".parquet" for s in shards[0::world_size]]
+    ids, scores, _ = read_scores(merge_parts(shards, tmp_path / "parts", tmp_path / "s.parquet", {}))
+    assert ids == in_memory[0]
+    np.testing.assert_allclose(scores, in_memory[1], rtol=1e-5, atol=1e-6)
+
+
+def test_rerun_skips_finished_shards(pool, rater, cache_dir, in_memory, tmp_path):
+    shards = shard_list(pool)
+    score_shards(rater, shards, tmp_path / "parts", 32, cache_dir, batch_size=8)
+    kept = part_path(tmp_path / "parts", shards[0].name)
+    stamp = kept.stat().st_mtime_ns
+    part_path(tmp_path / "parts", shards[1].name).unlink()  # as if killed while scoring shard 1
+    with pytest.raises(ScoresError, match=r"pool-000001.tar.parquet: missing: shard .*pool-000001.tar has not been scored"):
+        merge_parts(shards, tmp_path / "parts", tmp_path / "s.parquet", {})
+    again = score_shards(rater, shards, tmp_path / "parts", 32, cache_dir, batch_size=8)
+    assert [p.name for p in again] == ["pool-000001.tar.parquet"]
+    assert kept.stat().st_mtime_ns == stamp
+    _, scores, _ = read_scores(merge_parts(shards, tmp_path / "parts", tmp_path / "s.parquet", {}))
+    np.testing.assert_allclose(scores, in_memory[1], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_sample_named_and_finished_shards_kept(pool, rater, cache_dir, tmp_path, real_samples):
+    import shutil
+
+    folder = tmp_path / "pool"
+    shutil.copytree(pool, folder)
+    k, png, cap = real_samples[0]
+    _write_shard(folder / "pool-000002.tar", [{"__key__": k, "png": png[:40], "txt": cap}])
+    shards = shard_list(folder)
+    with pytest.raises(DataError, match=rf"pool-000002.tar: sample '{k}': cannot decode image"):
+        score_shards(rater, shards, tmp_path / "parts", 32, cache_dir, batch_size=8)
+    assert sorted(p.name for p in (tmp_path / "parts").glob("*.parquet")) == ["pool-000000.tar.parquet",
+                                                                              "pool-000001.tar.parquet"]
+
+
+def test_duplicate_sample_across_shards_refused(pool, rater, cache_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    shutil.copy(pool / "pool-000000.tar", folder / "a.tar")
+    shutil.copy(pool / "pool-000000.tar", folder / "b.tar")
+    shards = shard_list(folder)
+    score_shards(rater, shards, tmp_path / "parts", 32, cache_dir, batch_size=8)
+    with pytest.raises(ScoresError, match=r"parts: sample_id '.*' occurs in more than one shard"):
+        merge_parts(shards, tmp_path / "parts", tmp_path / "s.parquet", {})
+
+
+def test_no_shards(tmp_path):
+    with pytest.raises(DataError, match="holds no \\*.tar webdataset shards"):
+        shard_list(tmp_path)
