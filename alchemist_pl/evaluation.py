@@ -119,7 +119,7 @@ def train_domain_encoder(dataset, epochs: int = 6, batch_size: int = 256, lr: fl
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += float(loss.detach())
         log.info("domain encoder epoch %d/%d: contrastive loss %.3f", epoch + 1, epochs,
                  total / max(1, len(dataset) // batch_size))
     return enc.eval()
