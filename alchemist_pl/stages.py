@@ -449,7 +449,7 @@ def pipeline(cfg: DictConfig) -> dict:
         results[f"train-{name}"] = train(sub)
     rows = [
         {"run": k[len("train-"):], "samples": v["metrics"]["train_samples"], "test_loss": v["metrics"]["test/loss"],
-         "train_time_s": v["metrics"]["train_time_s"]}
+         "domain_fid": v["metrics"].get("eval/domain_fid"), "train_time_s": v["metrics"]["train_time_s"]}
         for k, v in results.items() if k.startswith("train-")
     ]
     print_comparison(rows, cfg)
@@ -467,11 +467,12 @@ def print_comparison(rows: list[dict], cfg: DictConfig) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"test denoising loss, keep_ratio={cfg.keep_ratio}, seed={cfg.seed} (lower is better)")
-    for col in ("run", "samples", "test_loss", "train_time_s"):
+    table = Table(title=f"keep_ratio={cfg.keep_ratio}, seed={cfg.seed} (lower is better)")
+    for col in ("run", "samples", "test_loss", "domain_fid", "train_time_s"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for r in rows:
-        table.add_row(r["run"], str(r["samples"]), f"{r['test_loss']:.4f}", f"{r['train_time_s']:.0f}")
+        fid = "—" if r.get("domain_fid") is None else f"{r['domain_fid']:.2f}"
+        table.add_row(r["run"], str(r["samples"]), f"{r['test_loss']:.4f}", fid, f"{r['train_time_s']:.0f}")
     Console().print(table)
 
 
