@@ -40,11 +40,12 @@ def auroc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
     return float(binary_auroc(preds, target, thresholds=None))
 
 
-def rating_quality(sample_ids, scores: np.ndarray, ground_truth: dict) -> dict:
+def rating_quality(sample_ids, scores: np.ndarray, ground_truth: dict, percentile: np.ndarray | None = None) -> dict:
     """AUROC (clean = positive) overall and per kind; per-kind percentile quartiles and 10-bin histogram.
 
     Args:
         sample_ids: N ids; scores: [N] float (higher = more useful); ground_truth: id -> kind.
+        percentile: the scores' rank percentiles if already computed (:func:`pruning.percentiles`).
 
     Returns:
         ``{"auroc": float, "per_kind": {kind: {"count", "auroc", "percentile_q25/median/q75",
@@ -53,8 +54,8 @@ def rating_quality(sample_ids, scores: np.ndarray, ground_truth: dict) -> dict:
     from .pruning import percentiles
 
     labels = _labels(sample_ids, ground_truth)
+    pct = percentiles(scores) if percentile is None else np.asarray(percentile)
     scores = np.asarray(scores, dtype=np.float64)
-    pct = percentiles(scores)
     clean = labels == CLEAN
     out = {"auroc": auroc(scores[clean], scores[~clean]), "pool_corrupted_share": float((~clean).mean()),
            "per_kind": {}}
@@ -88,17 +89,20 @@ def subset_quality(pool_ids, subset_ids, ground_truth: dict) -> dict:
     }
 
 
-def ranking_grid(images, scores: np.ndarray, path, per_row: int = 16, rows: int = 2) -> Path:
+def ranking_grid(images, scores: np.ndarray, path, per_row: int = 16, rows: int = 2,
+                 order: np.ndarray | None = None) -> Path:
     """Save a PNG of the ranking's head, middle and tail (``rows`` rows of ``per_row`` images each).
 
     Args:
         images: uint8 tensor [N, 3, H, W] of the pool; scores: [N].
+        order: the scores' :func:`pruning.descending_order` if already computed.
     """
     import torch
 
     from .diffusion import image_grid
+    from .pruning import descending_order
 
-    order = np.argsort(-np.asarray(scores), kind="stable")
+    order = descending_order(scores) if order is None else order
     k = per_row * rows
     n = len(order)
     mid = max(0, n // 2 - k // 2)

@@ -246,11 +246,13 @@ def _rating_report(cfg: DictConfig, pool, scores: np.ndarray, out: Path, loggers
     """Head/middle/tail grid of the ranking, a W&B table of every score, and, when the pool has a
     ground truth (planted noise), AUROC and per-kind percentiles (:func:`analysis.rating_quality`)."""
     from . import analysis
-    from .pruning import percentiles
+    from .pruning import descending_order, percentiles
 
-    analysis.ranking_grid(pool.images, scores, out / "ranking.png")
+    order = descending_order(scores)  # one sort, shared by the grid, the percentiles and the table
+    pct = percentiles(scores, order=order)
+    analysis.ranking_grid(pool.images, scores, out / "ranking.png", order=order)
     gt = _ground_truth(cfg)
-    quality = {"rating_quality": analysis.rating_quality(pool.sample_ids, scores, gt)} if gt else {}
+    quality = {"rating_quality": analysis.rating_quality(pool.sample_ids, scores, gt, pct)} if gt else {}
     if quality:
         log.info("rate: AUROC clean vs corrupted %.3f; per kind %s", quality["rating_quality"]["auroc"],
                  {k: round(v["auroc"], 3) for k, v in quality["rating_quality"]["per_kind"].items() if v["auroc"] is not None})
@@ -258,7 +260,6 @@ def _rating_report(cfg: DictConfig, pool, scores: np.ndarray, out: Path, loggers
         if type(lg).__name__ == "WandbLogger":
             import wandb
 
-            pct = percentiles(scores)
             cols = ["sample_id", "caption", "score", "percentile"] + (["corruption"] if gt else [])
             rows = [[sid, cap, float(sc), float(p)] + ([gt[sid]] if gt else [])
                     for sid, cap, sc, p in zip(pool.sample_ids, pool.captions, scores, pct)]
@@ -406,13 +407,12 @@ def train(cfg: DictConfig) -> dict:
             from .analysis import subset_quality
 
             metrics["subset_quality"] = subset_quality(ids, [ids[i] for i in dm.sampler.subset], gt)
+        outputs = {"samples": str(out / "samples.png")}
         if extra:
             curve = extra[0].curve
             metrics.update({f"eval/{k}": v for k, v in curve[-1].items() if k != "step"})
             metrics["eval_curve"] = curve
             metrics["evaluator"] = eval_info
-        outputs = {"samples": str(out / "samples.png")}
-        if extra:
             outputs["eval_samples"] = str(out / "eval_samples.png")
         log.info("train: %s on %d of %d samples, test loss %.4f -> %s", cfg.method, metrics["train_samples"],
                  metrics["pool_size"], metrics.get("test/loss", float("nan")), cfg.paths.output_dir)
