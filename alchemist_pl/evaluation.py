@@ -94,6 +94,28 @@ def caption_retrieval(encoder: DomainEncoder, dataset, batch_size: int = 512) ->
     return {"top1": hit1 / len(dataset), "top5": hit5 / len(dataset), "captions": len(cap_ids)}
 
 
+@torch.no_grad()
+def caption_agreement(encoder: DomainEncoder, dataset, batch_size: int = 512) -> torch.Tensor:
+    """Per-sample caption-image agreement, the CLIP-score filter of DataComp (Gadre et al. 2023) with
+    the domain evaluator in place of CLIP: ``cos(E_img(x_i), E_txt(c_i))`` in [-1, 1].
+
+    Args:
+        encoder: a trained :class:`DomainEncoder` (trained on clean images; never on the pool it filters).
+        dataset: an :class:`~alchemist_pl.data.ImageCaptionDataset` (uint8 images [N, 3, H, W], MiniLM
+            sentence embeddings of its captions).
+
+    Returns:
+        [N] float32, aligned with ``dataset.sample_ids``; higher = caption and image agree more.
+    """
+    encoder.eval()
+    out = torch.empty(len(dataset), dtype=torch.float32)
+    for start in range(0, len(dataset), batch_size):
+        imgs = dataset.images[start:start + batch_size].float() / 127.5 - 1.0
+        text = F.normalize(dataset.text.pooled[dataset.caption_rows[start:start + batch_size]].float(), dim=-1)
+        out[start:start + len(imgs)] = (encoder.embed(imgs) * text).sum(-1)
+    return out
+
+
 def train_domain_encoder(dataset, epochs: int = 6, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
                          width: int = 32, num_features: int = 128) -> DomainEncoder:
     """Train a :class:`DomainEncoder` on an :class:`~alchemist_pl.data.ImageCaptionDataset` (clean images)."""

@@ -57,21 +57,26 @@ class GroupMLP(nn.Module):
     Args:
         feature_dim: d, size of ``f_i``.
         hidden_dim: width of both heads (the released code uses 64).
+        batch_head: False for the "instance head only" ablation (paper Section 3.2 motivates the
+            batch head): no batch head, ``b`` fixed at 1, so the weights are ``softmax_B(s)``.
 
     ``forward(f [B, d]) -> (s [B], b [])``: instance scores ``sigmoid(a)`` and the batch weight,
-    both in (0, 1). ``instance_logit(f) -> a [B]``.
+    both in (0, 1] (b = 1 exactly without a batch head). ``instance_logit(f) -> a [B]``.
     """
 
-    def __init__(self, feature_dim: int, hidden_dim: int = 64):
+    def __init__(self, feature_dim: int, hidden_dim: int = 64, batch_head: bool = True):
         super().__init__()
         self.instance_head = nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1))
-        self.batch_head = nn.Sequential(nn.Linear(2 * feature_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1))
+        self.batch_head = (nn.Sequential(nn.Linear(2 * feature_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1))
+                           if batch_head else None)
 
     def instance_logit(self, f: torch.Tensor) -> torch.Tensor:
         return self.instance_head(f).squeeze(-1)
 
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = torch.sigmoid(self.instance_logit(f))
+        if self.batch_head is None:
+            return s, torch.ones((), dtype=s.dtype, device=s.device)
         stats = torch.cat([f.mean(0), f.var(0, unbiased=False)], dim=-1)
         b = torch.sigmoid(self.batch_head(stats)).squeeze(-1)
         return s, b
@@ -85,10 +90,10 @@ def sample_weights(s: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class Rater(nn.Module):
     """Backbone + Group MLP. ``forward(images, pooled) -> (s [B], b [])``; ``score`` -> instance logits."""
 
-    def __init__(self, backbone: nn.Module, hidden_dim: int = 64):
+    def __init__(self, backbone: nn.Module, hidden_dim: int = 64, batch_head: bool = True):
         super().__init__()
         self.backbone = backbone
-        self.group_mlp = GroupMLP(backbone.feature_dim, hidden_dim)
+        self.group_mlp = GroupMLP(backbone.feature_dim, hidden_dim, batch_head)
 
     def forward(self, images: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.group_mlp(self.backbone(images, pooled))

@@ -25,7 +25,7 @@ from . import __version__
 
 log = logging.getLogger(__name__)
 
-STAGES = ("rate", "prune", "train", "pipeline")
+STAGES = ("rate", "score", "prune", "train", "pipeline")
 
 
 # ---------------------------------------------------------------- helpers
@@ -137,11 +137,7 @@ def make_evaluation(cfg: DictConfig, test_set, grid_path=None):
                "pooled": test_set.text.pooled[rows].float(), "captions": test_set.captions[:m]}
     real = test_set.images.float() / 127.5 - 1.0
     if e.backend == "domain":
-        enc_cfg = e.encoder
-        encoder, info = evaluation.load_domain_encoder(
-            enc_cfg.data_path, cfg.data.resolution, cfg.data.cache_dir, cfg.data.max_tokens, test_path=cfg.data.test_path,
-            epochs=enc_cfg.epochs, batch_size=enc_cfg.batch_size, lr=enc_cfg.lr, seed=enc_cfg.seed,
-        )
+        encoder, info = _load_encoder(cfg)
         metrics = evaluation.DomainMetrics(encoder, kid_subset_size=int(e.kid_subset_size))
     elif e.backend == "standard":
         metrics, info = evaluation.StandardMetrics(), {"backend": "standard"}
@@ -235,6 +231,60 @@ def rate(cfg: DictConfig) -> dict:
         finish_loggers(loggers)
 
 
+def _load_encoder(cfg: DictConfig, **override):
+    """The cached domain evaluator ``cfg.eval.encoder`` describes, with ``override`` (keys of
+    ``eval.encoder``) on top; trained on clean images on first use."""
+    from .evaluation import load_domain_encoder
+
+    e = OmegaConf.merge(cfg.eval.encoder, override)
+    return load_domain_encoder(e.data_path, cfg.data.resolution, cfg.data.cache_dir, cfg.data.max_tokens,
+                               test_path=cfg.data.test_path, epochs=e.epochs, batch_size=e.batch_size, lr=e.lr,
+                               seed=e.seed)
+
+
+def score(cfg: DictConfig) -> dict:
+    """Baseline scorers (issue 4; paper Table 1): score the pool with ``cfg.score.scorer`` into the same
+    ``scores.parquet`` format the rater writes, with the same rating report (ranking grid, AUROC on
+    planted noise). Scorers: ``clarity`` / ``frequency`` / ``edge_density``
+    (:mod:`alchemist_pl.heuristics`, parameters from ``cfg.score.params``) and ``clip_score``
+    (caption-image agreement under the domain evaluator, :func:`evaluation.caption_agreement`)."""
+    from . import heuristics
+    from .data import load_split
+    from .scores import provenance, write_scores
+
+    started = time.time()
+    out = Path(cfg.paths.output_dir)
+    name, params = cfg.score.scorer, _container(cfg.score.params) if cfg.score.params else {}
+    if name not in (*heuristics.SCORERS, "clip_score"):
+        raise ValueError(f"score.scorer must be one of {sorted([*heuristics.SCORERS, 'clip_score'])}, got {name!r}")
+    pool = load_split(cfg.data.train_path, cfg.data.resolution, cfg.data.cache_dir, cfg.data.limit_train,
+                      cfg.data.max_tokens)
+    extra = {}
+    if name == "clip_score":
+        from .evaluation import caption_agreement
+
+        # trained on D_val by default: the clean data the rater also gets, never the pool it filters
+        encoder, info = _load_encoder(cfg, **_container(cfg.score.encoder))
+        scores = caption_agreement(encoder, pool).numpy()
+        extra = {"encoder": info}
+    else:
+        scores = heuristics.score_images(pool.images.numpy(), name, **params).astype(np.float32)
+    scores_path = write_scores(
+        out / "scores.parquet", pool.sample_ids, scores,
+        {"stage": "score", "scorer": name, "params": params, "train_path": str(cfg.data.train_path),
+         "config": _container(cfg), **provenance(), **extra},
+    )
+    loggers = make_loggers(cfg)
+    try:
+        quality = _rating_report(cfg, pool, scores, out, loggers)
+    finally:
+        finish_loggers(loggers)
+    metrics = {**quality, "scorer": name, "samples_rated": len(scores), "score_mean": float(scores.mean()),
+               "score_std": float(scores.std())}
+    log.info("score: %s scored %d samples -> %s", name, len(scores), scores_path)
+    return _summary(cfg, "score", started, metrics, {"scores": str(scores_path), "ranking_grid": str(out / "ranking.png")})
+
+
 def _ground_truth(cfg: DictConfig) -> dict | None:
     from .corruption import ground_truth_for, read_ground_truth
 
@@ -254,7 +304,7 @@ def _rating_report(cfg: DictConfig, pool, scores: np.ndarray, out: Path, loggers
     gt = _ground_truth(cfg)
     quality = {"rating_quality": analysis.rating_quality(pool.sample_ids, scores, gt, pct)} if gt else {}
     if quality:
-        log.info("rate: AUROC clean vs corrupted %.3f; per kind %s", quality["rating_quality"]["auroc"],
+        log.info("%s: AUROC clean vs corrupted %.3f; per kind %s", cfg.stage, quality["rating_quality"]["auroc"],
                  {k: round(v["auroc"], 3) for k, v in quality["rating_quality"]["per_kind"].items() if v["auroc"] is not None})
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
@@ -488,4 +538,4 @@ def run(cfg: DictConfig) -> dict:
     if not os.access(out, os.W_OK):
         raise OSError(f"the output directory paths.output_dir={out} is not writable")
     ensure_data(cfg)
-    return {"rate": rate, "prune": prune, "train": train, "pipeline": pipeline}[cfg.stage](cfg)
+    return {"rate": rate, "score": score, "prune": prune, "train": train, "pipeline": pipeline}[cfg.stage](cfg)

@@ -49,7 +49,7 @@ def test_scores_do_not_depend_on_batch_or_order(small_split):
     assert a.std() > 0
 
 
-def _tiny_bilevel(objective: str, **options) -> BilevelRater:
+def _tiny_bilevel(objective: str, batch_head: bool = True, **options) -> BilevelRater:
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -59,7 +59,7 @@ def _tiny_bilevel(objective: str, **options) -> BilevelRater:
         down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
         mid_block_type=None, cross_attention_dim=384, norm_num_groups=8,
     )
-    rater = Rater(ConvBackbone(channels=(16, 16), feature_dim=32), hidden_dim=16)
+    rater = Rater(ConvBackbone(channels=(16, 16), feature_dim=32), hidden_dim=16, batch_head=batch_head)
     opt = lambda lr: (lambda params: torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.05))  # noqa: E731
     return BilevelRater(
         proxy, DDPMScheduler(num_train_timesteps=1000), rater, opt(1e-3), opt(3e-3),
@@ -86,8 +86,8 @@ def tiny_split(emoji_dir, cache_dir):
     return load_split(emoji_dir / "val", resolution=8, cache_dir=cache_dir, limit=128)
 
 
-def _run(small_split, objective, iterations=300, **options):
-    model = _tiny_bilevel(objective, **options)
+def _run(small_split, objective, iterations=300, batch_head=True, **options):
+    model = _tiny_bilevel(objective, batch_head, **options)
     loader = lambda: DataLoader(small_split, batch_size=16, shuffle=True, drop_last=True)  # noqa: E731
     probe = next(iter(DataLoader(small_split, batch_size=32)))
     track = _Track(probe)
@@ -114,6 +114,19 @@ def test_literal_rater_loss_collapses_the_batch_weight(tiny_split):
 
 
 # ---------------------------------------------------------------- method options (issue 4)
+
+
+def test_instance_head_only_rater(tiny_split):
+    """Ablation rater=instance_only: no batch head, b = 1, weights softmax_B(s); the instance head still learns."""
+    mlp = GroupMLP(8, 16, batch_head=False)
+    assert mlp.batch_head is None and not any("batch_head" in k for k in mlp.state_dict())
+    s, b = mlp(torch.randn(6, 8))
+    assert float(b) == 1.0
+    torch.testing.assert_close(sample_weights(s, b), torch.softmax(s, 0))
+    b, scores = _run(tiny_split, "centred", iterations=100, batch_head=False)
+    assert np.all(b == 1.0)
+    change = (scores[-1] - scores[0]).abs().mean() / scores[0].std()
+    assert change > 0.01, change
 
 
 def test_exact_estimator_trains_the_rater(tiny_split):

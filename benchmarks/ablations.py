@@ -1,0 +1,225 @@
+"""Ablations of the rater and the baseline scorers on the data-efficiency benchmark's corrupted pool.
+
+    python benchmarks/ablations.py --out outputs/ablations --results benchmarks/results/ablations
+
+Same setup as ``benchmarks/data_efficiency.py`` (conf/experiment/efficiency.yaml: 4,000-sample pool
+with 30% planted noise, 6 rating epochs, 2 training epochs over the subset, domain metrics every 50
+steps). For each rater variant in ``VARIANTS`` and each seed: rate, then train on its Shift-Gsample
+50% subset. For each baseline scorer in ``SCORERS``: score once (deterministic), then train on its
+top-k 50% subset for each seed. Every run is skipped when its ``summary.json`` exists, so a killed
+benchmark resumes; ``--report-only`` rewrites the report from what exists.
+
+Report (``report.md`` in --results): rating quality per variant (AUROC clean vs corrupted overall and
+per kind, corrupted share of the Shift-Gsample 50% subset, score-timestep Spearman) and downstream
+domain FID / KID with the paired per-seed difference to the default rater, mean ± std over seeds.
+Extra arguments after ``--`` go to every ``train.py`` call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from data_efficiency import _machine, _run  # noqa: E402
+
+# name: (what it changes, Hydra overrides). "alchemist" is the default configuration.
+VARIANTS = {
+    "alchemist": ("default: Group MLP, first-order, shared t in [0, 600) per batch", []),
+    "instance_only": ("Group MLP without its batch head (b = 1)", ["rater=instance_only"]),
+    "all_timesteps": ("without the timestep restriction: t in [0, 1000)", ["bilevel.rater_timesteps=[0,1000]"]),
+    "stratified_min_snr": ("stratified t in [0, 600) + shared noise + min-SNR weighting",
+                           ["bilevel.rater_timestep_sampling=stratified", "bilevel.rater_noise=shared",
+                            "bilevel.rater_loss_weighting=min_snr"]),
+    "caption_gap": ("with the caption-aware signal, λ = 1", ["bilevel.caption_gap_weight=1.0"]),
+    "exact": ("exact one-step meta-gradient (JVP)", ["bilevel=exact"]),
+}
+# name: what it is. All select top-k (keep the highest scores), as a filter is used.
+SCORERS = {
+    "clip_score": "caption-image agreement, domain evaluator trained on D_val (DataComp CLIP-score filter)",
+    "clarity": "variance of the Laplacian (paper Table 1)",
+    "frequency": "high-frequency energy share (paper Table 1)",
+    "edge_density": "Sobel edge share (paper Table 1)",
+}
+KINDS = ("blur", "noise", "blank", "caption_swap", "near_duplicate", "collage")
+
+
+def _done(paths) -> bool:
+    return all((p / "summary.json").exists() for p in paths)
+
+
+def run_all(out: Path, seeds: list[int], overrides: list[str], variants, scorers) -> dict:
+    py = [sys.executable, "train.py", "-m", "+experiment=efficiency", "logger=csv", *overrides]
+    seed_arg = "seed=" + ",".join(map(str, seeds))
+    times: dict[str, float] = {}
+    for name in variants:  # 1. rating, every variant (the rating table needs only these)
+        if not _done(out / "rate" / name / f"seed{s}" for s in seeds):
+            times[f"rate {name}"] = _run(py + ["stage=rate", seed_arg, *VARIANTS[name][1],
+                                               f"hydra.sweep.dir={out}/rate/{name}", "hydra.sweep.subdir=seed${seed}"],
+                                         out / f"rate-{name}.log")
+    if scorers and not _done(out / "score" / s for s in scorers):  # 2. baseline scores
+        times["score"] = _run(py + ["stage=score", "score.scorer=" + ",".join(scorers), f"hydra.sweep.dir={out}/score",
+                                    "hydra.sweep.subdir=${score.scorer}"], out / "score.log")
+    for name in variants:  # 3. downstream training on each variant's Shift-Gsample 50% subset
+        if not _done(out / "train" / name / f"seed{s}" for s in seeds):
+            times[f"train {name}"] = _run(py + [
+                "stage=train", "method=shift_gsample", "keep_ratio=0.5", seed_arg,
+                f"scores_path={out}/rate/{name}/seed${{seed}}/scores.parquet",
+                f"hydra.sweep.dir={out}/train/{name}", "hydra.sweep.subdir=seed${seed}"], out / f"train-{name}.log")
+    for name in scorers:  # 4. ... and on each scorer's top-k 50% subset
+        if not _done(out / "train" / name / f"seed{s}" for s in seeds):
+            times[f"train {name}"] = _run(py + [
+                "stage=train", "method=top_k", "keep_ratio=0.5", seed_arg,
+                f"scores_path={out}/score/{name}/scores.parquet",
+                f"hydra.sweep.dir={out}/train/{name}", "hydra.sweep.subdir=seed${seed}"], out / f"train-{name}.log")
+    return times
+
+
+def _ms(values, digits=3) -> str:
+    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return "–"
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f} (n=1)"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def _load(path: Path) -> dict | None:
+    p = path / "summary.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _subset_share(scores_path: Path, method: str, seed: int, gt: dict) -> float:
+    """Corrupted share of the 50% subset ``method`` draws from the scores (as the train stage would)."""
+    from alchemist_pl import analysis, pruning
+    from alchemist_pl.scores import read_scores
+
+    ids, scores, _ = read_scores(scores_path)
+    idx = pruning.select(scores, 0.5, method, seed)
+    return analysis.subset_quality(ids, [ids[i] for i in idx], gt)["subset_corrupted_share"]
+
+
+def report(out: Path, seeds: list[int], variants, scorers) -> str:
+    from alchemist_pl.corruption import read_ground_truth
+
+    gt_path = next(iter(sorted(ROOT.glob("data/emoji-web-f0.3-n4000-s0/corruptions.parquet"))), None)
+    gt = read_ground_truth(gt_path) if gt_path else None
+    rows = []  # rating quality
+    for name in [*variants, *scorers]:
+        is_rater = name in variants
+        runs = [(s, out / "rate" / name / f"seed{s}") for s in seeds] if is_rater else [(None, out / "score" / name)]
+        summ = [(s, d, _load(d)) for s, d in runs]
+        summ = [(s, d, x) for s, d, x in summ if x]
+        if not summ:
+            continue
+        q = [x["metrics"].get("rating_quality", {}) for _, _, x in summ]
+        share = []
+        if gt:
+            method = "shift_gsample" if is_rater else "top_k"
+            for s, d, _ in summ:
+                for seed in ([s] if is_rater else seeds):
+                    share.append(_subset_share(d / "scores.parquet", method, seed, gt))
+        rows.append({
+            "name": name, "n": len(summ),
+            "auroc": _ms([r.get("auroc") for r in q]),
+            **{k: _ms([r.get("per_kind", {}).get(k, {}).get("auroc") for r in q], 2) for k in KINDS},
+            "share": _ms(share),
+            "rho": _ms([x["metrics"].get("score_timestep_spearman") for _, _, x in summ]) if is_rater else "n/a",
+            "time": _ms([x["wall_time_s"] for _, _, x in summ], 0),
+        })
+    lines = ["## Rating quality on the corrupted pool", "",
+             "AUROC: clean (higher score) vs corrupted; 0.5 = no signal, below 0.5 = corrupted samples score "
+             "*higher* (Shift-Gsample's head discard then drops them). Subset share: corrupted share of the "
+             "50% subset the method draws (raters: Shift-Gsample; scorers: top-k), pool 0.300. "
+             "ρ: Spearman of final scores vs the mean timestep each sample saw. Raters: mean ± std over seeds; "
+             "scorers are deterministic (one score file; the subset share is per seed of top-k = one value).", "",
+             "| scorer | n | AUROC | " + " | ".join(KINDS) + " | subset corrupted share | ρ(score, t) | wall s |",
+             "|---|---|---|" + "---|" * len(KINDS) + "---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['n']} | {r['auroc']} | " + " | ".join(r[k] for k in KINDS)
+                     + f" | {r['share']} | {r['rho']} | {r['time']} |")
+
+    base = {s: _load(out / "train" / "alchemist" / f"seed{s}") for s in seeds}
+    lines += ["", "## Downstream: domain metrics after 2 epochs on the 50% subset", "",
+              "Δ FID: paired by seed (same training seed), this row minus the default rater; negative = better.", "",
+              "| data | n | domain FID | Δ FID vs alchemist | domain KID | domain CLIP | subset corrupted share |",
+              "|---|---|---|---|---|---|---|"]
+    for name in [*variants, *scorers]:
+        summ = {s: _load(out / "train" / name / f"seed{s}") for s in seeds}
+        summ = {s: x for s, x in summ.items() if x}
+        if not summ:
+            continue
+        m = {s: x["metrics"] for s, x in summ.items()}
+        fid = [v.get("eval/domain_fid") for v in m.values()]
+        delta = [m[s]["eval/domain_fid"] - base[s]["metrics"]["eval/domain_fid"] for s in m
+                 if base.get(s) and name != "alchemist"]
+        label = f"{name} ({'Shift-Gsample' if name in variants else 'top-k'} 50%)"
+        lines.append(f"| {label} | {len(m)} | {_ms(fid, 2)} | {_ms(delta, 2) if delta else '–'} | "
+                     f"{_ms([v.get('eval/domain_kid') for v in m.values()])} | "
+                     f"{_ms([v.get('eval/domain_clip') for v in m.values()], 2)} | "
+                     f"{_ms([v.get('subset_quality', {}).get('subset_corrupted_share') for v in m.values()])} |")
+    lines += ["", "## Variants", ""] + [f"- `{k}`: {v[0]}; overrides `{' '.join(v[1]) or '(none)'}`"
+                                         for k, v in VARIANTS.items() if k in variants]
+    lines += [f"- `{k}`: {v}; `stage=score score.scorer={k}`, then `method=top_k`" for k, v in SCORERS.items()
+              if k in scorers]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="outputs/ablations")
+    parser.add_argument("--results", default="benchmarks/results/ablations")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--scorers", default=",".join(SCORERS))
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = [v for v in args.variants.split(",") if v]
+    scorers = [s for s in args.scorers.split(",") if s]
+    unknown = [v for v in variants if v not in VARIANTS] + [s for s in scorers if s not in SCORERS]
+    if unknown:
+        raise SystemExit(f"unknown variant/scorer {unknown}; known: {list(VARIANTS)} / {list(SCORERS)}")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    times = {} if args.report_only else run_all(out, seeds, args.overrides, variants, scorers)
+    times_path = out / "times.json"
+    old = json.loads(times_path.read_text()) if times_path.exists() else {}
+    times_path.write_text(json.dumps({**old, **times}, indent=2))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    body = report(out, seeds, variants, scorers)
+    all_times = {**old, **times}
+    header = [
+        "# Ablations: rater variants and baseline scorers", "",
+        f"Command: `python benchmarks/ablations.py {' '.join(sys.argv[1:])}`  ",
+        f"Commit: {commit or 'unknown'}  ",
+        f"Machine: {_machine()}  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
+        "Wall time of the runs (all invocations): " + (", ".join(f"{k} {v / 60:.1f} min" for k, v in all_times.items())
+                                                       or "none this invocation")
+        + f"; this invocation {(time.time() - started) / 60:.1f} min", "",
+        "Setup: conf/experiment/efficiency.yaml (4,000-sample emoji pool, 30% planted noise, rater 6 epochs over "
+        "D_val, downstream UNet 0.45M params, 2 epochs over the 50% subset, domain metrics on 128 fixed test "
+        "prompts), CSV logger.", "",
+    ]
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "report.md").write_text("\n".join(header) + body)
+    (results / "times.json").write_text(json.dumps(all_times, indent=2))
+    print("\n".join(header) + body)
+
+
+if __name__ == "__main__":
+    main()
