@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from alchemist_pl.evaluation import (DomainMetrics, StandardMetrics, caption_retrieval, load_domain_encoder,
-                                     train_domain_encoder)
+from alchemist_pl.evaluation import (DomainMetrics, StandardMetrics, caption_agreement, caption_retrieval,
+                                     load_domain_encoder, train_domain_encoder)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,19 @@ def test_domain_metrics_order_real_and_broken_images(encoder, small_split):
     assert again["domain_fid"] == pytest.approx(same["domain_fid"], rel=1e-6)  # fake features reset each time
     with pytest.raises(RuntimeError, match="set_reference"):
         DomainMetrics(encoder).compute(real[:4], pooled[:4])
+
+
+def test_caption_agreement_ranks_swapped_captions_lower(encoder, small_split):
+    """The CLIP-score filter baseline: true image-caption pairs agree more than swapped ones."""
+    import copy
+
+    true = caption_agreement(encoder, small_split, batch_size=40)  # batch size that does not divide N
+    assert true.shape == (len(small_split),) and torch.isfinite(true).all()
+    swapped = copy.copy(small_split)
+    swapped.caption_rows = small_split.caption_rows.roll(11)
+    wrong = caption_agreement(encoder, swapped)
+    different = small_split.caption_rows != swapped.caption_rows
+    assert (true[different] > wrong[different]).float().mean() > 0.7
 
 
 def test_encoder_is_cached_by_content(emoji_dir, cache_dir, tmp_path):

@@ -122,6 +122,27 @@ def test_cli_multirun_sweeps_keep_ratio(smoke, tmp_path):
     assert sizes == [round(0.2 * 512), 256]
 
 
+@pytest.mark.parametrize("scorer", ["clarity", "clip_score"])
+def test_score_stage_writes_baseline_scores(smoke, make_cfg, tmp_path, scorer):
+    """stage=score: a rater-free scores.parquet for the same pool, with the rating report, usable by prune."""
+    cfg = make_cfg("+experiment=score", "debug=smoke", "logger=csv", "corruption=web", "corruption.pool_size=600",
+                   f"score.scorer={scorer}", "score.encoder.epochs=2")
+    summary = run(cfg)
+    ids, scores, meta = read_scores(tmp_path / "scores.parquet")
+    rated, _, _ = read_scores(smoke[0] / "rate" / "scores.parquet")
+    assert ids == rated and len(np.unique(scores)) > len(ids) // 2  # the same pool, every sample, real values
+    assert meta["scorer"] == scorer and meta["stage"] == "score"
+    per_kind = summary["metrics"]["rating_quality"]["per_kind"]
+    if scorer == "clarity":
+        assert per_kind["blur"]["auroc"] > 0.9  # blurred images lose their Laplacian variance
+    else:
+        assert len(meta["encoder"]["sha256"]) == 64
+    assert (tmp_path / "ranking.png").exists()
+    pruned = run(make_cfg("+experiment=prune", "debug=smoke", "logger=csv", f"scores_path={tmp_path / 'scores.parquet'}",
+                          "method=top_k", "keep_ratio=0.5", output_dir=tmp_path / "prune"))
+    assert pruned["metrics"]["subset_size"] == len(ids) // 2
+
+
 def test_train_from_scores_file_draws_subset(smoke, make_cfg, tmp_path):
     out, _ = smoke
     scores_path = out / "rate" / "scores.parquet"
