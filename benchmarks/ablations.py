@@ -6,8 +6,9 @@ Same setup as ``benchmarks/data_efficiency.py`` (conf/experiment/efficiency.yaml
 with 30% planted noise, 6 rating epochs, 2 training epochs over the subset, domain metrics every 50
 steps). For each rater variant in ``VARIANTS`` and each seed: rate, then train on its Shift-Gsample
 50% subset. For each baseline scorer in ``SCORERS``: score once (deterministic), then train on its
-top-k 50% subset for each seed. Every run is skipped when its ``summary.json`` exists, so a killed
-benchmark resumes; ``--report-only`` rewrites the report from what exists.
+top-k 50% subset for each seed. Runs go ``--jobs`` at a time. Every run is skipped when its
+``summary.json`` exists and a killed rating resumes from its checkpoint, so a killed benchmark
+resumes; ``--report-only`` rewrites the report from what exists.
 
 Report (``report.md`` in --results): rating quality per variant (AUROC clean vs corrupted overall and
 per kind, corrupted share of the Shift-Gsample 50% subset, score-timestep Spearman) and downstream
@@ -53,34 +54,53 @@ SCORERS = {
 KINDS = ("blur", "noise", "blank", "caption_swap", "near_duplicate", "collage")
 
 
-def _done(paths) -> bool:
-    return all((p / "summary.json").exists() for p in paths)
+def _job(out: Path, kind: str, name: str, seed: int | None) -> tuple[Path, list[str]]:
+    """(run folder, train.py overrides) of one run: kind rate | score | train."""
+    if kind == "rate":
+        d = out / "rate" / name / f"seed{seed}"
+        return d, ["stage=rate", f"seed={seed}", *VARIANTS[name][1]]
+    if kind == "score":
+        return out / "score" / name, ["stage=score", f"score.scorer={name}"]
+    d = out / "train" / name / f"seed{seed}"
+    if name in VARIANTS:
+        return d, ["stage=train", "method=shift_gsample", "keep_ratio=0.5", f"seed={seed}",
+                   f"scores_path={out}/rate/{name}/seed{seed}/scores.parquet"]
+    return d, ["stage=train", "method=top_k", "keep_ratio=0.5", f"seed={seed}",
+               f"scores_path={out}/score/{name}/scores.parquet"]
 
 
-def run_all(out: Path, seeds: list[int], overrides: list[str], variants, scorers) -> dict:
-    py = [sys.executable, "train.py", "-m", "+experiment=efficiency", "logger=csv", *overrides]
-    seed_arg = "seed=" + ",".join(map(str, seeds))
+def run_all(out: Path, seeds: list[int], overrides: list[str], variants, scorers, jobs: int = 2) -> dict:
+    """Run every missing run, phase by phase (a phase needs the previous one's scores), ``jobs`` at a
+    time; with jobs > 1 each process gets one thread (OMP_NUM_THREADS=1), which on a small CPU gets
+    more runs per hour than one process on all cores. Returns wall seconds per phase."""
+    import concurrent.futures as cf
+    import os
+
+    cheap = [v for v in variants if v != "exact"]  # the exact estimator costs most: its ratings go later
+    phases = [
+        [("rate", v, s) for v in cheap for s in seeds] + [("score", sc, None) for sc in scorers],
+        [("train", v, s) for v in cheap for s in seeds] + [("train", sc, s) for sc in scorers[:1] for s in seeds]
+        + [("rate", "exact", s) for s in seeds if "exact" in variants],
+        [("train", "exact", s) for s in seeds if "exact" in variants]
+        + [("train", sc, s) for sc in scorers[1:] for s in seeds],
+    ]
+    env = {**os.environ, **({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if jobs > 1 else {})}
+    py = [sys.executable, "train.py", "+experiment=efficiency", "logger=csv", *overrides]
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+
+    def one(job):
+        d, args = _job(out, *job)
+        if (d / "summary.json").exists():
+            return 0.0
+        log = out / "logs" / ("-".join(str(x) for x in job if x is not None) + ".log")
+        return _run(py + args + [f"hydra.run.dir={d}"], log, env=env)
+
     times: dict[str, float] = {}
-    for name in variants:  # 1. rating, every variant (the rating table needs only these)
-        if not _done(out / "rate" / name / f"seed{s}" for s in seeds):
-            times[f"rate {name}"] = _run(py + ["stage=rate", seed_arg, *VARIANTS[name][1],
-                                               f"hydra.sweep.dir={out}/rate/{name}", "hydra.sweep.subdir=seed${seed}"],
-                                         out / f"rate-{name}.log")
-    if scorers and not _done(out / "score" / s for s in scorers):  # 2. baseline scores
-        times["score"] = _run(py + ["stage=score", "score.scorer=" + ",".join(scorers), f"hydra.sweep.dir={out}/score",
-                                    "hydra.sweep.subdir=${score.scorer}"], out / "score.log")
-    for name in variants:  # 3. downstream training on each variant's Shift-Gsample 50% subset
-        if not _done(out / "train" / name / f"seed{s}" for s in seeds):
-            times[f"train {name}"] = _run(py + [
-                "stage=train", "method=shift_gsample", "keep_ratio=0.5", seed_arg,
-                f"scores_path={out}/rate/{name}/seed${{seed}}/scores.parquet",
-                f"hydra.sweep.dir={out}/train/{name}", "hydra.sweep.subdir=seed${seed}"], out / f"train-{name}.log")
-    for name in scorers:  # 4. ... and on each scorer's top-k 50% subset
-        if not _done(out / "train" / name / f"seed{s}" for s in seeds):
-            times[f"train {name}"] = _run(py + [
-                "stage=train", "method=top_k", "keep_ratio=0.5", seed_arg,
-                f"scores_path={out}/score/{name}/scores.parquet",
-                f"hydra.sweep.dir={out}/train/{name}", "hydra.sweep.subdir=seed${seed}"], out / f"train-{name}.log")
+    for i, phase in enumerate(phases, 1):
+        started = time.time()
+        with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(one, phase))
+        times[f"phase {i} ({len(phase)} runs)"] = time.time() - started
     return times
 
 
@@ -181,6 +201,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--scorers", default=",".join(SCORERS))
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each single-threaded when > 1)")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -193,7 +214,7 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    times = {} if args.report_only else run_all(out, seeds, args.overrides, variants, scorers)
+    times = {} if args.report_only else run_all(out, seeds, args.overrides, variants, scorers, args.jobs)
     times_path = out / "times.json"
     old = json.loads(times_path.read_text()) if times_path.exists() else {}
     times_path.write_text(json.dumps({**old, **times}, indent=2))

@@ -28,11 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(args: list[str], log_path: Path) -> float:
+def _run(args: list[str], log_path: Path, env: dict | None = None) -> float:
     started = time.time()
     print("+", " ".join(args), flush=True)
     with open(log_path, "w") as log:
-        proc = subprocess.run(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.run(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         tail = log_path.read_text()[-4000:]
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(args)}\n--- {log_path} (tail) ---\n{tail}")
