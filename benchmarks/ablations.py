@@ -134,6 +134,7 @@ def report(out: Path, seeds: list[int], variants, scorers) -> str:
     gt_path = next(iter(sorted(ROOT.glob("data/emoji-web-f0.3-n4000-s0/corruptions.parquet"))), None)
     gt = read_ground_truth(gt_path) if gt_path else None
     rows = []  # rating quality
+    base_share: dict = {}
     for name in [*variants, *scorers]:
         is_rater = name in variants
         runs = [(s, out / "rate" / name / f"seed{s}") for s in seeds] if is_rater else [(None, out / "score" / name)]
@@ -148,8 +149,19 @@ def report(out: Path, seeds: list[int], variants, scorers) -> str:
             for s, d, _ in summ:
                 for seed in ([s] if is_rater else seeds):
                     share.append(_subset_share(d / "scores.parquet", method, seed, gt))
+        delta_auroc, delta_share = [], []
+        if is_rater and name != "alchemist":  # paired by seed with the default rater
+            for s, _, x in summ:
+                b = _load(out / "rate" / "alchemist" / f"seed{s}")
+                if b:
+                    delta_auroc.append(x["metrics"]["rating_quality"]["auroc"] - b["metrics"]["rating_quality"]["auroc"])
+            if gt and base_share:
+                delta_share = [v - base_share[s] for (s, _, _), v in zip(summ, share) if s in base_share]
+        if name == "alchemist":
+            base_share = {s: v for (s, _, _), v in zip(summ, share)}
         rows.append({
-            "name": name, "n": len(summ),
+            "name": name, "n": len(summ), "d_auroc": _ms(delta_auroc) if delta_auroc else "–",
+            "d_share": _ms(delta_share) if delta_share else "–",
             "auroc": _ms([r.get("auroc") for r in q]),
             **{k: _ms([r.get("per_kind", {}).get(k, {}).get("auroc") for r in q], 2) for k in KINDS},
             "share": _ms(share),
@@ -160,13 +172,15 @@ def report(out: Path, seeds: list[int], variants, scorers) -> str:
              "AUROC: clean (higher score) vs corrupted; 0.5 = no signal, below 0.5 = corrupted samples score "
              "*higher* (Shift-Gsample's head discard then drops them). Subset share: corrupted share of the "
              "50% subset the method draws (raters: Shift-Gsample; scorers: top-k), pool 0.300. "
+             "Δ: this variant minus the default rater, paired by seed, mean ± std. "
              "ρ: Spearman of final scores vs the mean timestep each sample saw. Raters: mean ± std over seeds; "
              "scorers are deterministic (one score file; the subset share is per seed of top-k = one value).", "",
-             "| scorer | n | AUROC | " + " | ".join(KINDS) + " | subset corrupted share | ρ(score, t) | wall s |",
-             "|---|---|---|" + "---|" * len(KINDS) + "---|---|---|"]
+             "| scorer | n | AUROC | Δ AUROC | " + " | ".join(KINDS)
+             + " | subset corrupted share | Δ share | ρ(score, t) | wall s |",
+             "|---|---|---|---|" + "---|" * len(KINDS) + "---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['n']} | {r['auroc']} | " + " | ".join(r[k] for k in KINDS)
-                     + f" | {r['share']} | {r['rho']} | {r['time']} |")
+        lines.append(f"| {r['name']} | {r['n']} | {r['auroc']} | {r['d_auroc']} | " + " | ".join(r[k] for k in KINDS)
+                     + f" | {r['share']} | {r['d_share']} | {r['rho']} | {r['time']} |")
 
     base = {s: _load(out / "train" / "alchemist" / f"seed{s}") for s in seeds}
     lines += ["", "## Downstream: domain metrics after 2 epochs on the 50% subset", "",
