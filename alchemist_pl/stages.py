@@ -122,7 +122,7 @@ def _trainer(cfg: DictConfig, loggers: list, extra_callbacks=(), **overrides):
                        default_root_dir=cfg.paths.output_dir, **overrides)
 
 
-def make_evaluation(cfg: DictConfig, test_set, grid_path=None):
+def make_evaluation(cfg: DictConfig, test_set, grid_path=None, curve_path=None):
     """The :class:`~alchemist_pl.evaluation.GenerationEvaluation` callback ``cfg.eval`` describes.
 
     Prompts: the first ``eval.num_images`` samples of ``test_set`` (captions unseen in training);
@@ -151,6 +151,7 @@ def make_evaluation(cfg: DictConfig, test_set, grid_path=None):
     callback = evaluation.GenerationEvaluation(
         metrics, prompts, every_n_steps=e.every_n_steps, sample_steps=e.sample_steps,
         guidance_scale=e.guidance_scale, seed=e.seed, batch_size=e.batch_size, grid_path=grid_path,
+        curve_path=curve_path,
     )
     return callback, {**info, "num_images": m, "reference_images": len(test_set)}
 
@@ -269,12 +270,19 @@ def _rating_report(cfg: DictConfig, pool, scores: np.ndarray, out: Path, loggers
     return quality
 
 
-def _barrier(trainer) -> None:
-    """Wait for every rank (the outputs rank 0 writes exist after it); no-op outside DDP."""
+def _barrier(trainer=None) -> None:
+    """Wait for every rank (the outputs rank 0 writes exist after it); no-op outside DDP.
+
+    Through ``trainer.strategy`` when given, else ``torch.distributed`` directly (the process group
+    an earlier stage's DDP fit set up stays initialised for the later stages of a pipeline).
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        trainer.strategy.barrier("outputs written")
+        if trainer is not None:
+            trainer.strategy.barrier("outputs written")
+        else:
+            dist.barrier()
 
 
 def prune(cfg: DictConfig) -> dict:
@@ -292,13 +300,16 @@ def prune(cfg: DictConfig) -> dict:
     idx = pruning.select(scores, cfg.keep_ratio, cfg.method, cfg.seed, order=order, **params)
     pct = pruning.percentiles(scores, order=order)
     del order
-    subset_path = write_subset(
-        out / "subset.parquet", [ids[i] for i in idx], scores[idx], pct[idx],
-        {"stage": "prune", "scores_path": str(cfg.scores_path), "method": cfg.method, "keep_ratio": cfg.keep_ratio,
-         "seed": cfg.seed, "params": params, "scores_metadata": meta, "config": _container(cfg), **provenance()},
-    )
+    # under DDP (prune inside the pipeline) every rank selects the same subset; rank 0 writes
+    subset_path, plot = out / "subset.parquet", out / "percentiles.png"
+    if _is_global_zero():
+        write_subset(
+            subset_path, [ids[i] for i in idx], scores[idx], pct[idx],
+            {"stage": "prune", "scores_path": str(cfg.scores_path), "method": cfg.method, "keep_ratio": cfg.keep_ratio,
+             "seed": cfg.seed, "params": params, "scores_metadata": meta, "config": _container(cfg), **provenance()},
+        )
+        plot_percentiles(pct[idx], plot, f"{cfg.method}, keep_ratio={cfg.keep_ratio}")
     hist, edges = np.histogram(pct[idx], bins=10, range=(0.0, 1.0))
-    plot = plot_percentiles(pct[idx], out / "percentiles.png", f"{cfg.method}, keep_ratio={cfg.keep_ratio}")
     metrics = {
         "pool_size": len(scores),
         "subset_size": int(len(idx)),
@@ -320,7 +331,9 @@ def prune(cfg: DictConfig) -> dict:
     finally:
         finish_loggers(loggers)
     log.info("prune: %s kept %d of %d samples -> %s", cfg.method, len(idx), len(scores), subset_path)
-    return _summary(cfg, "prune", started, metrics, {"subset": str(subset_path), "percentiles_plot": str(plot)})
+    summary = _summary(cfg, "prune", started, metrics, {"subset": str(subset_path), "percentiles_plot": str(plot)})
+    _barrier()  # the other ranks read the subset file next (pipeline under DDP)
+    return summary
 
 
 def plot_percentiles(percentile: np.ndarray, path: Path, title: str) -> Path:
@@ -367,19 +380,20 @@ def train(cfg: DictConfig) -> dict:
     )
     dm.setup("fit")
     subset_size = int(len(dm.sampler.subset))
-    max_steps = int(cfg.train.max_steps)
-    if cfg.train.get("epochs"):  # equal epochs: steps scale with the subset size
-        max_steps = max(1, math.ceil(float(cfg.train.epochs) * subset_size / cfg.train.batch_size))
     out = Path(cfg.paths.output_dir)
     extra, eval_info = [], None
     if cfg.get("eval") and cfg.eval.enabled:
-        evaluator, eval_info = make_evaluation(cfg, dm.test_set, grid_path=out / "eval_samples.png")
+        evaluator, eval_info = make_evaluation(cfg, dm.test_set, grid_path=out / "eval_samples.png",
+                                               curve_path=out / "eval_curve.json")
         extra.append(evaluator)
     model = instantiate(cfg.model)
     loggers = make_loggers(cfg)
     try:
-        trainer = _trainer(cfg, loggers, extra, max_steps=max_steps, max_epochs=-1,
+        trainer = _trainer(cfg, loggers, extra, max_steps=int(cfg.train.max_steps), max_epochs=-1,
                            gradient_clip_val=cfg.train.gradient_clip_val)
+        if cfg.train.get("epochs"):  # equal epochs: steps scale with the subset size; each step takes W batches
+            trainer.fit_loop.max_steps = max(1, math.ceil(
+                float(cfg.train.epochs) * subset_size / (cfg.train.batch_size * trainer.world_size)))
         trainer.fit(model, datamodule=dm, ckpt_path=_resume_from(cfg))
         train_time = time.time() - started
         train_loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
@@ -389,8 +403,11 @@ def train(cfg: DictConfig) -> dict:
             "train/loss": train_loss,
             "train_samples": subset_size,
             "pool_size": len(dm.train_set),
-            "steps": int(trainer.global_step),
+            # a ddp_spawn fit does not carry global_step back to this process; it ran to max_steps
+            # (max_epochs=-1, nothing stops it earlier)
+            "steps": int(trainer.global_step or trainer.max_steps),
             "train_time_s": round(train_time, 2),
+            "world_size": trainer.world_size,
         }
         ids = dm.train_set.sample_ids
         if dm.scores is not None and trainer.is_global_zero:  # the subset drawn from the scores, for reports
@@ -408,15 +425,18 @@ def train(cfg: DictConfig) -> dict:
 
             metrics["subset_quality"] = subset_quality(ids, [ids[i] for i in dm.sampler.subset], gt)
         outputs = {"samples": str(out / "samples.png")}
-        if extra:
-            curve = extra[0].curve
+        if extra:  # after a ddp_spawn fit the curve is in the file the spawned rank 0 wrote
+            curve = extra[0].curve or json.loads((out / "eval_curve.json").read_text())
             metrics.update({f"eval/{k}": v for k, v in curve[-1].items() if k != "step"})
             metrics["eval_curve"] = curve
             metrics["evaluator"] = eval_info
             outputs["eval_samples"] = str(out / "eval_samples.png")
+            outputs["eval_curve"] = str(out / "eval_curve.json")
         log.info("train: %s on %d of %d samples, test loss %.4f -> %s", cfg.method, metrics["train_samples"],
                  metrics["pool_size"], metrics.get("test/loss", float("nan")), cfg.paths.output_dir)
-        return _summary(cfg, "train", started, metrics, outputs)
+        summary = _summary(cfg, "train", started, metrics, outputs)
+        _barrier(trainer)  # under DDP the next stage or process may read what rank 0 wrote
+        return summary
     finally:
         finish_loggers(loggers)
 
@@ -452,7 +472,8 @@ def pipeline(cfg: DictConfig) -> dict:
          "domain_fid": v["metrics"].get("eval/domain_fid"), "train_time_s": v["metrics"]["train_time_s"]}
         for k, v in results.items() if k.startswith("train-")
     ]
-    print_comparison(rows, cfg)
+    if _is_global_zero():
+        print_comparison(rows, cfg)
     metrics = {
         "comparison": rows,
         "wall_time_s": {k: v["wall_time_s"] for k, v in results.items()},
