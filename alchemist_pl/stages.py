@@ -176,7 +176,16 @@ def _data_kwargs(cfg: DictConfig) -> dict:
 # ---------------------------------------------------------------- stages
 
 def rate(cfg: DictConfig) -> dict:
-    """Train the rater jointly with the proxy (bilevel), then score every sample of the pool."""
+    """Train the rater jointly with the proxy (bilevel), then score every sample of the pool.
+
+    Scoring is in memory (the loaded pool, split across ranks), or with ``rate.streaming=true``
+    shard by shard over ``data.train_path`` (:func:`_score_streaming`). Both write the same
+    ``scores.parquet``.
+
+    Raises:
+        ValueError: ``rate.streaming`` is not a boolean, or is true for an image-folder pool.
+        DataError: bad or missing data (see :mod:`alchemist_pl.data`).
+    """
     import lightning as L
     import torch
     from hydra.utils import instantiate
@@ -186,6 +195,7 @@ def rate(cfg: DictConfig) -> dict:
 
     started = time.time()
     out = Path(cfg.paths.output_dir)
+    streaming = _check_streaming(cfg)  # before training: a bad setting fails at once
     L.seed_everything(cfg.seed, workers=True)
     dm = RatingDataModule(
         train_path=cfg.data.train_path, val_path=cfg.data.val_path, batch_size=cfg.rate.batch_size,
@@ -201,31 +211,38 @@ def rate(cfg: DictConfig) -> dict:
 
         t0 = time.time()
         dm.setup("fit")  # after a ddp_spawn fit the main process has not loaded the data yet
-        # under DDP each rank scores its shard and all ranks get every score; rank 0 writes
-        scores = score_dataset_distributed(model.rater, dm.pool, cfg.rate.score_batch_size, device=model.device)
-        score_time = time.time() - t0
         rater_path, scores_path = out / "rater.pt", out / "scores.parquet"
         if trainer.is_global_zero:
             tmp = rater_path.with_name(f".rater.pt.tmp-{os.getpid()}")
             torch.save({"state_dict": model.rater.state_dict(), "config": _container(cfg.rater)}, tmp)
             os.replace(tmp, rater_path)
-            write_scores(
-                scores_path, dm.pool.sample_ids, scores,
-                {"stage": "rate", "train_path": str(cfg.data.train_path), "rater_checkpoint": str(rater_path),
-                 "config": _container(cfg), **provenance(), "world_size": trainer.world_size},
-            )
+        meta = {"stage": "rate", "train_path": str(cfg.data.train_path), "rater_checkpoint": str(rater_path),
+                "config": _container(cfg), **provenance(), "world_size": trainer.world_size,
+                "scoring": "streaming" if streaming else "in_memory"}
+        if streaming:  # every sample of the pool's shards; the report uses the loaded pool's share
+            ids, scores = _score_streaming(cfg, model, trainer, out / "score_parts", scores_path, meta)
+            position = {s: i for i, s in enumerate(ids)}
+            pool_scores = scores[[position[s] for s in dm.pool.sample_ids]]
+        else:
+            # under DDP each rank scores its shard and all ranks get every score; rank 0 writes
+            scores = pool_scores = score_dataset_distributed(model.rater, dm.pool, cfg.rate.score_batch_size,
+                                                             device=model.device)
+            if trainer.is_global_zero:
+                write_scores(scores_path, dm.pool.sample_ids, scores, meta)
+        score_time = time.time() - t0
         # rank 0 alone writes the grid and logs the table (the other ranks have no logger to feed)
-        quality = _rating_report(cfg, dm.pool, scores, out, loggers) if trainer.is_global_zero else {}
+        quality = _rating_report(cfg, dm.pool, pool_scores, out, loggers) if trainer.is_global_zero else {}
         _barrier(trainer)
         metrics = {
             **fit_metrics,
             **quality,
             "samples_rated": len(scores),
+            "scoring": meta["scoring"],
             "score_mean": float(scores.mean()),
             "score_std": float(scores.std()),
             "scoring_time_s": round(score_time, 2),
             "bilevel_iterations": int(trainer.global_step // 2),
-            **model.timestep_correlation(scores),  # score_timestep_spearman, samples_seen
+            **model.timestep_correlation(pool_scores),  # score_timestep_spearman, samples_seen
         }
         for lg in loggers:
             lg.log_metrics({f"rate/{k}": v for k, v in metrics.items() if k.startswith("score")}, step=trainer.global_step)
@@ -234,6 +251,65 @@ def rate(cfg: DictConfig) -> dict:
                                                         "ranking_grid": str(out / "ranking.png")})
     finally:
         finish_loggers(loggers)
+
+
+def _check_streaming(cfg: DictConfig) -> bool:
+    """``rate.streaming``, checked: a boolean, and when true a pool of webdataset shards.
+
+    Raises:
+        ValueError: not a boolean, or ``data.train_path`` is an image folder (``metadata.jsonl``).
+        DataError: ``data.train_path`` does not exist or holds no ``*.tar`` shards.
+    """
+    value = cfg.rate.get("streaming", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"rate.streaming must be true or false, got {value!r}")
+    if value:
+        from .streaming import shard_list
+
+        path = Path(cfg.data.train_path)
+        if path.is_dir() and (path / "metadata.jsonl").is_file():
+            raise ValueError(f"rate.streaming=true scores webdataset *.tar shards, but data.train_path={path} is an "
+                             f"image folder (metadata.jsonl); set rate.streaming=false")
+        shard_list(path)
+    return value
+
+
+def _score_streaming(cfg: DictConfig, model, trainer, parts_root: Path, scores_path: Path, metadata: dict):
+    """Score every sample of ``data.train_path``'s shards with :func:`streaming.score_shards`.
+
+    Shards are split across the ranks (shard i -> rank i mod W), each finished shard is a part in
+    ``parts_root/<rater hash>/`` (a rerun with the same rater skips it; another rater never reuses
+    it), rank 0 merges the parts into ``scores_path`` with ``metadata`` and removes them.
+
+    Returns:
+        (sample_ids [N] in shard order, scores [N] float32), the same on every rank.
+    """
+    import hashlib
+    import shutil
+
+    import torch.distributed as dist
+
+    from .scores import read_scores
+    from .streaming import merge_parts, score_shards, shard_list
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.rater.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    parts = parts_root / h.hexdigest()[:16]
+    grouped = dist.is_available() and dist.is_initialized()
+    shards = shard_list(cfg.data.train_path)
+    score_shards(model.rater, shards, parts, cfg.data.resolution, cfg.data.cache_dir, cfg.data.max_tokens,
+                 batch_size=cfg.rate.score_batch_size, num_workers=int(cfg.rate.get("streaming_workers", 0)),
+                 rank=dist.get_rank() if grouped else 0, world_size=dist.get_world_size() if grouped else 1,
+                 device=model.device)
+    _barrier(trainer)
+    if trainer.is_global_zero:
+        merge_parts(shards, parts, scores_path, metadata)
+        shutil.rmtree(parts_root)
+    _barrier(trainer)
+    ids, scores, _ = read_scores(scores_path)
+    return ids, scores
 
 
 def _ground_truth(cfg: DictConfig) -> dict | None:
