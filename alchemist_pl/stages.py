@@ -468,7 +468,7 @@ def train(cfg: DictConfig) -> dict:
         trainer = _trainer(cfg, loggers, extra, max_steps=int(cfg.train.max_steps), max_epochs=-1,
                            gradient_clip_val=cfg.train.gradient_clip_val)
         if cfg.train.get("epochs"):  # equal epochs: steps scale with the subset size; each step takes W batches
-            trainer.fit_loop.max_steps = max(1, math.ceil(
+            trainer.fit_loop.epoch_loop.max_steps = max(1, math.ceil(
                 float(cfg.train.epochs) * subset_size / (cfg.train.batch_size * trainer.world_size)))
         trainer.fit(model, datamodule=dm, ckpt_path=_resume_from(cfg))
         train_time = time.time() - started

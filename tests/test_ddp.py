@@ -94,9 +94,11 @@ def test_multirun_with_ddp_spawn(tmp_path, emoji_dir):
 
 
 # Downstream training on 2 ranks: 32-sample subset of a 64-sample pool, batches of 8 -> 2 steps per
-# epoch per rank; 4 steps = 2 epochs; an odd test split (63) so the ranks' test shares differ in size.
+# epoch per rank; train.epochs=2 -> 4 steps (32 * 2 / (8 * 2 ranks)); an odd test split (63) so the
+# ranks' test shares differ in size.
 # Each rank's paths.output_dir is <run>/rank<LOCAL_RANK>: whatever a rank writes is visible as its own.
-TRAIN_TINY = ["debug=smoke", "data.limit_train=64", "data.limit_test=63", "train.batch_size=8", "train.max_steps=4",
+TRAIN_TINY = ["debug=smoke", "data.limit_train=64", "data.limit_test=63", "train.batch_size=8", "train.epochs=2",
+              "train.max_steps=1",  # replaced by the epochs' 4 steps
               "eval.every_n_steps=2", "+callbacks.probe._target_=tests.probe.Probe",
               "paths.output_dir=${hydra:runtime.output_dir}/rank${oc.env:LOCAL_RANK,0}"]
 
