@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .data import DataError, decode_image, iter_samples
+from .data import SHARD_MTIME, DataError, decode_image, iter_samples
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,8 @@ def build_corrupted_pool(
         shutil.rmtree(tmp)
     try:
         (tmp / "train").mkdir(parents=True)
-        with wds.ShardWriter(str(tmp / "train" / "train-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
+        with wds.ShardWriter(str(tmp / "train" / "train-%06d.tar"), maxcount=shard_size, verbose=0,
+                             mtime=SHARD_MTIME) as sink:
             for i in range(n):
                 sink.write({"__key__": ids[i], "png": _png(new_images[i]), "txt": new_captions[i],
                             "json": {"corruption": kind_of[i], "other_id": other_id[i]}})

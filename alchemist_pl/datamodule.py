@@ -180,9 +180,12 @@ class TrainingDataModule(_Base):
                     f"{self.scores_path}: {int(np.isnan(aligned).sum())} training samples have no score (first: {missing})"
                 )
             self.scores = aligned
+        # the subset is the same on every rank (same files, scores and seed); the per-rank shard is
+        # fixed in train_dataloader, when the process group exists (under `ddp` setup can run before it)
         self.sampler = SubsetDistributedSampler(
             self.train_set, indices=self.subset_indices, scores=self.scores, keep_ratio=self.keep_ratio,
             method=self.method, pruning_params=self.pruning_params, seed=self.seed, shuffle=True,
+            num_replicas=1, rank=0,
         )
         k = len(self.sampler.subset)
         if k < self.batch_size:
@@ -195,7 +198,39 @@ class TrainingDataModule(_Base):
         return self.train_set.text.states[r].float(), self.train_set.text.mask[r]
 
     def train_dataloader(self):
+        """Batches of this rank's shard of the subset (:class:`SubsetDistributedSampler`: the
+        subset reshuffled with ``seed + epoch``, then every W-th position from this rank's).
+
+        Raises:
+            DataError: the shard of one rank is shorter than one batch.
+        """
+        world, rank = _process_group()
+        if (self.sampler.num_replicas, self.sampler.rank) != (world, rank):
+            self.sampler = SubsetDistributedSampler(self.train_set, indices=self.sampler.subset, seed=self.seed,
+                                                    shuffle=True, num_replicas=world, rank=rank)
+        if len(self.sampler) < self.batch_size:
+            raise data_lib.DataError(
+                f"the subset has {len(self.sampler.subset)} samples: {len(self.sampler)} per rank on {world} ranks, "
+                f"fewer than one batch of {self.batch_size} (lower train.batch_size or use fewer ranks)"
+            )
         return self._train_loader(self.train_set, self.batch_size, sampler=self.sampler, drop_last=True)
 
     def test_dataloader(self):
-        return self._loader(self.test_set, self.test_batch_size, shuffle=False)
+        """The test split in order; under DDP rank r of W gets positions r, r + W, ... with no
+        padding, so every test sample is scored exactly once (the module sums over ranks)."""
+        world, rank = _process_group()
+        if world == 1:
+            return self._loader(self.test_set, self.test_batch_size, shuffle=False)
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+        sampler = UnrepeatedDistributedSampler(self.test_set, num_replicas=world, rank=rank, shuffle=False)
+        return self._loader(self.test_set, self.test_batch_size, sampler=sampler)
+
+
+def _process_group() -> tuple[int, int]:
+    """(world size, rank) of the initialised ``torch.distributed`` group, or (1, 0) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0

@@ -152,6 +152,8 @@ def build_emoji_dataset(
     """
     import webdataset as wds
 
+    from .data import SHARD_MTIME
+
     out = Path(out_dir)
     sets = dict(EMOJI_SETS if sets is None else sets)
     params = _params(sets, resolution, val_frac, test_frac, shard_size, seed)
@@ -199,7 +201,7 @@ def build_emoji_dataset(
             rng.shuffle(items)
             (tmp / split).mkdir()
             pattern = str(tmp / split / f"{split}-%06d.tar")
-            with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
+            with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0, mtime=SHARD_MTIME) as sink:
                 for (_, sample_id, caption, set_name, name, _), png in items:
                     sink.write(
                         {

@@ -230,10 +230,11 @@ class DomainMetrics:
         from torchmetrics.image.kid import KernelInceptionDistance
 
         self.encoder = encoder.eval().requires_grad_(False)
-        self.fid = FrechetInceptionDistance(feature=self.encoder, reset_real_features=False)
+        # sync_on_compute=False: under DDP one rank evaluates (GenerationEvaluation); no gathering
+        self.fid = FrechetInceptionDistance(feature=self.encoder, reset_real_features=False, sync_on_compute=False)
         self.kid_subset_size = kid_subset_size
         self.kid = KernelInceptionDistance(feature=self.encoder, reset_real_features=False,
-                                           subset_size=kid_subset_size)
+                                           subset_size=kid_subset_size, sync_on_compute=False)
         self.has_reference = False
 
     def to(self, device):
@@ -284,8 +285,9 @@ class StandardMetrics:
             from torchmetrics.image.fid import FrechetInceptionDistance
             from torchmetrics.multimodal.clip_score import CLIPScore
 
-            self.fid = FrechetInceptionDistance(feature=2048, reset_real_features=False, normalize=True)
-            self.clip = CLIPScore(model_name_or_path=clip_model)
+            self.fid = FrechetInceptionDistance(feature=2048, reset_real_features=False, normalize=True,
+                                                sync_on_compute=False)
+            self.clip = CLIPScore(model_name_or_path=clip_model, sync_on_compute=False)
         except Exception as e:
             raise RuntimeError(
                 "eval.backend=standard needs torchmetrics' Inception-v3 weights (torch-fidelity) and the CLIP "
@@ -331,7 +333,9 @@ class GenerationEvaluation(_callback_base()):
     Every run evaluated with the same prompts, seeds, sampler settings and metrics object sees
     exactly the same initial noise, so the curves of different subsets are comparable step for
     step. ``curve`` (a list of ``{"step": int, <metric>: float}``) is saved in checkpoints, so a
-    resumed run keeps its earlier points.
+    resumed run keeps its earlier points. Under DDP global rank 0 alone generates, computes,
+    logs and saves the grid (the weights are the same on every rank); the other ranks wait for
+    its values (broadcast), so every rank holds the same ``curve``.
 
     Args:
         metrics: :class:`DomainMetrics` or :class:`StandardMetrics` with its reference set.
@@ -341,10 +345,13 @@ class GenerationEvaluation(_callback_base()):
         seed: seed of the initial noise.
         batch_size: images generated per forward batch.
         grid_path: where a grid of the last evaluation's first 32 images is saved (None: nowhere).
+        curve_path: where ``curve`` is written as JSON after each evaluation (None: nowhere); a
+            ``ddp_spawn`` fit runs the callback in child processes, so the main process reads it there.
     """
 
     def __init__(self, metrics, prompts: dict, every_n_steps: int = 100, sample_steps: int = 20,
-                 guidance_scale: float = 3.0, seed: int = 4321, batch_size: int = 256, grid_path=None):
+                 guidance_scale: float = 3.0, seed: int = 4321, batch_size: int = 256, grid_path=None,
+                 curve_path=None):
         self.metrics = metrics
         self.prompts = prompts
         self.every_n_steps = int(every_n_steps)
@@ -353,6 +360,7 @@ class GenerationEvaluation(_callback_base()):
         self.seed = seed
         self.batch_size = batch_size
         self.grid_path = grid_path
+        self.curve_path = curve_path
         self.curve: list[dict] = []
 
     @torch.no_grad()
@@ -388,6 +396,10 @@ class GenerationEvaluation(_callback_base()):
             values = self.metrics.compute(images.to(self.metrics.fid.device), self.prompts["pooled"])
         step = int(trainer.global_step)
         self.curve.append({"step": step, **values})
+        if self.curve_path is not None:
+            tmp = Path(self.curve_path).with_name(f".{Path(self.curve_path).name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(self.curve))
+            os.replace(tmp, self.curve_path)
         for lg in trainer.loggers:
             lg.log_metrics({f"eval/{k}": v for k, v in values.items()}, step=step)
         log.info("eval at step %d (%.1f s): %s", step, time.time() - started,
@@ -407,7 +419,11 @@ class GenerationEvaluation(_callback_base()):
             return
         last = trainer.max_steps > 0 and step >= trainer.max_steps
         if last or (self.every_n_steps > 0 and step % self.every_n_steps == 0):
-            self.evaluate(trainer, pl_module)
+            values = self.evaluate(trainer, pl_module) if trainer.is_global_zero else None
+            if trainer.world_size > 1:
+                values = trainer.strategy.broadcast(values, src=0)
+                if not trainer.is_global_zero:
+                    self.curve.append({"step": int(step), **values})
 
     def state_dict(self) -> dict:
         return {"curve": list(self.curve)}

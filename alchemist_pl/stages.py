@@ -122,7 +122,7 @@ def _trainer(cfg: DictConfig, loggers: list, extra_callbacks=(), **overrides):
                        default_root_dir=cfg.paths.output_dir, **overrides)
 
 
-def make_evaluation(cfg: DictConfig, test_set, grid_path=None):
+def make_evaluation(cfg: DictConfig, test_set, grid_path=None, curve_path=None):
     """The :class:`~alchemist_pl.evaluation.GenerationEvaluation` callback ``cfg.eval`` describes.
 
     Prompts: the first ``eval.num_images`` samples of ``test_set`` (captions unseen in training);
@@ -147,6 +147,7 @@ def make_evaluation(cfg: DictConfig, test_set, grid_path=None):
     callback = evaluation.GenerationEvaluation(
         metrics, prompts, every_n_steps=e.every_n_steps, sample_steps=e.sample_steps,
         guidance_scale=e.guidance_scale, seed=e.seed, batch_size=e.batch_size, grid_path=grid_path,
+        curve_path=curve_path,
     )
     return callback, {**info, "num_images": m, "reference_images": len(test_set)}
 
@@ -171,7 +172,16 @@ def _data_kwargs(cfg: DictConfig) -> dict:
 # ---------------------------------------------------------------- stages
 
 def rate(cfg: DictConfig) -> dict:
-    """Train the rater jointly with the proxy (bilevel), then score every sample of the pool."""
+    """Train the rater jointly with the proxy (bilevel), then score every sample of the pool.
+
+    Scoring is in memory (the loaded pool, split across ranks), or with ``rate.streaming=true``
+    shard by shard over ``data.train_path`` (:func:`_score_streaming`). Both write the same
+    ``scores.parquet``.
+
+    Raises:
+        ValueError: ``rate.streaming`` is not a boolean, or is true for an image-folder pool.
+        DataError: bad or missing data (see :mod:`alchemist_pl.data`).
+    """
     import lightning as L
     import torch
     from hydra.utils import instantiate
@@ -181,6 +191,7 @@ def rate(cfg: DictConfig) -> dict:
 
     started = time.time()
     out = Path(cfg.paths.output_dir)
+    streaming = _check_streaming(cfg)  # before training: a bad setting fails at once
     L.seed_everything(cfg.seed, workers=True)
     dm = RatingDataModule(
         train_path=cfg.data.train_path, val_path=cfg.data.val_path, batch_size=cfg.rate.batch_size,
@@ -196,31 +207,38 @@ def rate(cfg: DictConfig) -> dict:
 
         t0 = time.time()
         dm.setup("fit")  # after a ddp_spawn fit the main process has not loaded the data yet
-        # under DDP each rank scores its shard and all ranks get every score; rank 0 writes
-        scores = score_dataset_distributed(model.rater, dm.pool, cfg.rate.score_batch_size, device=model.device)
-        score_time = time.time() - t0
         rater_path, scores_path = out / "rater.pt", out / "scores.parquet"
         if trainer.is_global_zero:
             tmp = rater_path.with_name(f".rater.pt.tmp-{os.getpid()}")
             torch.save({"state_dict": model.rater.state_dict(), "config": _container(cfg.rater)}, tmp)
             os.replace(tmp, rater_path)
-            write_scores(
-                scores_path, dm.pool.sample_ids, scores,
-                {"stage": "rate", "train_path": str(cfg.data.train_path), "rater_checkpoint": str(rater_path),
-                 "config": _container(cfg), **provenance(), "world_size": trainer.world_size},
-            )
+        meta = {"stage": "rate", "train_path": str(cfg.data.train_path), "rater_checkpoint": str(rater_path),
+                "config": _container(cfg), **provenance(), "world_size": trainer.world_size,
+                "scoring": "streaming" if streaming else "in_memory"}
+        if streaming:  # every sample of the pool's shards; the report uses the loaded pool's share
+            ids, scores = _score_streaming(cfg, model, trainer, out / "score_parts", scores_path, meta)
+            position = {s: i for i, s in enumerate(ids)}
+            pool_scores = scores[[position[s] for s in dm.pool.sample_ids]]
+        else:
+            # under DDP each rank scores its shard and all ranks get every score; rank 0 writes
+            scores = pool_scores = score_dataset_distributed(model.rater, dm.pool, cfg.rate.score_batch_size,
+                                                             device=model.device)
+            if trainer.is_global_zero:
+                write_scores(scores_path, dm.pool.sample_ids, scores, meta)
+        score_time = time.time() - t0
         # rank 0 alone writes the grid and logs the table (the other ranks have no logger to feed)
-        quality = _rating_report(cfg, dm.pool, scores, out, loggers) if trainer.is_global_zero else {}
+        quality = _rating_report(cfg, dm.pool, pool_scores, out, loggers) if trainer.is_global_zero else {}
         _barrier(trainer)
         metrics = {
             **fit_metrics,
             **quality,
             "samples_rated": len(scores),
+            "scoring": meta["scoring"],
             "score_mean": float(scores.mean()),
             "score_std": float(scores.std()),
             "scoring_time_s": round(score_time, 2),
             "bilevel_iterations": int(trainer.global_step // 2),
-            **model.timestep_correlation(scores),  # score_timestep_spearman, samples_seen
+            **model.timestep_correlation(pool_scores),  # score_timestep_spearman, samples_seen
         }
         for lg in loggers:
             lg.log_metrics({f"rate/{k}": v for k, v in metrics.items() if k.startswith("score")}, step=trainer.global_step)
@@ -285,6 +303,65 @@ def score(cfg: DictConfig) -> dict:
     return _summary(cfg, "score", started, metrics, {"scores": str(scores_path), "ranking_grid": str(out / "ranking.png")})
 
 
+def _check_streaming(cfg: DictConfig) -> bool:
+    """``rate.streaming``, checked: a boolean, and when true a pool of webdataset shards.
+
+    Raises:
+        ValueError: not a boolean, or ``data.train_path`` is an image folder (``metadata.jsonl``).
+        DataError: ``data.train_path`` does not exist or holds no ``*.tar`` shards.
+    """
+    value = cfg.rate.get("streaming", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"rate.streaming must be true or false, got {value!r}")
+    if value:
+        from .streaming import shard_list
+
+        path = Path(cfg.data.train_path)
+        if path.is_dir() and (path / "metadata.jsonl").is_file():
+            raise ValueError(f"rate.streaming=true scores webdataset *.tar shards, but data.train_path={path} is an "
+                             f"image folder (metadata.jsonl); set rate.streaming=false")
+        shard_list(path)
+    return value
+
+
+def _score_streaming(cfg: DictConfig, model, trainer, parts_root: Path, scores_path: Path, metadata: dict):
+    """Score every sample of ``data.train_path``'s shards with :func:`streaming.score_shards`.
+
+    Shards are split across the ranks (shard i -> rank i mod W), each finished shard is a part in
+    ``parts_root/<rater hash>/`` (a rerun with the same rater skips it; another rater never reuses
+    it), rank 0 merges the parts into ``scores_path`` with ``metadata`` and removes them.
+
+    Returns:
+        (sample_ids [N] in shard order, scores [N] float32), the same on every rank.
+    """
+    import hashlib
+    import shutil
+
+    import torch.distributed as dist
+
+    from .scores import read_scores
+    from .streaming import merge_parts, score_shards, shard_list
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.rater.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    parts = parts_root / h.hexdigest()[:16]
+    grouped = dist.is_available() and dist.is_initialized()
+    shards = shard_list(cfg.data.train_path)
+    score_shards(model.rater, shards, parts, cfg.data.resolution, cfg.data.cache_dir, cfg.data.max_tokens,
+                 batch_size=cfg.rate.score_batch_size, num_workers=int(cfg.rate.get("streaming_workers", 0)),
+                 rank=dist.get_rank() if grouped else 0, world_size=dist.get_world_size() if grouped else 1,
+                 device=model.device)
+    _barrier(trainer)
+    if trainer.is_global_zero:
+        merge_parts(shards, parts, scores_path, metadata)
+        shutil.rmtree(parts_root)
+    _barrier(trainer)
+    ids, scores, _ = read_scores(scores_path)
+    return ids, scores
+
+
 def _ground_truth(cfg: DictConfig) -> dict | None:
     from .corruption import ground_truth_for, read_ground_truth
 
@@ -319,12 +396,19 @@ def _rating_report(cfg: DictConfig, pool, scores: np.ndarray, out: Path, loggers
     return quality
 
 
-def _barrier(trainer) -> None:
-    """Wait for every rank (the outputs rank 0 writes exist after it); no-op outside DDP."""
+def _barrier(trainer=None) -> None:
+    """Wait for every rank (the outputs rank 0 writes exist after it); no-op outside DDP.
+
+    Through ``trainer.strategy`` when given, else ``torch.distributed`` directly (the process group
+    an earlier stage's DDP fit set up stays initialised for the later stages of a pipeline).
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        trainer.strategy.barrier("outputs written")
+        if trainer is not None:
+            trainer.strategy.barrier("outputs written")
+        else:
+            dist.barrier()
 
 
 def prune(cfg: DictConfig) -> dict:
@@ -342,13 +426,16 @@ def prune(cfg: DictConfig) -> dict:
     idx = pruning.select(scores, cfg.keep_ratio, cfg.method, cfg.seed, order=order, **params)
     pct = pruning.percentiles(scores, order=order)
     del order
-    subset_path = write_subset(
-        out / "subset.parquet", [ids[i] for i in idx], scores[idx], pct[idx],
-        {"stage": "prune", "scores_path": str(cfg.scores_path), "method": cfg.method, "keep_ratio": cfg.keep_ratio,
-         "seed": cfg.seed, "params": params, "scores_metadata": meta, "config": _container(cfg), **provenance()},
-    )
+    # under DDP (prune inside the pipeline) every rank selects the same subset; rank 0 writes
+    subset_path, plot = out / "subset.parquet", out / "percentiles.png"
+    if _is_global_zero():
+        write_subset(
+            subset_path, [ids[i] for i in idx], scores[idx], pct[idx],
+            {"stage": "prune", "scores_path": str(cfg.scores_path), "method": cfg.method, "keep_ratio": cfg.keep_ratio,
+             "seed": cfg.seed, "params": params, "scores_metadata": meta, "config": _container(cfg), **provenance()},
+        )
+        plot_percentiles(pct[idx], plot, f"{cfg.method}, keep_ratio={cfg.keep_ratio}")
     hist, edges = np.histogram(pct[idx], bins=10, range=(0.0, 1.0))
-    plot = plot_percentiles(pct[idx], out / "percentiles.png", f"{cfg.method}, keep_ratio={cfg.keep_ratio}")
     metrics = {
         "pool_size": len(scores),
         "subset_size": int(len(idx)),
@@ -370,7 +457,9 @@ def prune(cfg: DictConfig) -> dict:
     finally:
         finish_loggers(loggers)
     log.info("prune: %s kept %d of %d samples -> %s", cfg.method, len(idx), len(scores), subset_path)
-    return _summary(cfg, "prune", started, metrics, {"subset": str(subset_path), "percentiles_plot": str(plot)})
+    summary = _summary(cfg, "prune", started, metrics, {"subset": str(subset_path), "percentiles_plot": str(plot)})
+    _barrier()  # the other ranks read the subset file next (pipeline under DDP)
+    return summary
 
 
 def plot_percentiles(percentile: np.ndarray, path: Path, title: str) -> Path:
@@ -417,19 +506,20 @@ def train(cfg: DictConfig) -> dict:
     )
     dm.setup("fit")
     subset_size = int(len(dm.sampler.subset))
-    max_steps = int(cfg.train.max_steps)
-    if cfg.train.get("epochs"):  # equal epochs: steps scale with the subset size
-        max_steps = max(1, math.ceil(float(cfg.train.epochs) * subset_size / cfg.train.batch_size))
     out = Path(cfg.paths.output_dir)
     extra, eval_info = [], None
     if cfg.get("eval") and cfg.eval.enabled:
-        evaluator, eval_info = make_evaluation(cfg, dm.test_set, grid_path=out / "eval_samples.png")
+        evaluator, eval_info = make_evaluation(cfg, dm.test_set, grid_path=out / "eval_samples.png",
+                                               curve_path=out / "eval_curve.json")
         extra.append(evaluator)
     model = instantiate(cfg.model)
     loggers = make_loggers(cfg)
     try:
-        trainer = _trainer(cfg, loggers, extra, max_steps=max_steps, max_epochs=-1,
+        trainer = _trainer(cfg, loggers, extra, max_steps=int(cfg.train.max_steps), max_epochs=-1,
                            gradient_clip_val=cfg.train.gradient_clip_val)
+        if cfg.train.get("epochs"):  # equal epochs: steps scale with the subset size; each step takes W batches
+            trainer.fit_loop.epoch_loop.max_steps = max(1, math.ceil(
+                float(cfg.train.epochs) * subset_size / (cfg.train.batch_size * trainer.world_size)))
         trainer.fit(model, datamodule=dm, ckpt_path=_resume_from(cfg))
         train_time = time.time() - started
         train_loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
@@ -439,8 +529,11 @@ def train(cfg: DictConfig) -> dict:
             "train/loss": train_loss,
             "train_samples": subset_size,
             "pool_size": len(dm.train_set),
-            "steps": int(trainer.global_step),
+            # a ddp_spawn fit does not carry global_step back to this process; it ran to max_steps
+            # (max_epochs=-1, nothing stops it earlier)
+            "steps": int(trainer.global_step or trainer.max_steps),
             "train_time_s": round(train_time, 2),
+            "world_size": trainer.world_size,
         }
         ids = dm.train_set.sample_ids
         if dm.scores is not None and trainer.is_global_zero:  # the subset drawn from the scores, for reports
@@ -458,15 +551,18 @@ def train(cfg: DictConfig) -> dict:
 
             metrics["subset_quality"] = subset_quality(ids, [ids[i] for i in dm.sampler.subset], gt)
         outputs = {"samples": str(out / "samples.png")}
-        if extra:
-            curve = extra[0].curve
+        if extra:  # after a ddp_spawn fit the curve is in the file the spawned rank 0 wrote
+            curve = extra[0].curve or json.loads((out / "eval_curve.json").read_text())
             metrics.update({f"eval/{k}": v for k, v in curve[-1].items() if k != "step"})
             metrics["eval_curve"] = curve
             metrics["evaluator"] = eval_info
             outputs["eval_samples"] = str(out / "eval_samples.png")
+            outputs["eval_curve"] = str(out / "eval_curve.json")
         log.info("train: %s on %d of %d samples, test loss %.4f -> %s", cfg.method, metrics["train_samples"],
                  metrics["pool_size"], metrics.get("test/loss", float("nan")), cfg.paths.output_dir)
-        return _summary(cfg, "train", started, metrics, outputs)
+        summary = _summary(cfg, "train", started, metrics, outputs)
+        _barrier(trainer)  # under DDP the next stage or process may read what rank 0 wrote
+        return summary
     finally:
         finish_loggers(loggers)
 
@@ -502,7 +598,8 @@ def pipeline(cfg: DictConfig) -> dict:
          "domain_fid": v["metrics"].get("eval/domain_fid"), "train_time_s": v["metrics"]["train_time_s"]}
         for k, v in results.items() if k.startswith("train-")
     ]
-    print_comparison(rows, cfg)
+    if _is_global_zero():
+        print_comparison(rows, cfg)
     metrics = {
         "comparison": rows,
         "wall_time_s": {k: v["wall_time_s"] for k, v in results.items()},

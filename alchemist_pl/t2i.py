@@ -7,9 +7,13 @@ Evaluation (``trainer.test``):
 
 - ``test/loss``: denoising loss on the test split at fixed timesteps (``eval_timesteps``) with
   noise drawn from a generator seeded by each sample's index, so every run — any subset, any
-  batch size — is scored on exactly the same noisy inputs; ``test/loss_t{t}`` per timestep.
+  batch size, any number of ranks — is scored on exactly the same noisy inputs;
+  ``test/loss_t{t}`` per timestep. It is the mean over test samples: per-sample losses are
+  summed (float64) on each rank and the sums all-reduced, so under DDP (each rank scoring its
+  share of the test split) every rank logs the same value as one process would.
 - a grid of images generated from the first ``num_samples`` test captions with fixed seeds,
-  saved as ``samples.png`` (captions in ``samples.txt``) in the run directory and logged to W&B.
+  saved as ``samples.png`` (captions in ``samples.txt``) in the run directory and logged to W&B;
+  under DDP by global rank 0 alone.
 """
 
 from __future__ import annotations
@@ -88,24 +92,50 @@ class TextToImageModule(LightningModule):
             out.append(torch.randn((len(self.hparams.eval_timesteps), *shape), generator=g))
         return torch.stack(out, dim=1).to(self.device)  # [K, B, C, H, W]
 
+    def on_test_epoch_start(self) -> None:
+        self._test_sums = torch.zeros(len(self.hparams.eval_timesteps), dtype=torch.float64)
+        self._test_count = 0
+
     def test_step(self, batch, batch_idx):
         images = batch["image"]
         b = images.shape[0]
         noise = self._eval_noise(batch["index"], images.shape[1:])
-        total = 0.0
         for j, t in enumerate(self.hparams.eval_timesteps):
             tt = torch.full((b,), int(t), device=self.device, dtype=torch.long)
-            loss = per_sample_loss(self.unet, self.noise_scheduler, images, batch["states"], batch["mask"], tt, noise[j]).mean()
-            self.log(f"test/loss_t{int(t)}", loss, batch_size=b)
-            total = total + loss
-        self.log("test/loss", total / len(self.hparams.eval_timesteps), prog_bar=True, batch_size=b)
+            loss = per_sample_loss(self.unet, self.noise_scheduler, images, batch["states"], batch["mask"], tt, noise[j])
+            self._test_sums[j] += loss.detach().double().sum().cpu()
+        self._test_count += b
         if self._sample_batch is None:
             self._sample_batch = {k: batch[k][: self.hparams.num_samples] for k in ("states", "mask", "index")}
 
     def on_test_epoch_end(self) -> None:
-        if self._sample_batch is None or self.hparams.num_samples <= 0:
-            return
+        # all ranks: sum the per-sample losses and counts over ranks (each scored its share)
+        totals = torch.cat([self._test_sums, torch.tensor([float(self._test_count)], dtype=torch.float64)])
+        totals = self.trainer.strategy.reduce(totals.to(self.device), reduce_op="sum").cpu()
+        per_t = totals[:-1] / totals[-1]
+        for j, t in enumerate(self.hparams.eval_timesteps):
+            self.log(f"test/loss_t{int(t)}", per_t[j].float(), sync_dist=True)  # equal on every rank already
+        self.log("test/loss", per_t.mean().float(), prog_bar=True, sync_dist=True)
         sb, self._sample_batch = self._sample_batch, None
+        if self.trainer.is_global_zero and self.hparams.num_samples > 0:
+            self._save_samples(sb)
+
+    def _sample_conditioning(self, first_batch):
+        """States, mask and test-set positions of the first ``num_samples`` test captions: from
+        the datamodule's test set (the same under any sharding), else from the first test batch."""
+        dm = getattr(self.trainer, "datamodule", None)
+        test_set = getattr(dm, "test_set", None)
+        if test_set is None:
+            return first_batch
+        items = [test_set[i] for i in range(min(self.hparams.num_samples, len(test_set)))]
+        return {"states": torch.stack([it["states"] for it in items]).to(self.device),
+                "mask": torch.stack([it["mask"] for it in items]).to(self.device),
+                "index": torch.tensor([it["index"] for it in items])}
+
+    def _save_samples(self, first_batch) -> None:
+        sb = self._sample_conditioning(first_batch)
+        if sb is None:
+            return
         g = torch.Generator().manual_seed(self.hparams.eval_seed)
         cfg = self.unet.config
         images = sample_images(

@@ -101,8 +101,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="*", default=[0, 2])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the scoring process")
+    p.add_argument("--data", type=Path, default=ROOT / "data" / "emoji" / "train",
+                   help="shard folder to repeat (default: the embedded emoji training split)")
     args = p.parse_args()
-    src = ROOT / "data" / "emoji" / "train"
+    src = args.data
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -119,11 +121,12 @@ def main() -> None:
         "# Streaming scoring: throughput and peak memory",
         "",
         f"- command: `python benchmarks/streaming_scoring.py --out {args.out} --repeats {' '.join(map(str, args.repeats))}"
-        f" --workers {' '.join(map(str, args.workers))} --batch-size {args.batch_size} --threads {args.threads}`",
+        f" --workers {' '.join(map(str, args.workers))} --batch-size {args.batch_size} --threads {args.threads}"
+        f" --data {args.data}`",
         f"- commit: `{commit}`",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; load average at"
         f" the end {os.getloadavg()[0]:.1f} (shared machine: times are noisy)",
-        f"- pool: data/emoji/train ({forward['shards']} shards, {forward['samples']} samples, 32 px PNG), repeated;"
+        f"- pool: {args.data} ({forward['shards']} shards, {forward['samples']} samples, 32 px PNG), repeated;"
         f" batch {args.batch_size}; rater = conf/rater default",
         "",
         f"Rater forward alone on the same batches (decoded in memory beforehand): **{forward['samples_per_s']:.0f} samples/s**.",

@@ -1,12 +1,14 @@
 """Planted web-style noise on the real emoji pool: counts, ground truth, what each kind does, determinism."""
 
+import tarfile
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from alchemist_pl.corruption import (CLEAN, KINDS, build_corrupted_pool, corrupt_image, ground_truth_for,
                                      read_ground_truth)
-from alchemist_pl.data import decode_image, iter_samples
+from alchemist_pl.data import SHARD_MTIME, decode_image, iter_samples
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,11 @@ def test_deterministic_idempotent_and_guarded(pool, emoji_dir, tmp_path):
     again = build_corrupted_pool(emoji_dir / "train", tmp_path / "again", fraction=0.5, seed=3, pool_size=120)
     a, b = _read(pool / "train"), _read(again / "train")
     assert all(np.array_equal(a[k][0], b[k][0]) and a[k][1] == b[k][1] for k in a)
+    # integer member mtimes: no PAX header per member, and the same bytes on a rebuild
+    shards = sorted((again / "train").glob("*.tar"))
+    assert [x.read_bytes() for x in shards] == [(pool / "train" / x.name).read_bytes() for x in shards]
+    with tarfile.open(shards[0]) as tf:
+        assert all(not m.pax_headers and m.mtime == SHARD_MTIME for m in tf.getmembers())
     stamp = (pool / "manifest.json").stat().st_mtime_ns
     build_corrupted_pool(emoji_dir / "train", pool, fraction=0.5, seed=3, pool_size=120)  # reused, not rebuilt
     assert (pool / "manifest.json").stat().st_mtime_ns == stamp

@@ -92,6 +92,119 @@ def test_multirun_with_ddp_spawn(tmp_path, emoji_dir):
     assert not np.allclose(first["0"], first["1"])  # the seeds differ
 
 
+
+# Downstream training on 2 ranks: 32-sample subset of a 64-sample pool, batches of 8 -> 2 steps per
+# epoch per rank; train.epochs=2 -> 4 steps (32 * 2 / (8 * 2 ranks)); an odd test split (63) so the
+# ranks' test shares differ in size.
+# Each rank's paths.output_dir is <run>/rank<LOCAL_RANK>: whatever a rank writes is visible as its own.
+TRAIN_TINY = ["debug=smoke", "data.limit_train=64", "data.limit_test=63", "train.batch_size=8", "train.epochs=2",
+              "train.max_steps=1",  # replaced by the epochs' 4 steps
+              "eval.every_n_steps=2", "+callbacks.probe._target_=tests.probe.Probe",
+              "paths.output_dir=${hydra:runtime.output_dir}/rank${oc.env:LOCAL_RANK,0}"]
+
+
+@pytest.fixture(scope="module")
+def ddp_train(tmp_path_factory, emoji_dir):
+    from itertools import islice
+
+    from alchemist_pl.data import iter_samples
+    from alchemist_pl.scores import write_scores
+
+    out = tmp_path_factory.mktemp("ddp-train")
+    ids = [raw.sample_id for raw in islice(iter_samples(emoji_dir / "train"), 64)]
+    write_scores(out / "scores.parquet", ids, np.random.default_rng(0).normal(size=64), {"stage": "test"})
+    cli("+experiment=subset", f"scores_path={out}/scores.parquet", "method=shift_gsample", "keep_ratio=0.5",
+        "trainer=ddp_cpu", "logger=csv", *TRAIN_TINY, f"+callbacks.probe.out={out}/probe", f"hydra.run.dir={out}/run")
+    return out, ids
+
+
+def test_training_ranks_hold_identical_weights_and_split_the_subset(ddp_train):
+    from alchemist_pl.scores import read_subset
+
+    out, ids = ddp_train
+    subset, meta = read_subset(out / "run" / "rank0" / "subset.parquet")
+    assert len(subset) == 32 and meta["method"] == "shift_gsample"
+    position = {s: i for i, s in enumerate(ids)}
+    ranks = probes(out / "probe")
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert len(ranks[0]["weights"]) > 50 and ranks[0]["weights"] == ranks[1]["weights"]  # the UNet
+    assert [len(r["batches"]) for r in ranks] == [4, 4]
+    for epoch in range(2):
+        shards = [sum(r["batches"][2 * epoch: 2 * epoch + 2], []) for r in ranks]
+        assert not set(shards[0]) & set(shards[1])  # disjoint
+        assert sorted(shards[0] + shards[1]) == sorted(position[s] for s in subset)  # covering: the subset
+    assert ranks[0]["batches"][:2] != ranks[0]["batches"][2:]  # the second epoch reshuffles
+
+
+def test_training_outputs_written_once_by_rank_zero(ddp_train):
+    out, _ = ddp_train
+    rank0, rank1 = out / "run" / "rank0", out / "run" / "rank1"
+    assert [p for p in rank1.rglob("*") if p.is_file()] == []  # rank 1 wrote nothing
+    for name in ("summary.json", "subset.parquet", "samples.png", "samples.txt", "eval_samples.png",
+                 "checkpoints/last.ckpt"):
+        assert (rank0 / name).stat().st_size > 0, name
+    summary = json.loads((rank0 / "summary.json").read_text())["metrics"]
+    assert summary["world_size"] == 2 and summary["steps"] == 4 and summary["train_samples"] == 32
+    assert [p["step"] for p in summary["eval_curve"]] == [2, 4]  # rank 0 evaluated; rank 1 waited
+    assert len((rank0 / "samples.txt").read_text().splitlines()) == 8
+
+
+def test_two_rank_test_loss_equals_one_process_test_loss(ddp_train, make_cfg, emoji_dir, cache_dir):
+    """The ranks score disjoint shares of the test split (32 + 31 samples) and sum: the same value
+    as one process testing the final checkpoint."""
+    import lightning as L
+
+    from alchemist_pl.datamodule import TrainingDataModule
+
+    out, _ = ddp_train
+    summary = json.loads((out / "run" / "rank0" / "summary.json").read_text())["metrics"]
+    ckpt = torch.load(out / "run" / "rank0" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4
+    model = instantiate(make_cfg("debug=smoke").model)
+    model.load_state_dict(ckpt["state_dict"])
+    model.hparams.num_samples = 0  # the loss only
+    dm = TrainingDataModule(emoji_dir / "train", emoji_dir / "test", limit_train=64, limit_test=63, batch_size=8,
+                            resolution=32, cache_dir=cache_dir)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, default_root_dir=out / "one-process")
+    one = trainer.test(model, datamodule=dm, verbose=False)[0]
+    for key in ("test/loss", "test/loss_t100", "test/loss_t900"):
+        assert summary[key] == pytest.approx(one[key], rel=1e-5), key
+
+
+def test_pipeline_on_two_ranks(tmp_path, emoji_dir):
+    """rate -> prune -> train in one 2-rank command: rank 1 trains on the subset file rank 0 wrote."""
+    from alchemist_pl.scores import read_subset
+
+    cli("+experiment=pipeline", "trainer=ddp_cpu", "logger=csv", *TINY, "rate.max_epochs=1", "data.limit_test=32",
+        "train.batch_size=8", "train.max_steps=2", "pipeline.compare=[shift_gsample]", "eval.enabled=false",
+        f"+callbacks.probe.out={tmp_path}/probe", f"hydra.run.dir={tmp_path}")
+    subset, _ = read_subset(tmp_path / "prune" / "subset.parquet")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["metrics"]["comparison"][0]["samples"] == len(subset) == 32
+    train = json.loads((tmp_path / "train-shift_gsample" / "summary.json").read_text())["metrics"]
+    assert train["world_size"] == 2 and train["steps"] == 2
+    ranks = probes(tmp_path / "probe")  # the last fit: the downstream model
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    ids = read_scores(tmp_path / "rate" / "scores.parquet")[0]
+    seen = sum(ranks[0]["batches"] + ranks[1]["batches"], [])
+    assert sorted(seen) == sorted(ids.index(s) for s in subset)  # one epoch of the subset, split in two
+    assert (tmp_path / "prune" / "percentiles.png").stat().st_size > 0
+    assert (tmp_path / "train-shift_gsample" / "samples.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_training_with_ddp_spawn(tmp_path, emoji_dir):
+    """trainer=ddp_spawn_cpu (the form for multirun): the main process gets the spawned rank 0's
+    evaluation curve from eval_curve.json (≈ 65 s on the 2-core CPU)."""
+    cli("+experiment=baseline", "trainer=ddp_spawn_cpu", "~logger", "method=random", "keep_ratio=0.5",
+        "debug=smoke", "data.limit_train=64", "data.limit_test=63", "train.batch_size=8", "train.max_steps=2",
+        f"hydra.run.dir={tmp_path}")
+    summary = json.loads((tmp_path / "summary.json").read_text())["metrics"]
+    assert summary["world_size"] == 2 and summary["steps"] == 2 and np.isfinite(summary["test/loss"])
+    assert [p["step"] for p in summary["eval_curve"]] == [2]
+    assert json.loads((tmp_path / "eval_curve.json").read_text()) == summary["eval_curve"]
+
 def _sampler_shards(rank, world, port, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:

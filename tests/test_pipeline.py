@@ -181,3 +181,12 @@ def test_subset_file_run_is_labelled_by_the_file(smoke, make_cfg):
     summary = run(cfg)
     assert (summary["method"], summary["keep_ratio"]) == ("shift_gsample", 0.5)
     assert summary["metrics"]["train_samples"] == 256
+
+
+def test_equal_epochs_sets_the_steps(make_cfg):
+    """train.epochs: max_steps = ceil(epochs * subset size / (batch size * ranks)), here 1 rank."""
+    cfg = make_cfg("+experiment=baseline", "debug=smoke", "logger=csv", "data.limit_train=64", "method=random",
+                   "keep_ratio=0.5", "train.batch_size=8", "train.epochs=1.5", "eval.enabled=false",
+                   "model.num_samples=0")
+    metrics = run(cfg)["metrics"]
+    assert (metrics["train_samples"], metrics["world_size"], metrics["steps"]) == (32, 1, 6)

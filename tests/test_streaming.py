@@ -124,3 +124,59 @@ def test_duplicate_sample_across_shards_refused(pool, rater, cache_dir, tmp_path
 def test_no_shards(tmp_path):
     with pytest.raises(DataError, match="holds no \\*.tar webdataset shards"):
         shard_list(tmp_path)
+
+
+RATE_TINY = ["+experiment=rate", "debug=smoke", "logger=csv", "data.limit_val=16", "rate.batch_size=8",
+             "rate.val_batch_size=8", "rate.max_epochs=1", "rate.score_batch_size=16"]
+
+
+def test_rate_stage_streaming_scores_equal_in_memory_scores(pool, make_cfg, tmp_path):
+    """rate.streaming=true: the same rater (same seed) and the same scores.parquet, scored shard by shard."""
+    from alchemist_pl.stages import run
+
+    summaries = {}
+    for streaming in ("false", "true"):
+        out = tmp_path / streaming
+        summaries[streaming] = run(make_cfg(*RATE_TINY, f"data.train_path={pool}", f"rate.streaming={streaming}",
+                                            output_dir=out))
+    mem, stream = (read_scores(tmp_path / s / "scores.parquet") for s in ("false", "true"))
+    raters = [torch.load(tmp_path / s / "rater.pt")["state_dict"] for s in ("false", "true")]
+    assert all(torch.equal(raters[0][k], raters[1][k]) for k in raters[0])  # the same saved rater
+    assert stream[0] == mem[0] and len(mem[0]) == 60 and mem[1].std() > 0
+    np.testing.assert_allclose(stream[1], mem[1], rtol=1e-5, atol=1e-6)
+    assert (mem[2]["scoring"], stream[2]["scoring"], stream[2]["shards"]) == ("in_memory", "streaming", 4)
+    for key in ("dataset_fingerprint", "stage", "train_path", "version", "commit", "world_size"):
+        assert stream[2][key] == mem[2][key], key
+    assert stream[2]["rater_checkpoint"] == str(tmp_path / "true" / "rater.pt")
+    assert not (tmp_path / "true" / "score_parts").exists()  # parts merged and removed
+    assert summaries["true"]["metrics"]["samples_rated"] == 60 and summaries["true"]["metrics"]["scoring"] == "streaming"
+
+
+def test_rate_streaming_config_errors(make_cfg, tmp_path):
+    from alchemist_pl.stages import run
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "metadata.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"rate.streaming=true scores webdataset \*.tar shards, but "
+                                         r"data.train_path=.*images is an image folder"):
+        run(make_cfg(*RATE_TINY, f"data.train_path={folder}", "rate.streaming=true", output_dir=tmp_path / "a"))
+    with pytest.raises(ValueError, match="rate.streaming must be true or false, got 'yes'"):
+        run(make_cfg(*RATE_TINY, "rate.streaming=yes", output_dir=tmp_path / "b"))
+
+
+
+def test_rate_streaming_on_two_ranks(pool, cache_dir, tmp_path):
+    """trainer=ddp_cpu: each rank scores its shards (0, 2 / 1, 3), rank 0 merges; equal to scoring
+    the saved rater in memory in one process."""
+    from .test_ddp import cli
+
+    cli(*RATE_TINY, "trainer=ddp_cpu", f"data.train_path={pool}", "rate.streaming=true", f"hydra.run.dir={tmp_path}")
+    ids, scores, meta = read_scores(tmp_path / "scores.parquet")
+    assert meta["world_size"] == 2 and meta["scoring"] == "streaming" and meta["shards"] == 4
+    saved = torch.load(tmp_path / "rater.pt")
+    rater = instantiate(saved["config"])
+    rater.load_state_dict(saved["state_dict"])
+    ds = load_split(pool, 32, cache_dir)
+    assert ids == ds.sample_ids
+    np.testing.assert_allclose(scores, score_dataset(rater, ds, batch_size=16), rtol=1e-5, atol=1e-6)
