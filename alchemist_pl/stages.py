@@ -265,7 +265,15 @@ def score(cfg: DictConfig) -> dict:
     ``scores.parquet`` format the rater writes, with the same rating report (ranking grid, AUROC on
     planted noise). Scorers: ``clarity`` / ``frequency`` / ``edge_density``
     (:mod:`alchemist_pl.heuristics`, parameters from ``cfg.score.params``) and ``clip_score``
-    (caption-image agreement under the domain evaluator, :func:`evaluation.caption_agreement`)."""
+    (caption-image agreement under the domain evaluator, :func:`evaluation.caption_agreement`).
+
+    Writes ``scores.parquet`` (sample_id, score float32; higher = keep first with ``top_k``),
+    ``ranking.png`` and ``summary.json`` to ``paths.output_dir``.
+
+    Raises:
+        ValueError: unknown ``score.scorer`` or bad heuristic parameters.
+        DataError: bad or missing pool data (names the file or sample).
+    """
     from . import heuristics
     from .data import load_split
     from .scores import provenance, write_scores
