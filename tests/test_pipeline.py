@@ -143,6 +143,11 @@ def test_score_stage_writes_baseline_scores(smoke, make_cfg, tmp_path, scorer):
     assert pruned["metrics"]["subset_size"] == len(ids) // 2
 
 
+def test_score_stage_rejects_an_unknown_scorer(make_cfg):
+    with pytest.raises(ValueError, match=r"score.scorer must be one of .*'clip_score'.*got 'sharpness'"):
+        run(make_cfg("+experiment=score", "debug=smoke", "logger=csv", "score.scorer=sharpness"))
+
+
 def test_train_from_scores_file_draws_subset(smoke, make_cfg, tmp_path):
     out, _ = smoke
     scores_path = out / "rate" / "scores.parquet"
