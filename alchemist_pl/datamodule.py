@@ -206,8 +206,10 @@ class TrainingDataModule(_Base):
         """
         world, rank = _process_group()
         if (self.sampler.num_replicas, self.sampler.rank) != (world, rank):
-            self.sampler = SubsetDistributedSampler(self.train_set, indices=self.sampler.subset, seed=self.seed,
+            drawn = self.sampler
+            self.sampler = SubsetDistributedSampler(self.train_set, indices=drawn.subset, seed=self.seed,
                                                     shuffle=True, num_replicas=world, rank=rank)
+            self.sampler.subset_percentile = drawn.subset_percentile
         if len(self.sampler) < self.batch_size:
             raise data_lib.DataError(
                 f"the subset has {len(self.sampler.subset)} samples: {len(self.sampler)} per rank on {world} ranks, "

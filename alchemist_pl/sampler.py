@@ -34,6 +34,12 @@ class SubsetDistributedSampler(DistributedSampler):
 
     With neither ``indices`` nor ``scores`` the subset is the whole dataset (``method="full"``) or a
     uniform draw (``method="random"``).
+
+    Attributes:
+        subset: [k] int64 dataset positions of the subset.
+        subset_percentile: [k] float64 rank percentile of each kept sample among all N scores
+            (0 = highest), from the same sort as the draw; None when the subset was not drawn
+            from ``scores``.
     """
 
     def __init__(
@@ -57,15 +63,22 @@ class SubsetDistributedSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         n = len(dataset)
         method = pruning.check_method(method)
+        scores_given = scores is not None
         if indices is None and scores is None and method == "random":
             scores = np.zeros(n, dtype=np.float32)  # random ignores the scores
         if indices is None and scores is None and method != "full":
             raise ValueError(f"method {method!r} needs scores (or a precomputed subset)")
+        subset_percentile = None
         if indices is None and scores is not None:
             scores = np.asarray(scores)
             if len(scores) != n:
                 raise ValueError(f"got {len(scores)} scores for a dataset of {n} samples")
-            indices = pruning.select(scores, keep_ratio, method, seed, **(pruning_params or {}))
+            # one sort, shared by the draw and the percentiles (none for the placeholder scores of random)
+            order = pruning.descending_order(scores) if scores_given else None
+            indices = pruning.select(scores, keep_ratio, method, seed, order=order, **(pruning_params or {}))
+            if order is not None:
+                subset_percentile = pruning.percentiles(scores, order=order)[indices]
+            del order
         if indices is None:
             indices = np.arange(n)
         indices = np.asarray(indices, dtype=np.int64)
@@ -76,6 +89,7 @@ class SubsetDistributedSampler(DistributedSampler):
         if len(np.unique(indices)) != len(indices):
             raise ValueError("subset indices contain duplicates")
         self.subset = indices
+        self.subset_percentile = subset_percentile
         k = len(indices)
         if self.drop_last and k % self.num_replicas:
             self.num_samples = k // self.num_replicas

@@ -545,12 +545,10 @@ def train(cfg: DictConfig) -> dict:
         }
         ids = dm.train_set.sample_ids
         if dm.scores is not None and trainer.is_global_zero:  # the subset drawn from the scores, for reports
-            from . import pruning
             from .scores import provenance, write_subset
 
             sub = np.asarray(dm.sampler.subset)
-            write_subset(out / "subset.parquet", [ids[i] for i in sub], dm.scores[sub],
-                         pruning.percentiles(dm.scores)[sub],
+            write_subset(out / "subset.parquet", [ids[i] for i in sub], dm.scores[sub], dm.sampler.subset_percentile,
                          {"stage": "train", "scores_path": str(cfg.scores_path), "method": cfg.method,
                           "keep_ratio": cfg.keep_ratio, "seed": cfg.seed, **provenance()})
         gt = _ground_truth(cfg)

@@ -156,6 +156,17 @@ def test_train_from_scores_file_draws_subset(smoke, make_cfg, tmp_path):
     summary = run(cfg)
     assert summary["metrics"]["train_samples"] == 128
     assert np.isfinite(summary["metrics"]["test/loss"])
+    # the subset file the train stage writes: bottom_k of the scores, each with its rank percentile
+    import pyarrow.parquet as pq
+
+    ids, scores, _ = read_scores(scores_path)
+    table = pq.read_table(tmp_path / "subset.parquet").to_pydict()
+    want = np.sort(pruning.select(scores, 0.25, "bottom_k"))
+    got = np.sort([ids.index(i) for i in table["sample_id"]])
+    np.testing.assert_array_equal(got, want)
+    pct = dict(zip(ids, pruning.percentiles(scores)))
+    np.testing.assert_allclose(table["percentile"], [pct[i] for i in table["sample_id"]], rtol=1e-6)  # stored float32
+    assert min(table["percentile"]) >= 0.74  # the lowest quarter
 
 
 def test_scores_from_another_dataset_rejected(smoke, make_cfg, tmp_path):
