@@ -30,8 +30,8 @@ def _labels(sample_ids, ground_truth: dict, source: str = "the scores") -> np.nd
 
 def auroc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
     """P(score of a positive > score of a negative), ties counted half (torchmetrics' binary AUROC)."""
-    from torchmetrics.functional.classification import binary_auroc
     import torch
+    from torchmetrics.functional.classification import binary_auroc
 
     if len(positive_scores) == 0 or len(negative_scores) == 0:
         return float("nan")
@@ -57,15 +57,20 @@ def rating_quality(sample_ids, scores: np.ndarray, ground_truth: dict, percentil
     pct = percentiles(scores) if percentile is None else np.asarray(percentile)
     scores = np.asarray(scores, dtype=np.float64)
     clean = labels == CLEAN
-    out = {"auroc": auroc(scores[clean], scores[~clean]), "pool_corrupted_share": float((~clean).mean()),
-           "per_kind": {}}
+    out = {
+        "auroc": auroc(scores[clean], scores[~clean]),
+        "pool_corrupted_share": float((~clean).mean()),
+        "per_kind": {},
+    }
     for kind in sorted(set(labels.tolist()), key=lambda k: (k != CLEAN, k)):
         m = labels == kind
         q25, q50, q75 = np.quantile(pct[m], [0.25, 0.5, 0.75])
         out["per_kind"][kind] = {
             "count": int(m.sum()),
             "auroc": None if kind == CLEAN else auroc(scores[clean], scores[m]),
-            "percentile_q25": float(q25), "percentile_median": float(q50), "percentile_q75": float(q75),
+            "percentile_q25": float(q25),
+            "percentile_median": float(q50),
+            "percentile_q75": float(q75),
             "percentile_histogram": np.histogram(pct[m], bins=10, range=(0, 1))[0].tolist(),
         }
     return out
@@ -89,8 +94,9 @@ def subset_quality(pool_ids, subset_ids, ground_truth: dict) -> dict:
     }
 
 
-def ranking_grid(images, scores: np.ndarray, path, per_row: int = 16, rows: int = 2,
-                 order: np.ndarray | None = None) -> Path:
+def ranking_grid(
+    images, scores: np.ndarray, path, per_row: int = 16, rows: int = 2, order: np.ndarray | None = None
+) -> Path:
     """Save a PNG of the ranking's head, middle and tail (``rows`` rows of ``per_row`` images each).
 
     Args:
@@ -106,7 +112,7 @@ def ranking_grid(images, scores: np.ndarray, path, per_row: int = 16, rows: int 
     k = per_row * rows
     n = len(order)
     mid = max(0, n // 2 - k // 2)
-    picks = np.concatenate([order[:k], order[mid:mid + k], order[max(0, n - k):]])
+    picks = np.concatenate([order[:k], order[mid : mid + k], order[max(0, n - k) :]])
     grid = image_grid(images[torch.from_numpy(picks)].float() / 127.5 - 1.0, cols=per_row)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

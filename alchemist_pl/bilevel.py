@@ -140,9 +140,12 @@ class BilevelRater(LightningModule):
         self.rater_t = (low, high)
         if rater_objective not in ("centred", "literal"):
             raise ValueError(f"rater_objective must be 'centred' or 'literal', got {rater_objective!r}")
-        for name, value, allowed in (("estimator", estimator, ESTIMATORS), ("rater_noise", rater_noise, NOISE_MODES),
-                                     ("rater_loss_weighting", rater_loss_weighting, LOSS_WEIGHTINGS),
-                                     ("rater_timestep_sampling", rater_timestep_sampling, TIMESTEP_MODES)):
+        for name, value, allowed in (
+            ("estimator", estimator, ESTIMATORS),
+            ("rater_noise", rater_noise, NOISE_MODES),
+            ("rater_loss_weighting", rater_loss_weighting, LOSS_WEIGHTINGS),
+            ("rater_timestep_sampling", rater_timestep_sampling, TIMESTEP_MODES),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if estimator == "exact" and lookahead_lr <= 0:
@@ -150,8 +153,9 @@ class BilevelRater(LightningModule):
         if caption_gap_weight < 0:
             raise ValueError(f"caption_gap_weight must be >= 0, got {caption_gap_weight}")
         if caption_gap_weight > 0 and estimator == "exact":
-            raise ValueError("caption_gap_weight > 0 needs estimator=first_order "
-                             "(the exact estimator's signal is the meta-gradient)")
+            raise ValueError(
+                "caption_gap_weight > 0 needs estimator=first_order (the exact estimator's signal is the meta-gradient)"
+            )
         if rater_loss_weighting == "min_snr":
             min_snr_weights(noise_scheduler, torch.tensor([low]), min_snr_gamma)  # checks gamma and prediction type
         self.null_caption: tuple[torch.Tensor, torch.Tensor | None] | None = None
@@ -184,8 +188,10 @@ class BilevelRater(LightningModule):
             pool = getattr(getattr(self.trainer, "datamodule", None), "pool", None)
             text = getattr(pool, "text", None)
             if text is None or "" not in text.captions:
-                raise ValueError("caption_gap_weight > 0 needs the empty caption's embedding: call "
-                                 "set_null_caption() or fit with a RatingDataModule")
+                raise ValueError(
+                    "caption_gap_weight > 0 needs the empty caption's embedding: call "
+                    "set_null_caption() or fit with a RatingDataModule"
+                )
             r = text.captions.index("")
             self.set_null_caption(text.states[r].float(), text.mask[r])
 
@@ -213,8 +219,12 @@ class BilevelRater(LightningModule):
         val_fn = proxy_loss_fn(self.proxy, self.noise_scheduler, val, t_val, noise_val)
         with math_attention():
             meta, val_after = exact_meta_gradient(
-                lambda p: train_fn(p) * loss_weights, lambda p: val_fn(p).mean(),
-                detached_params(self.proxy), weights.detach(), self.hparams.lookahead_lr, inner_grad=inner,
+                lambda p: train_fn(p) * loss_weights,
+                lambda p: val_fn(p).mean(),
+                detached_params(self.proxy),
+                weights.detach(),
+                self.hparams.lookahead_lr,
+                inner_grad=inner,
             )
         meta = meta.float()
         return (meta * weights).sum(), {"rate/meta_grad_std": meta.std(), "rate/val_loss_lookahead": val_after.float()}
@@ -242,8 +252,9 @@ class BilevelRater(LightningModule):
 
         t_val = torch.randint(0, num_t, (val["image"].shape[0],), device=self.device)
         noise_val = torch.randn_like(val["image"])
-        val_loss = per_sample_loss(self.proxy, self.noise_scheduler, val["image"], val["states"], val["mask"], t_val,
-                                   noise_val).mean()
+        val_loss = per_sample_loss(
+            self.proxy, self.noise_scheduler, val["image"], val["states"], val["mask"], t_val, noise_val
+        ).mean()
 
         h = self.hparams
         b_size = train["image"].shape[0]
@@ -270,8 +281,9 @@ class BilevelRater(LightningModule):
             proxy_params = [p for p in self.proxy.parameters() if p.requires_grad]
             inner = torch.autograd.grad((weights.detach() * train_losses).sum(), proxy_params, allow_unused=True)
         if h.estimator == "exact":  # meta-gradient at θ_k, before the proxy step
-            rater_loss, extra = self._exact_rater_loss(val, train, t_val, noise_val, t_train, noise_train,
-                                                       loss_weights, weights, inner)
+            rater_loss, extra = self._exact_rater_loss(
+                val, train, t_val, noise_val, t_train, noise_train, loss_weights, weights, inner
+            )
 
         # Proxy step (Eq. 5), weights held fixed.
         opt_proxy.zero_grad()
@@ -298,11 +310,21 @@ class BilevelRater(LightningModule):
         if h.caption_gap_weight > 0:
             null_states, null_mask = self.null_caption
             with torch.no_grad():
-                gap = loss_weights * caption_gap(
-                    self.proxy, self.noise_scheduler, train["image"], train["states"], train["mask"],
-                    null_states.to(self.device), None if null_mask is None else null_mask.to(self.device),
-                    t_train, noise_train, cond_losses=losses / loss_weights,
-                ).float()
+                gap = (
+                    loss_weights
+                    * caption_gap(
+                        self.proxy,
+                        self.noise_scheduler,
+                        train["image"],
+                        train["states"],
+                        train["mask"],
+                        null_states.to(self.device),
+                        None if null_mask is None else null_mask.to(self.device),
+                        t_train,
+                        noise_train,
+                        cond_losses=losses / loss_weights,
+                    ).float()
+                )
             extra["rate/caption_gap"] = gap.mean()
         if h.estimator == "first_order" and h.rater_objective == "centred":
             rel = (losses - c) / c  # [B] loss relative to the usual weighted loss at this timestep

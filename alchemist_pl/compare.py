@@ -31,9 +31,16 @@ METRICS = (  # key in summary["metrics"], label, lower is better
     ("eval/domain_clip", "domain CLIP score", False),
     ("test/loss", "test loss", True),
 )
-LABELS = {"shift_gsample": "alchemist (Shift-Gsample)", "alchemist": "alchemist (Shift-Gsample)",
-          "gsample": "Gsample (no head discard)", "top_k": "top-k", "random": "random", "full": "full data",
-          "bottom_k": "bottom-k", "block": "block"}
+LABELS = {
+    "shift_gsample": "alchemist (Shift-Gsample)",
+    "alchemist": "alchemist (Shift-Gsample)",
+    "gsample": "Gsample (no head discard)",
+    "top_k": "top-k",
+    "random": "random",
+    "full": "full data",
+    "bottom_k": "bottom-k",
+    "block": "block",
+}
 
 
 def load_summaries(dirs) -> list[dict]:
@@ -109,8 +116,12 @@ def time_to_match(groups, method, baseline, metric: str = "eval/domain_fid", low
         else:  # interpolate between the evaluation points around the crossing
             v0, v1, s0, s1 = mv[j - 1], mv[j], ms[j - 1], ms[j]
             hit = float(s0 + (s1 - s0) * (target - v0) / (v1 - v0)) if v1 != v0 else float(s1)
-    return {"target": target, "baseline_steps": int(bs[-1]), "steps": hit,
-            "ratio": None if hit is None else hit / float(bs[-1])}
+    return {
+        "target": target,
+        "baseline_steps": int(bs[-1]),
+        "steps": hit,
+        "ratio": None if hit is None else hit / float(bs[-1]),
+    }
 
 
 def _save(fig, path: Path) -> Path:
@@ -145,8 +156,14 @@ def _plots(groups, rate_runs, out: Path) -> list[Path]:
                     ax.axhline(m, color="k", ls="--", lw=1, label=LABELS["full"])
                     ax.axhspan(m - s, m + s, color="k", alpha=0.08)
                 else:
-                    ax.errorbar(krs, [x[0] for x in stats], yerr=[x[1] for x in stats], marker="o", capsize=3,
-                                label=LABELS.get(method, method))
+                    ax.errorbar(
+                        krs,
+                        [x[0] for x in stats],
+                        yerr=[x[1] for x in stats],
+                        marker="o",
+                        capsize=3,
+                        label=LABELS.get(method, method),
+                    )
             ax.set_xlabel("keep_ratio")
             ax.set_title(f"{label} ({'lower' if lower else 'higher'} is better)", fontsize=9)
         axes[0][0].legend(fontsize=7)
@@ -155,7 +172,7 @@ def _plots(groups, rate_runs, out: Path) -> list[Path]:
     curve_metrics = [m for m in METRICS[:3] if any(len(mean_curve(runs, m[0])[0]) for runs in groups.values())]
     if curve_metrics:
         fig, axes = plt.subplots(1, len(curve_metrics), figsize=(4.5 * len(curve_metrics), 3.4), squeeze=False)
-        for ax, (key, label, lower) in zip(axes[0], curve_metrics):
+        for ax, (key, label, _lower) in zip(axes[0], curve_metrics):
             for (method, kr), runs in groups.items():
                 steps, vals = mean_curve(runs, key)
                 if len(steps):
@@ -181,8 +198,15 @@ def _plots(groups, rate_runs, out: Path) -> list[Path]:
     if hists:
         fig, ax = plt.subplots(figsize=(6, 3.4))
         for (method, kr), p in hists.items():
-            ax.hist(p, bins=20, range=(0, 1), histtype="step", density=True, lw=1.5,
-                    label=f"{LABELS.get(method, method)} @{kr:g}")
+            ax.hist(
+                p,
+                bins=20,
+                range=(0, 1),
+                histtype="step",
+                density=True,
+                lw=1.5,
+                label=f"{LABELS.get(method, method)} @{kr:g}",
+            )
         ax.set_xlabel("rank percentile of score (0 = highest)")
         ax.set_ylabel("density of selected samples")
         ax.legend(fontsize=6)
@@ -207,34 +231,64 @@ def report(dirs, out: str | Path | None = None) -> Path:
     present = [m for m in METRICS if any(m[0] in r["metrics"] for runs in groups.values() for r in runs)]
     has_gt = any("subset_quality" in r["metrics"] for runs in groups.values() for r in runs)
 
-    lines = [f"# Comparison of {sum(len(v) for v in groups.values())} training runs", "",
-             f"Source: {', '.join(str(d) for d in dirs)}. Mean ± sample std over seeds; n = runs.", ""]
-    header = ["method", "keep_ratio", "n", "samples", "steps"] + [f"{lab} {'↓' if lo else '↑'}" for _, lab, lo in present]
+    lines = [
+        f"# Comparison of {sum(len(v) for v in groups.values())} training runs",
+        "",
+        f"Source: {', '.join(str(d) for d in dirs)}. Mean ± sample std over seeds; n = runs.",
+        "",
+    ]
+    header = ["method", "keep_ratio", "n", "samples", "steps"] + [
+        f"{lab} {'↓' if lo else '↑'}" for _, lab, lo in present
+    ]
     if has_gt:
         header.append("corrupted share of subset")
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (method, kr), runs in groups.items():
-        row = [LABELS.get(method, method), f"{kr:g}", str(len(runs)),
-               f"{np.mean([r['metrics'].get('train_samples', 0) for r in runs]):.0f}",
-               f"{np.mean([r['metrics'].get('steps', 0) for r in runs]):.0f}"]
+        row = [
+            LABELS.get(method, method),
+            f"{kr:g}",
+            str(len(runs)),
+            f"{np.mean([r['metrics'].get('train_samples', 0) for r in runs]):.0f}",
+            f"{np.mean([r['metrics'].get('steps', 0) for r in runs]):.0f}",
+        ]
         for key, _, _ in present:
             digits = 4 if "loss" in key or "kid" in key else 2
             row.append(_fmt(*_mean_std(r["metrics"].get(key) for r in runs), digits))
         if has_gt:
-            row.append(_fmt(*_mean_std(r["metrics"].get("subset_quality", {}).get("subset_corrupted_share")
-                                       for r in runs), 3))
+            row.append(
+                _fmt(*_mean_std(r["metrics"].get("subset_quality", {}).get("subset_corrupted_share") for r in runs), 3)
+            )
         lines.append("| " + " | ".join(row) + " |")
     if has_gt:
-        pool = next(r["metrics"]["subset_quality"]["pool_corrupted_share"] for runs in groups.values() for r in runs
-                    if "subset_quality" in r["metrics"])
+        pool = next(
+            r["metrics"]["subset_quality"]["pool_corrupted_share"]
+            for runs in groups.values()
+            for r in runs
+            if "subset_quality" in r["metrics"]
+        )
         lines += ["", f"Corrupted share of the pool: {pool:.3f} (random selection keeps it in expectation)."]
-        kinds = sorted({k for runs in groups.values() for r in runs
-                        for k in r["metrics"].get("subset_quality", {}).get("kept_fraction", {})})
-        lines += ["", "Share of each kind that the subset kept (random keeps keep_ratio of every kind):", "",
-                  "| method | keep_ratio | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+        kinds = sorted(
+            {
+                k
+                for runs in groups.values()
+                for r in runs
+                for k in r["metrics"].get("subset_quality", {}).get("kept_fraction", {})
+            }
+        )
+        lines += [
+            "",
+            "Share of each kind that the subset kept (random keeps keep_ratio of every kind):",
+            "",
+            "| method | keep_ratio | " + " | ".join(kinds) + " |",
+            "|---|---|" + "---|" * len(kinds),
+        ]
         for (method, kr), runs in groups.items():
-            cells = [_fmt(*_mean_std(r["metrics"].get("subset_quality", {}).get("kept_fraction", {}).get(k)
-                                     for r in runs), 2) for k in kinds]
+            cells = [
+                _fmt(
+                    *_mean_std(r["metrics"].get("subset_quality", {}).get("kept_fraction", {}).get(k) for r in runs), 2
+                )
+                for k in kinds
+            ]
             lines.append(f"| {LABELS.get(method, method)} | {kr:g} | " + " | ".join(cells) + " |")
 
     ttm_rows = []
@@ -245,29 +299,51 @@ def report(dirs, out: str | Path | None = None) -> Path:
                 if t:
                     ttm_rows.append((kr, label, base, t))
     if ttm_rows:
-        lines += ["", "## Time to match", "",
-                  "Steps the alchemist subset's mean curve needs to reach the baseline's final mean value "
-                  "(linear interpolation between evaluation points; ratio = those steps / the baseline's steps).", "",
-                  "| keep_ratio | metric | baseline | baseline final | steps to match | ratio |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Time to match",
+            "",
+            "Steps the alchemist subset's mean curve needs to reach the baseline's final mean value "
+            "(linear interpolation between evaluation points; ratio = those steps / the baseline's steps).",
+            "",
+            "| keep_ratio | metric | baseline | baseline final | steps to match | ratio |",
+            "|---|---|---|---|---|---|",
+        ]
         for kr, label, base, t in ttm_rows:
             steps = "not reached" if t["steps"] is None else f"{t['steps']:.0f}"
             ratio = "—" if t["ratio"] is None else f"{t['ratio']:.2f}"
-            lines.append(f"| {kr:g} | {label} | {LABELS.get(base[0], base[0])} @{base[1]:g} ({t['baseline_steps']} steps) "
-                         f"| {t['target']:.4g} | {steps} | {ratio} |")
+            lines.append(
+                f"| {kr:g} | {label} | {LABELS.get(base[0], base[0])} @{base[1]:g} ({t['baseline_steps']} steps) "
+                f"| {t['target']:.4g} | {steps} | {ratio} |"
+            )
 
     quality = [r["metrics"]["rating_quality"] for r in rate_runs if "rating_quality" in r["metrics"]]
     if quality:
         kinds = sorted({k for q in quality for k in q["per_kind"] if k != "clean"})
-        lines += ["", f"## Rating quality ({len(quality)} rate runs)", "",
-                  "AUROC of the score, clean (positive) vs corrupted; median rank percentile of each kind "
-                  "(0 = top score). Below 0.5 means that kind ranks above clean samples.", "",
-                  "| | all | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds),
-                  "| AUROC | " + _fmt(*_mean_std(q["auroc"] for q in quality), 3) + " | "
-                  + " | ".join(_fmt(*_mean_std(q["per_kind"].get(k, {}).get("auroc") for q in quality), 3) for k in kinds) + " |",
-                  "| median percentile | " + _fmt(*_mean_std(q["per_kind"]["clean"]["percentile_median"] for q in quality
-                                                            if "clean" in q["per_kind"]), 2) + " (clean) | "
-                  + " | ".join(_fmt(*_mean_std(q["per_kind"].get(k, {}).get("percentile_median") for q in quality), 2)
-                               for k in kinds) + " |"]
+        lines += [
+            "",
+            f"## Rating quality ({len(quality)} rate runs)",
+            "",
+            "AUROC of the score, clean (positive) vs corrupted; median rank percentile of each kind "
+            "(0 = top score). Below 0.5 means that kind ranks above clean samples.",
+            "",
+            "| | all | " + " | ".join(kinds) + " |",
+            "|---|---|" + "---|" * len(kinds),
+            "| AUROC | "
+            + _fmt(*_mean_std(q["auroc"] for q in quality), 3)
+            + " | "
+            + " | ".join(_fmt(*_mean_std(q["per_kind"].get(k, {}).get("auroc") for q in quality), 3) for k in kinds)
+            + " |",
+            "| median percentile | "
+            + _fmt(
+                *_mean_std(q["per_kind"]["clean"]["percentile_median"] for q in quality if "clean" in q["per_kind"]), 2
+            )
+            + " (clean) | "
+            + " | ".join(
+                _fmt(*_mean_std(q["per_kind"].get(k, {}).get("percentile_median") for q in quality), 2) for k in kinds
+            )
+            + " |",
+        ]
     plots = _plots(groups, rate_runs, out)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]

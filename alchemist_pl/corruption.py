@@ -106,8 +106,9 @@ def corrupt_image(kind: str, image: np.ndarray, rng: np.random.Generator, others
         if len(others) < 1:
             raise ValueError("near_duplicate needs the image it duplicates")
         dx, dy = (int(v) for v in rng.integers(-2, 3, size=2))
-        shifted = _pil(others[0]).transform((w, h), Image.Transform.AFFINE, (1, 0, -dx, 0, 1, -dy),
-                                            fillcolor=(255, 255, 255))
+        shifted = _pil(others[0]).transform(
+            (w, h), Image.Transform.AFFINE, (1, 0, -dx, 0, 1, -dy), fillcolor=(255, 255, 255)
+        )
         gain = float(rng.uniform(0.92, 1.08))
         return np.clip(_arr(shifted).astype(np.float32) * gain, 0, 255).round().astype(np.uint8)
     raise ValueError(f"unknown corruption kind {kind!r}; expected one of {KINDS}")
@@ -172,7 +173,9 @@ def build_corrupted_pool(
     if manifest.exists():
         if json.loads(manifest.read_text()).get("params") == params:
             return out
-        raise FileExistsError(f"{out} holds a corrupted pool built with other parameters; remove it or choose another dir")
+        raise FileExistsError(
+            f"{out} holds a corrupted pool built with other parameters; remove it or choose another dir"
+        )
 
     ids, captions, images = [], [], []
     for raw in iter_samples(source):
@@ -216,11 +219,18 @@ def build_corrupted_pool(
         shutil.rmtree(tmp)
     try:
         (tmp / "train").mkdir(parents=True)
-        with wds.ShardWriter(str(tmp / "train" / "train-%06d.tar"), maxcount=shard_size, verbose=0,
-                             mtime=SHARD_MTIME) as sink:
+        with wds.ShardWriter(
+            str(tmp / "train" / "train-%06d.tar"), maxcount=shard_size, verbose=0, mtime=SHARD_MTIME
+        ) as sink:
             for i in range(n):
-                sink.write({"__key__": ids[i], "png": _png(new_images[i]), "txt": new_captions[i],
-                            "json": {"corruption": kind_of[i], "other_id": other_id[i]}})
+                sink.write(
+                    {
+                        "__key__": ids[i],
+                        "png": _png(new_images[i]),
+                        "txt": new_captions[i],
+                        "json": {"corruption": kind_of[i], "other_id": other_id[i]},
+                    }
+                )
         _write_ground_truth(tmp / GROUND_TRUTH, ids, [str(k) for k in kind_of], other_id)
         counts = {k: int((kind_of == k).sum()) for k in (CLEAN, *kinds)}
         shards = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp / "train").glob("*.tar"))}
@@ -281,8 +291,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resolution", type=int, default=32)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = build_corrupted_pool(args.source, args.out_dir, args.fraction, args.kinds.split(","), args.seed,
-                               args.pool_size, args.resolution)
+    out = build_corrupted_pool(
+        args.source, args.out_dir, args.fraction, args.kinds.split(","), args.seed, args.pool_size, args.resolution
+    )
     print(json.dumps(json.loads((out / MANIFEST).read_text())["counts"], indent=2))
 
 

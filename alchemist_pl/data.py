@@ -11,9 +11,9 @@ import io
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -58,10 +58,13 @@ def _read_shard(shard: Path) -> Iterator[dict]:
 
     try:
         # one shard, read whole in this process: no splitting by node (DDP) or dataloader worker
-        yield from wds.WebDataset(str(shard), shardshuffle=False, empty_check=False, nodesplitter=None,
-                                  workersplitter=None)
+        yield from wds.WebDataset(
+            str(shard), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None
+        )
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise DataError(f"{shard}: not a readable tar archive (expected a webdataset shard; {type(e).__name__}: {e})") from e
+        raise DataError(
+            f"{shard}: not a readable tar archive (expected a webdataset shard; {type(e).__name__}: {e})"
+        ) from e
 
 
 def iter_webdataset(path: Path) -> Iterator[RawSample]:
@@ -118,13 +121,11 @@ def iter_samples(path: str | os.PathLike) -> Iterator[RawSample]:
     p = Path(path)
     if not p.exists():
         raise DataError(f"data path {p} does not exist")
-    if (p.is_dir() and (p / "metadata.jsonl").is_file()):
+    if p.is_dir() and (p / "metadata.jsonl").is_file():
         return iter_image_folder(p)
     if _shards(p):
         return iter_webdataset(p)
-    raise DataError(
-        f"data path {p} holds neither *.tar webdataset shards nor an image folder with metadata.jsonl"
-    )
+    raise DataError(f"data path {p} holds neither *.tar webdataset shards nor an image folder with metadata.jsonl")
 
 
 def decode_image(raw: RawSample, resolution: int) -> np.ndarray:
@@ -224,7 +225,9 @@ def load_split(
         if limit is not None and len(ids) >= limit:
             break
         if raw.sample_id in seen:
-            raise DataError(f"{raw.source}: duplicate sample_id {raw.sample_id!r} (first seen in {seen[raw.sample_id]})")
+            raise DataError(
+                f"{raw.source}: duplicate sample_id {raw.sample_id!r} (first seen in {seen[raw.sample_id]})"
+            )
         seen[raw.sample_id] = raw.source
         caption = raw.caption.strip()
         if not caption:

@@ -44,8 +44,15 @@ def load_split(path, resolution: int, cache_dir=None, limit=None, max_tokens: in
 
 
 class _Base(LightningDataModule):
-    def __init__(self, resolution: int = 32, batch_size: int = 32, num_workers: int = 0,
-                 cache_dir: str | os.PathLike | None = None, max_tokens: int = 16, seed: int = 0):
+    def __init__(
+        self,
+        resolution: int = 32,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        cache_dir: str | os.PathLike | None = None,
+        max_tokens: int = 16,
+        seed: int = 0,
+    ):
         super().__init__()
         self.resolution = resolution
         self.batch_size = batch_size
@@ -57,13 +64,16 @@ class _Base(LightningDataModule):
     def _load(self, path, limit, key: str):
         """Load one split; ``key`` names its config entry (``data.train_path``) in errors."""
         if not Path(path).exists():
-            raise data_lib.DataError(f"{key}={path} does not exist (expected a folder of *.tar webdataset "
-                                     f"shards, one shard, or an image folder with metadata.jsonl)")
+            raise data_lib.DataError(
+                f"{key}={path} does not exist (expected a folder of *.tar webdataset "
+                f"shards, one shard, or an image folder with metadata.jsonl)"
+            )
         return load_split(path, self.resolution, self.cache_dir, limit, self.max_tokens)
 
     def _loader(self, dataset, batch_size, **kw):
-        return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, **kw)
+        return DataLoader(
+            dataset, batch_size=batch_size, num_workers=self.num_workers, persistent_workers=self.num_workers > 0, **kw
+        )
 
     def _train_loader(self, dataset, batch_size, offset: int = 0, **kw):
         """A resumable loader: its shuffle order and worker seeds come from its own generator.
@@ -74,8 +84,14 @@ class _Base(LightningDataModule):
         """
         g = torch.Generator()
         g.manual_seed(self.seed + offset)
-        return StatefulDataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
-                                  persistent_workers=self.num_workers > 0, generator=g, **kw)
+        return StatefulDataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=g,
+            **kw,
+        )
 
     def state_dict(self) -> dict:
         """Saved into every checkpoint: the RNG states of this process at the moment of saving.
@@ -84,8 +100,11 @@ class _Base(LightningDataModule):
         accepts them.
         """
         name, keys, pos, has_gauss, cached = np.random.get_state()
-        state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos,
-                                                           has_gauss, cached], "python": random.getstate()}
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "python": random.getstate(),
+        }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return {"rng_states": state}
@@ -122,8 +141,10 @@ class RatingDataModule(_Base):
         if self.pool is None:
             self.pool = self._load(self.train_path, self.limit_train, "data.train_path")
             self.val_set = self._load(self.val_path, self.limit_val, "data.val_path")
-            for name, path, ds, b in (("training pool", self.train_path, self.pool, self.batch_size),
-                                      ("D_val", self.val_path, self.val_set, self.val_batch_size)):
+            for name, path, ds, b in (
+                ("training pool", self.train_path, self.pool, self.batch_size),
+                ("D_val", self.val_path, self.val_set, self.val_batch_size),
+            ):
                 if len(ds) < b:
                     raise data_lib.DataError(f"{name} {path} has {len(ds)} samples, fewer than one batch of {b}")
 
@@ -146,9 +167,21 @@ class TrainingDataModule(_Base):
     everything. The train loader's sampler is a :class:`SubsetDistributedSampler`.
     """
 
-    def __init__(self, train_path, test_path, subset_path=None, scores_path=None, keep_ratio: float = 1.0,
-                 method: str = "full", pruning_params: dict | None = None, seed: int = 0,
-                 limit_train=None, limit_test=None, test_batch_size: int = 128, **kw):
+    def __init__(
+        self,
+        train_path,
+        test_path,
+        subset_path=None,
+        scores_path=None,
+        keep_ratio: float = 1.0,
+        method: str = "full",
+        pruning_params: dict | None = None,
+        seed: int = 0,
+        limit_train=None,
+        limit_test=None,
+        test_batch_size: int = 128,
+        **kw,
+    ):
         super().__init__(seed=seed, **kw)
         self.train_path, self.test_path = train_path, test_path
         self.subset_path, self.scores_path = subset_path, scores_path
@@ -170,8 +203,12 @@ class TrainingDataModule(_Base):
             self.subset_indices = self.train_set.index_of(ids, str(self.subset_path))
         elif self.scores_path is not None:
             ids, scores, meta = read_scores(self.scores_path)
-            check_fingerprint(self.scores_path, meta, self.train_set.sample_ids,
-                              f"the training set data.train_path={self.train_path} ({n} samples)")
+            check_fingerprint(
+                self.scores_path,
+                meta,
+                self.train_set.sample_ids,
+                f"the training set data.train_path={self.train_path} ({n} samples)",
+            )
             aligned = np.full(n, np.nan, dtype=np.float32)
             aligned[self.train_set.index_of(ids, str(self.scores_path))] = scores
             if np.isnan(aligned).any():
@@ -183,9 +220,16 @@ class TrainingDataModule(_Base):
         # the subset is the same on every rank (same files, scores and seed); the per-rank shard is
         # fixed in train_dataloader, when the process group exists (under `ddp` setup can run before it)
         self.sampler = SubsetDistributedSampler(
-            self.train_set, indices=self.subset_indices, scores=self.scores, keep_ratio=self.keep_ratio,
-            method=self.method, pruning_params=self.pruning_params, seed=self.seed, shuffle=True,
-            num_replicas=1, rank=0,
+            self.train_set,
+            indices=self.subset_indices,
+            scores=self.scores,
+            keep_ratio=self.keep_ratio,
+            method=self.method,
+            pruning_params=self.pruning_params,
+            seed=self.seed,
+            shuffle=True,
+            num_replicas=1,
+            rank=0,
         )
         k = len(self.sampler.subset)
         if k < self.batch_size:
@@ -207,8 +251,9 @@ class TrainingDataModule(_Base):
         world, rank = _process_group()
         if (self.sampler.num_replicas, self.sampler.rank) != (world, rank):
             drawn = self.sampler
-            self.sampler = SubsetDistributedSampler(self.train_set, indices=drawn.subset, seed=self.seed,
-                                                    shuffle=True, num_replicas=world, rank=rank)
+            self.sampler = SubsetDistributedSampler(
+                self.train_set, indices=drawn.subset, seed=self.seed, shuffle=True, num_replicas=world, rank=rank
+            )
             self.sampler.subset_percentile = drawn.subset_percentile
         if len(self.sampler) < self.batch_size:
             raise data_lib.DataError(

@@ -38,8 +38,7 @@ def per_sample_loss(
     if noise is None:
         noise = torch.randn_like(images)
     noisy = scheduler.add_noise(images, noise, timesteps)
-    pred = unet(noisy, timesteps, encoder_hidden_states=states.to(images.dtype),
-                encoder_attention_mask=mask).sample
+    pred = unet(noisy, timesteps, encoder_hidden_states=states.to(images.dtype), encoder_attention_mask=mask).sample
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         target = noise
@@ -86,9 +85,13 @@ class PixArtProxy(torch.nn.Module):
             timestep = timestep.expand(sample.shape[0])
         if encoder_attention_mask is not None:
             encoder_attention_mask = encoder_attention_mask.to(sample.dtype)
-        return self.transformer(sample, encoder_hidden_states=encoder_hidden_states, timestep=timestep,
-                                added_cond_kwargs={"resolution": None, "aspect_ratio": None},
-                                encoder_attention_mask=encoder_attention_mask)
+        return self.transformer(
+            sample,
+            encoder_hidden_states=encoder_hidden_states,
+            timestep=timestep,
+            added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+            encoder_attention_mask=encoder_attention_mask,
+        )
 
 
 def stratified_timesteps(batch_size: int, low: int, high: int, device, generator=None) -> torch.Tensor:
@@ -237,5 +240,5 @@ def image_grid(images: torch.Tensor, cols: int = 8):
     grid = torch.full((c, rows * h, cols * w), 255, dtype=torch.uint8)
     for i in range(b):
         r, q = divmod(i, cols)
-        grid[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = imgs[i]
+        grid[:, r * h : (r + 1) * h, q * w : (q + 1) * w] = imgs[i]
     return Image.fromarray(grid.permute(1, 2, 0).numpy())

@@ -208,8 +208,7 @@ def build_emoji_dataset(
                             "__key__": sample_id,
                             "png": png,
                             "txt": caption,
-                            "json": {"set": set_name, "icon": name,
-                                     "license": set_info[set_name]["license"]},
+                            "json": {"set": set_name, "icon": name, "license": set_info[set_name]["license"]},
                         }
                     )
             counts[split] = {
@@ -218,9 +217,7 @@ def build_emoji_dataset(
                 "per_set": {s: sum(1 for r, _ in items if r[3] == s) for s in sets},
             }
 
-        shards = {
-            str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.glob("*/*.tar"))
-        }
+        shards = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.glob("*/*.tar"))}
         manifest = {"params": params, "counts": counts, "sets": set_info, "shards": shards}
         (tmp / "LICENSES.md").write_text(_licenses_md(set_info))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -244,8 +241,8 @@ def _licenses_md(set_info: dict) -> str:
         "|---|---|---|---|",
     ]
     for name, info in set_info.items():
-        author = (info.get("author") or {})
-        lic = (info.get("license") or {})
+        author = info.get("author") or {}
+        lic = info.get("license") or {}
         lines.append(
             f"| {info.get('name') or name} | {info['package']} | "
             f"{author.get('name', '?')} ({author.get('url', '')}) | "

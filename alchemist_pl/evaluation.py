@@ -51,8 +51,11 @@ class DomainEncoder(nn.Module):
         chans = [3, width, 2 * width, 4 * width, num_features]
         layers = []
         for i in range(4):
-            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=1 if i == 0 else 2, padding=1),
-                       nn.GroupNorm(8, chans[i + 1]), nn.SiLU()]
+            layers += [
+                nn.Conv2d(chans[i], chans[i + 1], 3, stride=1 if i == 0 else 2, padding=1),
+                nn.GroupNorm(8, chans[i + 1]),
+                nn.SiLU(),
+            ]
         self.body = nn.Sequential(*layers)
         self.proj = nn.Linear(num_features, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(2.659))  # log(1 / 0.07), as CLIP
@@ -71,8 +74,9 @@ def _contrastive_loss(encoder: DomainEncoder, images, text, caption_rows) -> tor
     logits = encoder.logit_scale.exp().clamp(max=100) * img @ text.T
     same = (caption_rows[:, None] == caption_rows[None, :]).float()
     targets = same / same.sum(1, keepdim=True)
-    return 0.5 * (torch.sum(-targets * logits.log_softmax(1), 1).mean()
-                  + torch.sum(-targets * logits.log_softmax(0).T, 1).mean())
+    return 0.5 * (
+        torch.sum(-targets * logits.log_softmax(1), 1).mean() + torch.sum(-targets * logits.log_softmax(0).T, 1).mean()
+    )
 
 
 @torch.no_grad()
@@ -85,10 +89,10 @@ def caption_retrieval(encoder: DomainEncoder, dataset, batch_size: int = 512) ->
     pos = {int(r): i for i, r in enumerate(cap_ids)}
     hit1 = hit5 = 0
     for start in range(0, len(dataset), batch_size):
-        imgs = dataset.images[start:start + batch_size].float() / 127.5 - 1.0
+        imgs = dataset.images[start : start + batch_size].float() / 127.5 - 1.0
         sims = encoder.embed(imgs) @ text.T
         top = sims.topk(min(5, len(cap_ids)), dim=1).indices
-        want = torch.tensor([pos[int(r)] for r in rows[start:start + batch_size]])
+        want = torch.tensor([pos[int(r)] for r in rows[start : start + batch_size]])
         hit1 += int((top[:, 0] == want).sum())
         hit5 += int((top == want[:, None]).any(1).sum())
     return {"top1": hit1 / len(dataset), "top5": hit5 / len(dataset), "captions": len(cap_ids)}
@@ -110,14 +114,21 @@ def caption_agreement(encoder: DomainEncoder, dataset, batch_size: int = 512) ->
     encoder.eval()
     out = torch.empty(len(dataset), dtype=torch.float32)
     for start in range(0, len(dataset), batch_size):
-        imgs = dataset.images[start:start + batch_size].float() / 127.5 - 1.0
-        text = F.normalize(dataset.text.pooled[dataset.caption_rows[start:start + batch_size]].float(), dim=-1)
-        out[start:start + len(imgs)] = (encoder.embed(imgs) * text).sum(-1)
+        imgs = dataset.images[start : start + batch_size].float() / 127.5 - 1.0
+        text = F.normalize(dataset.text.pooled[dataset.caption_rows[start : start + batch_size]].float(), dim=-1)
+        out[start : start + len(imgs)] = (encoder.embed(imgs) * text).sum(-1)
     return out
 
 
-def train_domain_encoder(dataset, epochs: int = 6, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
-                         width: int = 32, num_features: int = 128) -> DomainEncoder:
+def train_domain_encoder(
+    dataset,
+    epochs: int = 6,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+    width: int = 32,
+    num_features: int = 128,
+) -> DomainEncoder:
     """Train a :class:`DomainEncoder` on an :class:`~alchemist_pl.data.ImageCaptionDataset` (clean images)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -131,7 +142,7 @@ def train_domain_encoder(dataset, epochs: int = 6, batch_size: int = 256, lr: fl
         perm = torch.randperm(len(dataset), generator=g)
         total = 0.0
         for k in range(len(dataset) // batch_size):
-            idx = perm[k * batch_size:(k + 1) * batch_size]
+            idx = perm[k * batch_size : (k + 1) * batch_size]
             images = dataset.images[idx].float() / 127.5 - 1.0
             if torch.rand((), generator=g) < 0.5:
                 images = images.flip(3)
@@ -142,8 +153,12 @@ def train_domain_encoder(dataset, epochs: int = 6, batch_size: int = 256, lr: fl
             opt.step()
             sched.step()
             total += float(loss.detach())
-        log.info("domain encoder epoch %d/%d: contrastive loss %.3f", epoch + 1, epochs,
-                 total / max(1, len(dataset) // batch_size))
+        log.info(
+            "domain encoder epoch %d/%d: contrastive loss %.3f",
+            epoch + 1,
+            epochs,
+            total / max(1, len(dataset) // batch_size),
+        )
     return enc.eval()
 
 
@@ -160,9 +175,19 @@ def _data_key(path) -> str:
     return "ids:" + dataset_fingerprint(r.sample_id for r in iter_samples(p))
 
 
-def load_domain_encoder(data_path, resolution: int, cache_dir, max_tokens: int = 16, test_path=None,
-                        epochs: int = 6, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
-                        width: int = 32, num_features: int = 128) -> tuple[DomainEncoder, dict]:
+def load_domain_encoder(
+    data_path,
+    resolution: int,
+    cache_dir,
+    max_tokens: int = 16,
+    test_path=None,
+    epochs: int = 6,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+    width: int = 32,
+    num_features: int = 128,
+) -> tuple[DomainEncoder, dict]:
     """The cached domain encoder for ``data_path`` (trained and saved on first use).
 
     Args:
@@ -175,9 +200,18 @@ def load_domain_encoder(data_path, resolution: int, cache_dir, max_tokens: int =
         (encoder in eval mode, info): info has ``path``, ``sha256`` (of the weights file) and
         ``retrieval`` (top-1 / top-5 caption retrieval on ``test_path``).
     """
-    params = {"version": ENCODER_VERSION, "data": _data_key(data_path), "resolution": resolution,
-              "max_tokens": max_tokens, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-              "width": width, "num_features": num_features}
+    params = {
+        "version": ENCODER_VERSION,
+        "data": _data_key(data_path),
+        "resolution": resolution,
+        "max_tokens": max_tokens,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "width": width,
+        "num_features": num_features,
+    }
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"domain-encoder-{key}.pt"
     if not path.exists():
@@ -187,19 +221,34 @@ def load_domain_encoder(data_path, resolution: int, cache_dir, max_tokens: int =
         log.info("training the domain evaluator on %s (once; cached as %s)", data_path, path)
         train_set = load_split(data_path, resolution, cache_dir, None, max_tokens)
         enc = train_domain_encoder(train_set, epochs, batch_size, lr, seed, width, num_features)
-        retrieval = caption_retrieval(enc, load_split(test_path, resolution, cache_dir, None, max_tokens)) if test_path else None
+        retrieval = (
+            caption_retrieval(enc, load_split(test_path, resolution, cache_dir, None, max_tokens))
+            if test_path
+            else None
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save({"state_dict": enc.state_dict(), "params": params, "retrieval": retrieval,
-                    "train_time_s": round(time.time() - started, 1)}, tmp)
+        torch.save(
+            {
+                "state_dict": enc.state_dict(),
+                "params": params,
+                "retrieval": retrieval,
+                "train_time_s": round(time.time() - started, 1),
+            },
+            tmp,
+        )
         os.replace(tmp, path)
         log.info("domain evaluator: caption retrieval on %s: %s", test_path, retrieval)
     blob = torch.load(path, weights_only=True)
     enc = DomainEncoder(width, num_features)
     enc.load_state_dict(blob["state_dict"])
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    return enc.eval(), {"path": str(path), "sha256": sha, "retrieval": blob.get("retrieval"),
-                        "train_time_s": blob.get("train_time_s")}
+    return enc.eval(), {
+        "path": str(path),
+        "sha256": sha,
+        "retrieval": blob.get("retrieval"),
+        "train_time_s": blob.get("train_time_s"),
+    }
 
 
 class _Embedder(nn.Module):
@@ -233,8 +282,9 @@ class DomainMetrics:
         # sync_on_compute=False: under DDP one rank evaluates (GenerationEvaluation); no gathering
         self.fid = FrechetInceptionDistance(feature=self.encoder, reset_real_features=False, sync_on_compute=False)
         self.kid_subset_size = kid_subset_size
-        self.kid = KernelInceptionDistance(feature=self.encoder, reset_real_features=False,
-                                           subset_size=kid_subset_size, sync_on_compute=False)
+        self.kid = KernelInceptionDistance(
+            feature=self.encoder, reset_real_features=False, subset_size=kid_subset_size, sync_on_compute=False
+        )
         self.has_reference = False
 
     def to(self, device):
@@ -245,7 +295,7 @@ class DomainMetrics:
     @torch.no_grad()
     def set_reference(self, real_images: torch.Tensor, batch_size: int = 512) -> None:
         for i in range(0, len(real_images), batch_size):
-            b = real_images[i:i + batch_size].float()
+            b = real_images[i : i + batch_size].float()
             self.fid.update(b, real=True)
             self.kid.update(b, real=True)
         self.has_reference = True
@@ -263,8 +313,11 @@ class DomainMetrics:
         emb = self.encoder.embed(fake)
         cos = (emb * F.normalize(caption_pooled.float().to(emb.device), dim=-1)).sum(-1)
         kid_mean, _ = self.kid.compute()
-        return {"domain_fid": float(self.fid.compute()), "domain_kid": float(kid_mean),
-                "domain_clip": float(100 * cos.clamp(min=0).mean())}
+        return {
+            "domain_fid": float(self.fid.compute()),
+            "domain_kid": float(kid_mean),
+            "domain_clip": float(100 * cos.clamp(min=0).mean()),
+        }
 
 
 class StandardMetrics:
@@ -285,8 +338,9 @@ class StandardMetrics:
             from torchmetrics.image.fid import FrechetInceptionDistance
             from torchmetrics.multimodal.clip_score import CLIPScore
 
-            self.fid = FrechetInceptionDistance(feature=2048, reset_real_features=False, normalize=True,
-                                                sync_on_compute=False)
+            self.fid = FrechetInceptionDistance(
+                feature=2048, reset_real_features=False, normalize=True, sync_on_compute=False
+            )
             self.clip = CLIPScore(model_name_or_path=clip_model, sync_on_compute=False)
         except Exception as e:
             raise RuntimeError(
@@ -307,7 +361,7 @@ class StandardMetrics:
     @torch.no_grad()
     def set_reference(self, real_images: torch.Tensor, batch_size: int = 256) -> None:
         for i in range(0, len(real_images), batch_size):
-            self.fid.update((real_images[i:i + batch_size].float() + 1) / 2, real=True)
+            self.fid.update((real_images[i : i + batch_size].float() + 1) / 2, real=True)
         self.has_reference = True
 
     @torch.no_grad()
@@ -349,9 +403,18 @@ class GenerationEvaluation(_callback_base()):
             ``ddp_spawn`` fit runs the callback in child processes, so the main process reads it there.
     """
 
-    def __init__(self, metrics, prompts: dict, every_n_steps: int = 100, sample_steps: int = 20,
-                 guidance_scale: float = 3.0, seed: int = 4321, batch_size: int = 256, grid_path=None,
-                 curve_path=None):
+    def __init__(
+        self,
+        metrics,
+        prompts: dict,
+        every_n_steps: int = 100,
+        sample_steps: int = 20,
+        guidance_scale: float = 3.0,
+        seed: int = 4321,
+        batch_size: int = 256,
+        grid_path=None,
+        curve_path=None,
+    ):
         self.metrics = metrics
         self.prompts = prompts
         self.every_n_steps = int(every_n_steps)
@@ -375,11 +438,22 @@ class GenerationEvaluation(_callback_base()):
         for start in range(0, m, self.batch_size):
             sl = slice(start, start + self.batch_size)
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + start)
-            out.append(sample_images(
-                unet, pl_module.sampling_scheduler, self.prompts["states"][sl].to(pl_module.device),
-                self.prompts["mask"][sl].to(pl_module.device), pl_module.null_states, pl_module.null_mask,
-                (c.in_channels, c.sample_size, c.sample_size), self.sample_steps, self.guidance_scale, generator=g,
-            ).float().cpu())
+            out.append(
+                sample_images(
+                    unet,
+                    pl_module.sampling_scheduler,
+                    self.prompts["states"][sl].to(pl_module.device),
+                    self.prompts["mask"][sl].to(pl_module.device),
+                    pl_module.null_states,
+                    pl_module.null_mask,
+                    (c.in_channels, c.sample_size, c.sample_size),
+                    self.sample_steps,
+                    self.guidance_scale,
+                    generator=g,
+                )
+                .float()
+                .cpu()
+            )
         return torch.cat(out)
 
     def evaluate(self, trainer, pl_module) -> dict:
@@ -402,8 +476,12 @@ class GenerationEvaluation(_callback_base()):
             os.replace(tmp, self.curve_path)
         for lg in trainer.loggers:
             lg.log_metrics({f"eval/{k}": v for k, v in values.items()}, step=step)
-        log.info("eval at step %d (%.1f s): %s", step, time.time() - started,
-                 ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        log.info(
+            "eval at step %d (%.1f s): %s",
+            step,
+            time.time() - started,
+            ", ".join(f"{k} {v:.4g}" for k, v in values.items()),
+        )
         if self.grid_path is not None:
             from .diffusion import image_grid
 

@@ -136,8 +136,19 @@ def write_heuristic_scores(data, scorer: str, out, resolution: int = 32, limit: 
     started = time.time()
     ids, images = load_images(data, resolution, limit)
     scores = score_images(images, scorer, **params)
-    path = write_scores(out, ids, scores, {"stage": "heuristic", "scorer": scorer, "params": params, "data": str(data),
-                                           "resolution": resolution, "version": __version__})
+    path = write_scores(
+        out,
+        ids,
+        scores,
+        {
+            "stage": "heuristic",
+            "scorer": scorer,
+            "params": params,
+            "data": str(data),
+            "resolution": resolution,
+            "version": __version__,
+        },
+    )
     log.info("%s: scored %d samples in %.1f s -> %s", scorer, len(ids), time.time() - started, path)
     return path
 
@@ -150,8 +161,9 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--resolution", type=int, default=32, help="side in pixels the images are decoded at (default 32)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N samples")
     p.add_argument("--cutoff", type=float, default=0.25, help="frequency: radial cutoff in cycles per pixel")
-    p.add_argument("--threshold", type=float, default=0.3,
-                   help="edge_density: gradient threshold in grey levels per pixel")
+    p.add_argument(
+        "--threshold", type=float, default=0.3, help="edge_density: gradient threshold in grey levels per pixel"
+    )
     a = p.parse_args(argv)
     params = {"frequency": {"cutoff": a.cutoff}, "edge_density": {"threshold": a.threshold}}.get(a.scorer, {})
     logging.basicConfig(level=logging.INFO, format="%(message)s")

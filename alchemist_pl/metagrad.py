@@ -19,8 +19,8 @@ model. They must be deterministic: the timesteps and the noise are fixed by the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -128,8 +128,10 @@ def exact_meta_gradient(
     # One forward pass with dual numbers θ + ε v: the tangent of the losses is [B] ∇ℓ_i(θ) · v.
     # (torch.autograd.forward_ad rather than torch.func.jvp: the same numbers, ~15% faster here.)
     with torch.no_grad(), fwAD.dual_level():
-        dual = {n: fwAD.make_dual(params[n].detach(), torch.zeros_like(params[n]) if g is None else g)
-                for n, g in zip(names, v)}
+        dual = {
+            n: fwAD.make_dual(params[n].detach(), torch.zeros_like(params[n]) if g is None else g)
+            for n, g in zip(names, v)
+        }
         directional = fwAD.unpack_dual(train_losses(dual)).tangent
     if directional is None:  # the losses do not depend on θ
         directional = torch.zeros_like(w)

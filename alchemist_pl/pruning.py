@@ -106,7 +106,7 @@ def descending_order(scores: np.ndarray) -> np.ndarray:
     packed <<= np.uint64(32)
     chunk = 1 << 24
     for start in range(0, n, chunk):
-        packed[start:start + chunk] |= np.arange(start, min(start + chunk, n), dtype=np.uint64)
+        packed[start : start + chunk] |= np.arange(start, min(start + chunk, n), dtype=np.uint64)
     packed.sort()
     packed &= np.uint64(0xFFFFFFFF)
     return packed.view(np.int64)
@@ -115,8 +115,9 @@ def descending_order(scores: np.ndarray) -> np.ndarray:
 _descending_order = descending_order
 
 
-def _gaussian_draw(order: np.ndarray, first: int, k: int, mean: float, std: float,
-                   rng: np.random.Generator) -> np.ndarray:
+def _gaussian_draw(
+    order: np.ndarray, first: int, k: int, mean: float, std: float, rng: np.random.Generator
+) -> np.ndarray:
     """k of the samples ranked ``first..N-1``, without replacement, P ∝ exp(-(r - mean)^2 / 2 std^2).
 
     Works in rank space (``r = position / N``), so no per-sample percentile array is built.
@@ -198,10 +199,10 @@ def select(
         if method == "top_k":
             out = order[:k]
         elif method == "bottom_k":
-            out = order[n - k:]
+            out = order[n - k :]
         else:
             first = min(max(int(round(start * n)), 0), n - k)
-            out = order[first:first + k]
+            out = order[first : first + k]
     else:
         first = 0
         if method == "shift_gsample":

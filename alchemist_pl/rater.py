@@ -67,8 +67,11 @@ class GroupMLP(nn.Module):
     def __init__(self, feature_dim: int, hidden_dim: int = 64, batch_head: bool = True):
         super().__init__()
         self.instance_head = nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1))
-        self.batch_head = (nn.Sequential(nn.Linear(2 * feature_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1))
-                           if batch_head else None)
+        self.batch_head = (
+            nn.Sequential(nn.Linear(2 * feature_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1))
+            if batch_head
+            else None
+        )
 
     def instance_logit(self, f: torch.Tensor) -> torch.Tensor:
         return self.instance_head(f).squeeze(-1)

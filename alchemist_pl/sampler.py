@@ -9,7 +9,7 @@ into disjoint, equally long per-rank shards.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

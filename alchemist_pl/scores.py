@@ -44,8 +44,13 @@ def provenance() -> dict:
 
     commit = None
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if out.returncode == 0:
             commit = out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -148,7 +153,9 @@ def read_scores(path) -> tuple[list[str], np.ndarray, dict]:
     bad = ~np.isfinite(scores)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ScoresError(f"{path}: {int(bad.sum())} scores are NaN or infinite (first: sample {ids[i]!r} = {scores[i]})")
+        raise ScoresError(
+            f"{path}: {int(bad.sum())} scores are NaN or infinite (first: sample {ids[i]!r} = {scores[i]})"
+        )
     check_fingerprint(path, metadata, ids, "the file's own rows (edited or truncated?)")
     return ids, scores, metadata
 

@@ -30,6 +30,7 @@ STAGES = ("rate", "score", "prune", "train", "pipeline")
 
 # ---------------------------------------------------------------- helpers
 
+
 def _container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
@@ -74,8 +75,7 @@ def ensure_data(cfg: DictConfig) -> None:
     corruption = cfg.get("corruption")
     if emoji_dir:
         root = Path(emoji_dir).resolve()
-        paths = [cfg.data.val_path, cfg.data.test_path,
-                 corruption.source if corruption else cfg.data.train_path]
+        paths = [cfg.data.val_path, cfg.data.test_path, corruption.source if corruption else cfg.data.train_path]
         if any(Path(p).resolve().is_relative_to(root) for p in paths) and not (root / "manifest.json").exists():
             from .emoji import build_emoji_dataset
 
@@ -84,8 +84,15 @@ def ensure_data(cfg: DictConfig) -> None:
     if corruption:
         from .corruption import build_corrupted_pool
 
-        build_corrupted_pool(corruption.source, corruption.dir, corruption.fraction, corruption.kinds,
-                             corruption.seed, corruption.pool_size, cfg.data.resolution)
+        build_corrupted_pool(
+            corruption.source,
+            corruption.dir,
+            corruption.fraction,
+            corruption.kinds,
+            corruption.seed,
+            corruption.pool_size,
+            cfg.data.resolution,
+        )
 
 
 def make_loggers(cfg: DictConfig) -> list:
@@ -118,8 +125,13 @@ def _callbacks(cfg: DictConfig) -> list:
 def _trainer(cfg: DictConfig, loggers: list, extra_callbacks=(), **overrides):
     from hydra.utils import instantiate
 
-    return instantiate(cfg.trainer, logger=loggers or False, callbacks=_callbacks(cfg) + list(extra_callbacks),
-                       default_root_dir=cfg.paths.output_dir, **overrides)
+    return instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=_callbacks(cfg) + list(extra_callbacks),
+        default_root_dir=cfg.paths.output_dir,
+        **overrides,
+    )
 
 
 def make_evaluation(cfg: DictConfig, test_set, grid_path=None, curve_path=None):
@@ -133,8 +145,12 @@ def make_evaluation(cfg: DictConfig, test_set, grid_path=None, curve_path=None):
     e = cfg.eval
     m = min(int(e.num_images), len(test_set))
     rows = test_set.caption_rows[:m]
-    prompts = {"states": test_set.text.states[rows].float(), "mask": test_set.text.mask[rows],
-               "pooled": test_set.text.pooled[rows].float(), "captions": test_set.captions[:m]}
+    prompts = {
+        "states": test_set.text.states[rows].float(),
+        "mask": test_set.text.mask[rows],
+        "pooled": test_set.text.pooled[rows].float(),
+        "captions": test_set.captions[:m],
+    }
     real = test_set.images.float() / 127.5 - 1.0
     if e.backend == "domain":
         encoder, info = _load_encoder(cfg)
@@ -145,8 +161,14 @@ def make_evaluation(cfg: DictConfig, test_set, grid_path=None, curve_path=None):
         raise ValueError(f"eval.backend must be 'domain' or 'standard', got {e.backend!r}")
     metrics.set_reference(real)
     callback = evaluation.GenerationEvaluation(
-        metrics, prompts, every_n_steps=e.every_n_steps, sample_steps=e.sample_steps,
-        guidance_scale=e.guidance_scale, seed=e.seed, batch_size=e.batch_size, grid_path=grid_path,
+        metrics,
+        prompts,
+        every_n_steps=e.every_n_steps,
+        sample_steps=e.sample_steps,
+        guidance_scale=e.guidance_scale,
+        seed=e.seed,
+        batch_size=e.batch_size,
+        grid_path=grid_path,
         curve_path=curve_path,
     )
     return callback, {**info, "num_images": m, "reference_images": len(test_set)}
@@ -171,6 +193,7 @@ def _data_kwargs(cfg: DictConfig) -> dict:
 
 # ---------------------------------------------------------------- stages
 
+
 def rate(cfg: DictConfig) -> dict:
     """Train the rater jointly with the proxy (bilevel), then score every sample of the pool.
 
@@ -194,9 +217,14 @@ def rate(cfg: DictConfig) -> dict:
     streaming = _check_streaming(cfg)  # before training: a bad setting fails at once
     L.seed_everything(cfg.seed, workers=True)
     dm = RatingDataModule(
-        train_path=cfg.data.train_path, val_path=cfg.data.val_path, batch_size=cfg.rate.batch_size,
-        val_batch_size=cfg.rate.val_batch_size, limit_train=cfg.data.limit_train, limit_val=cfg.data.limit_val,
-        seed=cfg.seed, **_data_kwargs(cfg),
+        train_path=cfg.data.train_path,
+        val_path=cfg.data.val_path,
+        batch_size=cfg.rate.batch_size,
+        val_batch_size=cfg.rate.val_batch_size,
+        limit_train=cfg.data.limit_train,
+        limit_val=cfg.data.limit_val,
+        seed=cfg.seed,
+        **_data_kwargs(cfg),
     )
     model = instantiate(cfg.bilevel)
     loggers = make_loggers(cfg)
@@ -212,17 +240,24 @@ def rate(cfg: DictConfig) -> dict:
             tmp = rater_path.with_name(f".rater.pt.tmp-{os.getpid()}")
             torch.save({"state_dict": model.rater.state_dict(), "config": _container(cfg.rater)}, tmp)
             os.replace(tmp, rater_path)
-        meta = {"stage": "rate", "train_path": str(cfg.data.train_path), "rater_checkpoint": str(rater_path),
-                "config": _container(cfg), **provenance(), "world_size": trainer.world_size,
-                "scoring": "streaming" if streaming else "in_memory"}
+        meta = {
+            "stage": "rate",
+            "train_path": str(cfg.data.train_path),
+            "rater_checkpoint": str(rater_path),
+            "config": _container(cfg),
+            **provenance(),
+            "world_size": trainer.world_size,
+            "scoring": "streaming" if streaming else "in_memory",
+        }
         if streaming:  # every sample of the pool's shards; the report uses the loaded pool's share
             ids, scores = _score_streaming(cfg, model, trainer, out / "score_parts", scores_path, meta)
             position = {s: i for i, s in enumerate(ids)}
             pool_scores = scores[[position[s] for s in dm.pool.sample_ids]]
         else:
             # under DDP each rank scores its shard and all ranks get every score; rank 0 writes
-            scores = pool_scores = score_dataset_distributed(model.rater, dm.pool, cfg.rate.score_batch_size,
-                                                             device=model.device)
+            scores = pool_scores = score_dataset_distributed(
+                model.rater, dm.pool, cfg.rate.score_batch_size, device=model.device
+            )
             if trainer.is_global_zero:
                 write_scores(scores_path, dm.pool.sample_ids, scores, meta)
         score_time = time.time() - t0
@@ -241,10 +276,17 @@ def rate(cfg: DictConfig) -> dict:
             **model.timestep_correlation(pool_scores),  # score_timestep_spearman, samples_seen
         }
         for lg in loggers:
-            lg.log_metrics({f"rate/{k}": v for k, v in metrics.items() if k.startswith("score")}, step=trainer.global_step)
+            lg.log_metrics(
+                {f"rate/{k}": v for k, v in metrics.items() if k.startswith("score")}, step=trainer.global_step
+            )
         log.info("rate: scored %d samples -> %s", len(scores), scores_path)
-        return _summary(cfg, "rate", started, metrics, {"scores": str(scores_path), "rater": str(rater_path),
-                                                        "ranking_grid": str(out / "ranking.png")})
+        return _summary(
+            cfg,
+            "rate",
+            started,
+            metrics,
+            {"scores": str(scores_path), "rater": str(rater_path), "ranking_grid": str(out / "ranking.png")},
+        )
     finally:
         finish_loggers(loggers)
 
@@ -255,9 +297,17 @@ def _load_encoder(cfg: DictConfig, **override):
     from .evaluation import load_domain_encoder
 
     e = OmegaConf.merge(cfg.eval.encoder, override)
-    return load_domain_encoder(e.data_path, cfg.data.resolution, cfg.data.cache_dir, cfg.data.max_tokens,
-                               test_path=cfg.data.test_path, epochs=e.epochs, batch_size=e.batch_size, lr=e.lr,
-                               seed=e.seed)
+    return load_domain_encoder(
+        e.data_path,
+        cfg.data.resolution,
+        cfg.data.cache_dir,
+        cfg.data.max_tokens,
+        test_path=cfg.data.test_path,
+        epochs=e.epochs,
+        batch_size=e.batch_size,
+        lr=e.lr,
+        seed=e.seed,
+    )
 
 
 def score(cfg: DictConfig) -> dict:
@@ -283,8 +333,9 @@ def score(cfg: DictConfig) -> dict:
     name, params = cfg.score.scorer, _container(cfg.score.params) if cfg.score.params else {}
     if name not in (*heuristics.SCORERS, "clip_score"):
         raise ValueError(f"score.scorer must be one of {sorted([*heuristics.SCORERS, 'clip_score'])}, got {name!r}")
-    pool = load_split(cfg.data.train_path, cfg.data.resolution, cfg.data.cache_dir, cfg.data.limit_train,
-                      cfg.data.max_tokens)
+    pool = load_split(
+        cfg.data.train_path, cfg.data.resolution, cfg.data.cache_dir, cfg.data.limit_train, cfg.data.max_tokens
+    )
     extra = {}
     if name == "clip_score":
         from .evaluation import caption_agreement
@@ -296,19 +347,35 @@ def score(cfg: DictConfig) -> dict:
     else:
         scores = heuristics.score_images(pool.images.numpy(), name, **params).astype(np.float32)
     scores_path = write_scores(
-        out / "scores.parquet", pool.sample_ids, scores,
-        {"stage": "score", "scorer": name, "params": params, "train_path": str(cfg.data.train_path),
-         "config": _container(cfg), **provenance(), **extra},
+        out / "scores.parquet",
+        pool.sample_ids,
+        scores,
+        {
+            "stage": "score",
+            "scorer": name,
+            "params": params,
+            "train_path": str(cfg.data.train_path),
+            "config": _container(cfg),
+            **provenance(),
+            **extra,
+        },
     )
     loggers = make_loggers(cfg)
     try:
         quality = _rating_report(cfg, pool, scores, out, loggers)
     finally:
         finish_loggers(loggers)
-    metrics = {**quality, "scorer": name, "samples_rated": len(scores), "score_mean": float(scores.mean()),
-               "score_std": float(scores.std())}
+    metrics = {
+        **quality,
+        "scorer": name,
+        "samples_rated": len(scores),
+        "score_mean": float(scores.mean()),
+        "score_std": float(scores.std()),
+    }
     log.info("score: %s scored %d samples -> %s", name, len(scores), scores_path)
-    return _summary(cfg, "score", started, metrics, {"scores": str(scores_path), "ranking_grid": str(out / "ranking.png")})
+    return _summary(
+        cfg, "score", started, metrics, {"scores": str(scores_path), "ranking_grid": str(out / "ranking.png")}
+    )
 
 
 def _check_streaming(cfg: DictConfig) -> bool:
@@ -326,8 +393,10 @@ def _check_streaming(cfg: DictConfig) -> bool:
 
         path = Path(cfg.data.train_path)
         if path.is_dir() and (path / "metadata.jsonl").is_file():
-            raise ValueError(f"rate.streaming=true scores webdataset *.tar shards, but data.train_path={path} is an "
-                             f"image folder (metadata.jsonl); set rate.streaming=false")
+            raise ValueError(
+                f"rate.streaming=true scores webdataset *.tar shards, but data.train_path={path} is an "
+                f"image folder (metadata.jsonl); set rate.streaming=false"
+            )
         shard_list(path)
     return value
 
@@ -357,10 +426,19 @@ def _score_streaming(cfg: DictConfig, model, trainer, parts_root: Path, scores_p
     parts = parts_root / h.hexdigest()[:16]
     grouped = dist.is_available() and dist.is_initialized()
     shards = shard_list(cfg.data.train_path)
-    score_shards(model.rater, shards, parts, cfg.data.resolution, cfg.data.cache_dir, cfg.data.max_tokens,
-                 batch_size=cfg.rate.score_batch_size, num_workers=int(cfg.rate.get("streaming_workers", 0)),
-                 rank=dist.get_rank() if grouped else 0, world_size=dist.get_world_size() if grouped else 1,
-                 device=model.device)
+    score_shards(
+        model.rater,
+        shards,
+        parts,
+        cfg.data.resolution,
+        cfg.data.cache_dir,
+        cfg.data.max_tokens,
+        batch_size=cfg.rate.score_batch_size,
+        num_workers=int(cfg.rate.get("streaming_workers", 0)),
+        rank=dist.get_rank() if grouped else 0,
+        world_size=dist.get_world_size() if grouped else 1,
+        device=model.device,
+    )
     _barrier(trainer)
     if trainer.is_global_zero:
         merge_parts(shards, parts, scores_path, metadata)
@@ -389,18 +467,33 @@ def _rating_report(cfg: DictConfig, pool, scores: np.ndarray, out: Path, loggers
     gt = _ground_truth(cfg)
     quality = {"rating_quality": analysis.rating_quality(pool.sample_ids, scores, gt, pct)} if gt else {}
     if quality:
-        log.info("%s: AUROC clean vs corrupted %.3f; per kind %s", cfg.stage, quality["rating_quality"]["auroc"],
-                 {k: round(v["auroc"], 3) for k, v in quality["rating_quality"]["per_kind"].items() if v["auroc"] is not None})
+        log.info(
+            "%s: AUROC clean vs corrupted %.3f; per kind %s",
+            cfg.stage,
+            quality["rating_quality"]["auroc"],
+            {
+                k: round(v["auroc"], 3)
+                for k, v in quality["rating_quality"]["per_kind"].items()
+                if v["auroc"] is not None
+            },
+        )
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
             import wandb
 
             cols = ["sample_id", "caption", "score", "percentile"] + (["corruption"] if gt else [])
-            rows = [[sid, cap, float(sc), float(p)] + ([gt[sid]] if gt else [])
-                    for sid, cap, sc, p in zip(pool.sample_ids, pool.captions, scores, pct)]
-            lg.experiment.log({"rate/scores": wandb.Table(columns=cols, data=rows),
-                               "rate/ranking": wandb.Image(str(out / "ranking.png"),
-                                                           caption="rows 1-2 head, 3-4 middle, 5-6 tail")})
+            rows = [
+                [sid, cap, float(sc), float(p)] + ([gt[sid]] if gt else [])
+                for sid, cap, sc, p in zip(pool.sample_ids, pool.captions, scores, pct)
+            ]
+            lg.experiment.log(
+                {
+                    "rate/scores": wandb.Table(columns=cols, data=rows),
+                    "rate/ranking": wandb.Image(
+                        str(out / "ranking.png"), caption="rows 1-2 head, 3-4 middle, 5-6 tail"
+                    ),
+                }
+            )
     return quality
 
 
@@ -438,9 +531,21 @@ def prune(cfg: DictConfig) -> dict:
     subset_path, plot = out / "subset.parquet", out / "percentiles.png"
     if _is_global_zero():
         write_subset(
-            subset_path, [ids[i] for i in idx], scores[idx], pct[idx],
-            {"stage": "prune", "scores_path": str(cfg.scores_path), "method": cfg.method, "keep_ratio": cfg.keep_ratio,
-             "seed": cfg.seed, "params": params, "scores_metadata": meta, "config": _container(cfg), **provenance()},
+            subset_path,
+            [ids[i] for i in idx],
+            scores[idx],
+            pct[idx],
+            {
+                "stage": "prune",
+                "scores_path": str(cfg.scores_path),
+                "method": cfg.method,
+                "keep_ratio": cfg.keep_ratio,
+                "seed": cfg.seed,
+                "params": params,
+                "scores_metadata": meta,
+                "config": _container(cfg),
+                **provenance(),
+            },
         )
         plot_percentiles(pct[idx], plot, f"{cfg.method}, keep_ratio={cfg.keep_ratio}")
     hist, edges = np.histogram(pct[idx], bins=10, range=(0.0, 1.0))
@@ -458,8 +563,13 @@ def prune(cfg: DictConfig) -> dict:
     loggers = make_loggers(cfg)
     try:
         for lg in loggers:
-            lg.log_metrics({"prune/subset_size": metrics["subset_size"],
-                            "prune/selected_percentile_mean": metrics["selected_percentile_mean"]}, step=0)
+            lg.log_metrics(
+                {
+                    "prune/subset_size": metrics["subset_size"],
+                    "prune/selected_percentile_mean": metrics["selected_percentile_mean"],
+                },
+                step=0,
+            )
             if hasattr(lg, "log_image"):
                 lg.log_image("prune/percentiles", [str(plot)], step=0)
     finally:
@@ -507,27 +617,43 @@ def train(cfg: DictConfig) -> dict:
             cfg.keep_ratio = meta.get("keep_ratio", cfg.keep_ratio)
     L.seed_everything(cfg.seed, workers=True)
     dm = TrainingDataModule(
-        train_path=cfg.data.train_path, test_path=cfg.data.test_path, subset_path=cfg.subset_path,
-        scores_path=cfg.scores_path, keep_ratio=cfg.keep_ratio, method=cfg.method,
-        pruning_params=_container(cfg.pruning), seed=cfg.seed, limit_train=cfg.data.limit_train,
-        limit_test=cfg.data.limit_test, batch_size=cfg.train.batch_size, **_data_kwargs(cfg),
+        train_path=cfg.data.train_path,
+        test_path=cfg.data.test_path,
+        subset_path=cfg.subset_path,
+        scores_path=cfg.scores_path,
+        keep_ratio=cfg.keep_ratio,
+        method=cfg.method,
+        pruning_params=_container(cfg.pruning),
+        seed=cfg.seed,
+        limit_train=cfg.data.limit_train,
+        limit_test=cfg.data.limit_test,
+        batch_size=cfg.train.batch_size,
+        **_data_kwargs(cfg),
     )
     dm.setup("fit")
     subset_size = int(len(dm.sampler.subset))
     out = Path(cfg.paths.output_dir)
     extra, eval_info = [], None
     if cfg.get("eval") and cfg.eval.enabled:
-        evaluator, eval_info = make_evaluation(cfg, dm.test_set, grid_path=out / "eval_samples.png",
-                                               curve_path=out / "eval_curve.json")
+        evaluator, eval_info = make_evaluation(
+            cfg, dm.test_set, grid_path=out / "eval_samples.png", curve_path=out / "eval_curve.json"
+        )
         extra.append(evaluator)
     model = instantiate(cfg.model)
     loggers = make_loggers(cfg)
     try:
-        trainer = _trainer(cfg, loggers, extra, max_steps=int(cfg.train.max_steps), max_epochs=-1,
-                           gradient_clip_val=cfg.train.gradient_clip_val)
+        trainer = _trainer(
+            cfg,
+            loggers,
+            extra,
+            max_steps=int(cfg.train.max_steps),
+            max_epochs=-1,
+            gradient_clip_val=cfg.train.gradient_clip_val,
+        )
         if cfg.train.get("epochs"):  # equal epochs: steps scale with the subset size; each step takes W batches
-            trainer.fit_loop.epoch_loop.max_steps = max(1, math.ceil(
-                float(cfg.train.epochs) * subset_size / (cfg.train.batch_size * trainer.world_size)))
+            trainer.fit_loop.epoch_loop.max_steps = max(
+                1, math.ceil(float(cfg.train.epochs) * subset_size / (cfg.train.batch_size * trainer.world_size))
+            )
         trainer.fit(model, datamodule=dm, ckpt_path=_resume_from(cfg))
         train_time = time.time() - started
         train_loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
@@ -548,9 +674,20 @@ def train(cfg: DictConfig) -> dict:
             from .scores import provenance, write_subset
 
             sub = np.asarray(dm.sampler.subset)
-            write_subset(out / "subset.parquet", [ids[i] for i in sub], dm.scores[sub], dm.sampler.subset_percentile,
-                         {"stage": "train", "scores_path": str(cfg.scores_path), "method": cfg.method,
-                          "keep_ratio": cfg.keep_ratio, "seed": cfg.seed, **provenance()})
+            write_subset(
+                out / "subset.parquet",
+                [ids[i] for i in sub],
+                dm.scores[sub],
+                dm.sampler.subset_percentile,
+                {
+                    "stage": "train",
+                    "scores_path": str(cfg.scores_path),
+                    "method": cfg.method,
+                    "keep_ratio": cfg.keep_ratio,
+                    "seed": cfg.seed,
+                    **provenance(),
+                },
+            )
         gt = _ground_truth(cfg)
         if gt:
             from .analysis import subset_quality
@@ -564,8 +701,14 @@ def train(cfg: DictConfig) -> dict:
             metrics["evaluator"] = eval_info
             outputs["eval_samples"] = str(out / "eval_samples.png")
             outputs["eval_curve"] = str(out / "eval_curve.json")
-        log.info("train: %s on %d of %d samples, test loss %.4f -> %s", cfg.method, metrics["train_samples"],
-                 metrics["pool_size"], metrics.get("test/loss", float("nan")), cfg.paths.output_dir)
+        log.info(
+            "train: %s on %d of %d samples, test loss %.4f -> %s",
+            cfg.method,
+            metrics["train_samples"],
+            metrics["pool_size"],
+            metrics.get("test/loss", float("nan")),
+            cfg.paths.output_dir,
+        )
         summary = _summary(cfg, "train", started, metrics, outputs)
         _barrier(trainer)  # under DDP the next stage or process may read what rank 0 wrote
         return summary
@@ -600,9 +743,15 @@ def pipeline(cfg: DictConfig) -> dict:
             sub = _substage(cfg, "train", f"train-{name}", method=name, scores_path=scores_path)
         results[f"train-{name}"] = train(sub)
     rows = [
-        {"run": k[len("train-"):], "samples": v["metrics"]["train_samples"], "test_loss": v["metrics"]["test/loss"],
-         "domain_fid": v["metrics"].get("eval/domain_fid"), "train_time_s": v["metrics"]["train_time_s"]}
-        for k, v in results.items() if k.startswith("train-")
+        {
+            "run": k[len("train-") :],
+            "samples": v["metrics"]["train_samples"],
+            "test_loss": v["metrics"]["test/loss"],
+            "domain_fid": v["metrics"].get("eval/domain_fid"),
+            "train_time_s": v["metrics"]["train_time_s"],
+        }
+        for k, v in results.items()
+        if k.startswith("train-")
     ]
     if _is_global_zero():
         print_comparison(rows, cfg)

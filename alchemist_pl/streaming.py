@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ class ShardBatches(IterableDataset):
 
     def _mine(self) -> list[Path]:
         info = get_worker_info()
-        return self.shards if info is None else self.shards[info.id::info.num_workers]
+        return self.shards if info is None else self.shards[info.id :: info.num_workers]
 
     def __iter__(self) -> Iterator[dict]:
         for shard in self._mine():
@@ -89,8 +89,14 @@ class ShardBatches(IterableDataset):
     def _batch(self, shard, ids, captions, images, done, seen) -> dict:
         r = self.resolution
         image = torch.from_numpy(np.stack(images)) if images else torch.zeros(0, 3, r, r, dtype=torch.uint8)
-        return {"shard": shard.name, "sample_id": ids, "caption": captions, "image": image,
-                "shard_done": done, "shard_size": seen}
+        return {
+            "shard": shard.name,
+            "sample_id": ids,
+            "caption": captions,
+            "image": image,
+            "shard_done": done,
+            "shard_size": seen,
+        }
 
 
 class PooledCaptions:
@@ -125,9 +131,19 @@ def part_path(parts_dir: str | os.PathLike, shard_name: str) -> Path:
 
 
 @torch.no_grad()
-def score_shards(rater, shards, parts_dir, resolution: int, cache_dir=None, max_tokens: int = 16,
-                 batch_size: int = 256, num_workers: int = 0, rank: int = 0, world_size: int = 1,
-                 device="cpu") -> list[Path]:
+def score_shards(
+    rater,
+    shards,
+    parts_dir,
+    resolution: int,
+    cache_dir=None,
+    max_tokens: int = 16,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    device="cpu",
+) -> list[Path]:
     """Score every sample of ``shards`` into one Parquet part per shard, skipping finished shards.
 
     Args:
@@ -154,8 +170,9 @@ def score_shards(rater, shards, parts_dir, resolution: int, cache_dir=None, max_
     todo = [s for s in mine if not part_path(parts_dir, s.name).exists()]
     if len(todo) < len(mine):
         log.info("streaming scores: %d of %d shards already done in %s", len(mine) - len(todo), len(mine), parts_dir)
-    loader = torch.utils.data.DataLoader(ShardBatches(todo, resolution, batch_size), batch_size=None,
-                                         num_workers=num_workers, persistent_workers=False)
+    loader = torch.utils.data.DataLoader(
+        ShardBatches(todo, resolution, batch_size), batch_size=None, num_workers=num_workers, persistent_workers=False
+    )
     captions = PooledCaptions(cache_dir, max_tokens)
     was_training = rater.training
     rater.eval()
@@ -171,9 +188,13 @@ def score_shards(rater, shards, parts_dir, resolution: int, cache_dir=None, max_
         if batch["shard_done"]:
             del pending[batch["shard"]]
             values = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-            written.append(_write(part_path(parts_dir, batch["shard"]),
-                                  {"sample_id": pa.array(ids, pa.string()), "score": values},
-                                  {"shard": batch["shard"], "samples": len(ids)}))
+            written.append(
+                _write(
+                    part_path(parts_dir, batch["shard"]),
+                    {"sample_id": pa.array(ids, pa.string()), "score": values},
+                    {"shard": batch["shard"], "samples": len(ids)},
+                )
+            )
     rater.train(was_training)
     return written
 

@@ -28,15 +28,15 @@ from .diffusion import image_grid, per_sample_loss, sample_images
 
 class TextToImageModule(LightningModule):
     """Args:
-        unet: diffusers ``UNet2DConditionModel``.
-        noise_scheduler: diffusers ``DDPMScheduler`` (training noise).
-        sampling_scheduler: diffusers scheduler for generation (e.g. ``DDIMScheduler``).
-        optimizer: partial optimizer constructor.
-        caption_dropout: probability of training a sample with the empty caption (for CFG).
-        eval_timesteps: timesteps of the test loss.
-        eval_seed: seed of the test noise and of the sample grid.
-        num_samples, sample_steps, guidance_scale: the sample grid.
-        max_tokens, text_dim: shape of the caption states [T, D].
+    unet: diffusers ``UNet2DConditionModel``.
+    noise_scheduler: diffusers ``DDPMScheduler`` (training noise).
+    sampling_scheduler: diffusers scheduler for generation (e.g. ``DDIMScheduler``).
+    optimizer: partial optimizer constructor.
+    caption_dropout: probability of training a sample with the empty caption (for CFG).
+    eval_timesteps: timesteps of the test loss.
+    eval_seed: seed of the test noise and of the sample grid.
+    num_samples, sample_steps, guidance_scale: the sample grid.
+    max_tokens, text_dim: shape of the caption states [T, D].
     """
 
     def __init__(
@@ -102,7 +102,9 @@ class TextToImageModule(LightningModule):
         noise = self._eval_noise(batch["index"], images.shape[1:])
         for j, t in enumerate(self.hparams.eval_timesteps):
             tt = torch.full((b,), int(t), device=self.device, dtype=torch.long)
-            loss = per_sample_loss(self.unet, self.noise_scheduler, images, batch["states"], batch["mask"], tt, noise[j])
+            loss = per_sample_loss(
+                self.unet, self.noise_scheduler, images, batch["states"], batch["mask"], tt, noise[j]
+            )
             self._test_sums[j] += loss.detach().double().sum().cpu()
         self._test_count += b
         if self._sample_batch is None:
@@ -128,9 +130,11 @@ class TextToImageModule(LightningModule):
         if test_set is None:
             return first_batch
         items = [test_set[i] for i in range(min(self.hparams.num_samples, len(test_set)))]
-        return {"states": torch.stack([it["states"] for it in items]).to(self.device),
-                "mask": torch.stack([it["mask"] for it in items]).to(self.device),
-                "index": torch.tensor([it["index"] for it in items])}
+        return {
+            "states": torch.stack([it["states"] for it in items]).to(self.device),
+            "mask": torch.stack([it["mask"] for it in items]).to(self.device),
+            "index": torch.tensor([it["index"] for it in items]),
+        }
 
     def _save_samples(self, first_batch) -> None:
         sb = self._sample_conditioning(first_batch)
@@ -139,9 +143,16 @@ class TextToImageModule(LightningModule):
         g = torch.Generator().manual_seed(self.hparams.eval_seed)
         cfg = self.unet.config
         images = sample_images(
-            self.unet, self.sampling_scheduler, sb["states"], sb["mask"], self.null_states, self.null_mask,
-            (cfg.in_channels, cfg.sample_size, cfg.sample_size), self.hparams.sample_steps,
-            self.hparams.guidance_scale, generator=g,
+            self.unet,
+            self.sampling_scheduler,
+            sb["states"],
+            sb["mask"],
+            self.null_states,
+            self.null_mask,
+            (cfg.in_channels, cfg.sample_size, cfg.sample_size),
+            self.hparams.sample_steps,
+            self.hparams.guidance_scale,
+            generator=g,
         )
         grid = image_grid(images)
         out = Path(self.trainer.default_root_dir)

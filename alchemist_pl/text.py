@@ -81,8 +81,12 @@ def embed_captions(captions: list[str], cache_dir: str | os.PathLike | None, max
     rewritten atomically (temporary file, then rename). ``cache_dir=None`` disables caching.
     """
     uniq = list(dict.fromkeys(captions))
-    cached = CaptionEmbeddings([], torch.zeros(0, max_tokens, EMBED_DIM, dtype=torch.half),
-                               torch.zeros(0, max_tokens, dtype=torch.bool), torch.zeros(0, EMBED_DIM))
+    cached = CaptionEmbeddings(
+        [],
+        torch.zeros(0, max_tokens, EMBED_DIM, dtype=torch.half),
+        torch.zeros(0, max_tokens, dtype=torch.bool),
+        torch.zeros(0, EMBED_DIM),
+    )
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"captions-{MODEL_NAME}-T{max_tokens}.pt"

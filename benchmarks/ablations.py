@@ -38,9 +38,14 @@ VARIANTS = {
     "alchemist": ("default: Group MLP, first-order, shared t in [0, 600) per batch", []),
     "instance_only": ("Group MLP without its batch head (b = 1)", ["rater=instance_only"]),
     "all_timesteps": ("without the timestep restriction: t in [0, 1000)", ["bilevel.rater_timesteps=[0,1000]"]),
-    "stratified_min_snr": ("stratified t in [0, 600) + shared noise + min-SNR weighting",
-                           ["bilevel.rater_timestep_sampling=stratified", "bilevel.rater_noise=shared",
-                            "bilevel.rater_loss_weighting=min_snr"]),
+    "stratified_min_snr": (
+        "stratified t in [0, 600) + shared noise + min-SNR weighting",
+        [
+            "bilevel.rater_timestep_sampling=stratified",
+            "bilevel.rater_noise=shared",
+            "bilevel.rater_loss_weighting=min_snr",
+        ],
+    ),
     "caption_gap": ("with the caption-aware signal, λ = 1", ["bilevel.caption_gap_weight=1.0"]),
     "exact": ("exact one-step meta-gradient (JVP)", ["bilevel=exact"]),
 }
@@ -63,10 +68,20 @@ def _job(out: Path, kind: str, name: str, seed: int | None) -> tuple[Path, list[
         return out / "score" / name, ["stage=score", f"score.scorer={name}"]
     d = out / "train" / name / f"seed{seed}"
     if name in VARIANTS:
-        return d, ["stage=train", "method=shift_gsample", "keep_ratio=0.5", f"seed={seed}",
-                   f"scores_path={out}/rate/{name}/seed{seed}/scores.parquet"]
-    return d, ["stage=train", "method=top_k", "keep_ratio=0.5", f"seed={seed}",
-               f"scores_path={out}/score/{name}/scores.parquet"]
+        return d, [
+            "stage=train",
+            "method=shift_gsample",
+            "keep_ratio=0.5",
+            f"seed={seed}",
+            f"scores_path={out}/rate/{name}/seed{seed}/scores.parquet",
+        ]
+    return d, [
+        "stage=train",
+        "method=top_k",
+        "keep_ratio=0.5",
+        f"seed={seed}",
+        f"scores_path={out}/score/{name}/scores.parquet",
+    ]
 
 
 def run_all(out: Path, seeds: list[int], overrides: list[str], variants, scorers, jobs: int = 2) -> dict:
@@ -79,7 +94,8 @@ def run_all(out: Path, seeds: list[int], overrides: list[str], variants, scorers
     cheap = [v for v in variants if v != "exact"]  # the exact estimator costs most: its ratings go later
     phases = [
         [("rate", v, s) for v in cheap for s in seeds] + [("score", sc, None) for sc in scorers],
-        [("train", v, s) for v in cheap for s in seeds] + [("train", sc, s) for sc in scorers[:1] for s in seeds]
+        [("train", v, s) for v in cheap for s in seeds]
+        + [("train", sc, s) for sc in scorers[:1] for s in seeds]
         + [("rate", "exact", s) for s in seeds if "exact" in variants],
         [("train", "exact", s) for s in seeds if "exact" in variants]
         + [("train", sc, s) for sc in scorers[1:] for s in seeds],
@@ -147,46 +163,65 @@ def report(out: Path, seeds: list[int], variants, scorers) -> str:
         if gt:
             method = "shift_gsample" if is_rater else "top_k"
             for s, d, _ in summ:
-                for seed in ([s] if is_rater else seeds):
+                for seed in [s] if is_rater else seeds:
                     share.append(_subset_share(d / "scores.parquet", method, seed, gt))
         delta_auroc, delta_share = [], []
         if is_rater and name != "alchemist":  # paired by seed with the default rater
             for s, _, x in summ:
                 b = _load(out / "rate" / "alchemist" / f"seed{s}")
                 if b:
-                    delta_auroc.append(x["metrics"]["rating_quality"]["auroc"] - b["metrics"]["rating_quality"]["auroc"])
+                    delta_auroc.append(
+                        x["metrics"]["rating_quality"]["auroc"] - b["metrics"]["rating_quality"]["auroc"]
+                    )
             if gt and base_share:
                 delta_share = [v - base_share[s] for (s, _, _), v in zip(summ, share) if s in base_share]
         if name == "alchemist":
             base_share = {s: v for (s, _, _), v in zip(summ, share)}
-        rows.append({
-            "name": name, "n": len(summ), "d_auroc": _ms(delta_auroc) if delta_auroc else "–",
-            "d_share": _ms(delta_share) if delta_share else "–",
-            "auroc": _ms([r.get("auroc") for r in q]),
-            **{k: _ms([r.get("per_kind", {}).get(k, {}).get("auroc") for r in q], 2) for k in KINDS},
-            "share": _ms(share),
-            "rho": _ms([x["metrics"].get("score_timestep_spearman") for _, _, x in summ]) if is_rater else "n/a",
-            "time": _ms([x["wall_time_s"] for _, _, x in summ], 0),
-        })
-    lines = ["## Rating quality on the corrupted pool", "",
-             "AUROC: clean (higher score) vs corrupted; 0.5 = no signal, below 0.5 = corrupted samples score "
-             "*higher* (Shift-Gsample's head discard then drops them). Subset share: corrupted share of the "
-             "50% subset the method draws (raters: Shift-Gsample; scorers: top-k), pool 0.300. "
-             "Δ: this variant minus the default rater, paired by seed, mean ± std. "
-             "ρ: Spearman of final scores vs the mean timestep each sample saw. Raters: mean ± std over seeds; "
-             "scorers are deterministic (one score file; the subset share is per seed of top-k = one value).", "",
-             "| scorer | n | AUROC | Δ AUROC | " + " | ".join(KINDS)
-             + " | subset corrupted share | Δ share | ρ(score, t) | wall s |",
-             "|---|---|---|---|" + "---|" * len(KINDS) + "---|---|---|---|"]
+        rows.append(
+            {
+                "name": name,
+                "n": len(summ),
+                "d_auroc": _ms(delta_auroc) if delta_auroc else "–",
+                "d_share": _ms(delta_share) if delta_share else "–",
+                "auroc": _ms([r.get("auroc") for r in q]),
+                **{k: _ms([r.get("per_kind", {}).get(k, {}).get("auroc") for r in q], 2) for k in KINDS},
+                "share": _ms(share),
+                "rho": _ms([x["metrics"].get("score_timestep_spearman") for _, _, x in summ]) if is_rater else "n/a",
+                "time": _ms([x["wall_time_s"] for _, _, x in summ], 0),
+            }
+        )
+    lines = [
+        "## Rating quality on the corrupted pool",
+        "",
+        "AUROC: clean (higher score) vs corrupted; 0.5 = no signal, below 0.5 = corrupted samples score "
+        "*higher* (Shift-Gsample's head discard then drops them). Subset share: corrupted share of the "
+        "50% subset the method draws (raters: Shift-Gsample; scorers: top-k), pool 0.300. "
+        "Δ: this variant minus the default rater, paired by seed, mean ± std. "
+        "ρ: Spearman of final scores vs the mean timestep each sample saw. Raters: mean ± std over seeds; "
+        "scorers are deterministic (one score file; the subset share is per seed of top-k = one value).",
+        "",
+        "| scorer | n | AUROC | Δ AUROC | "
+        + " | ".join(KINDS)
+        + " | subset corrupted share | Δ share | ρ(score, t) | wall s |",
+        "|---|---|---|---|" + "---|" * len(KINDS) + "---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['n']} | {r['auroc']} | {r['d_auroc']} | " + " | ".join(r[k] for k in KINDS)
-                     + f" | {r['share']} | {r['d_share']} | {r['rho']} | {r['time']} |")
+        lines.append(
+            f"| {r['name']} | {r['n']} | {r['auroc']} | {r['d_auroc']} | "
+            + " | ".join(r[k] for k in KINDS)
+            + f" | {r['share']} | {r['d_share']} | {r['rho']} | {r['time']} |"
+        )
 
     base = {s: _load(out / "train" / "alchemist" / f"seed{s}") for s in seeds}
-    lines += ["", "## Downstream: domain metrics after 2 epochs on the 50% subset", "",
-              "Δ FID: paired by seed (same training seed), this row minus the default rater; negative = better.", "",
-              "| data | n | domain FID | Δ FID vs alchemist | domain KID | domain CLIP | subset corrupted share |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Downstream: domain metrics after 2 epochs on the 50% subset",
+        "",
+        "Δ FID: paired by seed (same training seed), this row minus the default rater; negative = better.",
+        "",
+        "| data | n | domain FID | Δ FID vs alchemist | domain KID | domain CLIP | subset corrupted share |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in [*variants, *scorers]:
         summ = {s: _load(out / "train" / name / f"seed{s}") for s in seeds}
         summ = {s: x for s, x in summ.items() if x}
@@ -194,17 +229,24 @@ def report(out: Path, seeds: list[int], variants, scorers) -> str:
             continue
         m = {s: x["metrics"] for s, x in summ.items()}
         fid = [v.get("eval/domain_fid") for v in m.values()]
-        delta = [m[s]["eval/domain_fid"] - base[s]["metrics"]["eval/domain_fid"] for s in m
-                 if base.get(s) and name != "alchemist"]
+        delta = [
+            m[s]["eval/domain_fid"] - base[s]["metrics"]["eval/domain_fid"]
+            for s in m
+            if base.get(s) and name != "alchemist"
+        ]
         label = f"{name} ({'Shift-Gsample' if name in variants else 'top-k'} 50%)"
-        lines.append(f"| {label} | {len(m)} | {_ms(fid, 2)} | {_ms(delta, 2) if delta else '–'} | "
-                     f"{_ms([v.get('eval/domain_kid') for v in m.values()])} | "
-                     f"{_ms([v.get('eval/domain_clip') for v in m.values()], 2)} | "
-                     f"{_ms([v.get('subset_quality', {}).get('subset_corrupted_share') for v in m.values()])} |")
-    lines += ["", "## Variants", ""] + [f"- `{k}`: {v[0]}; overrides `{' '.join(v[1]) or '(none)'}`"
-                                         for k, v in VARIANTS.items() if k in variants]
-    lines += [f"- `{k}`: {v}; `stage=score score.scorer={k}`, then `method=top_k`" for k, v in SCORERS.items()
-              if k in scorers]
+        lines.append(
+            f"| {label} | {len(m)} | {_ms(fid, 2)} | {_ms(delta, 2) if delta else '–'} | "
+            f"{_ms([v.get('eval/domain_kid') for v in m.values()])} | "
+            f"{_ms([v.get('eval/domain_clip') for v in m.values()], 2)} | "
+            f"{_ms([v.get('subset_quality', {}).get('subset_corrupted_share') for v in m.values()])} |"
+        )
+    lines += ["", "## Variants", ""] + [
+        f"- `{k}`: {v[0]}; overrides `{' '.join(v[1]) or '(none)'}`" for k, v in VARIANTS.items() if k in variants
+    ]
+    lines += [
+        f"- `{k}`: {v}; `stage=score score.scorer={k}`, then `method=top_k`" for k, v in SCORERS.items() if k in scorers
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -232,22 +274,26 @@ def main() -> None:
     times_path = out / "times.json"
     old = json.loads(times_path.read_text()) if times_path.exists() else {}
     times_path.write_text(json.dumps({**old, **times}, indent=2))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     body = report(out, seeds, variants, scorers)
     all_times = {**old, **times}
     header = [
-        "# Ablations: rater variants and baseline scorers", "",
+        "# Ablations: rater variants and baseline scorers",
+        "",
         f"Command: `python benchmarks/ablations.py {' '.join(sys.argv[1:])}`  ",
         f"Commit: {commit or 'unknown'}  ",
         f"Machine: {_machine()}  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
-        "Wall time of the runs (all invocations): " + (", ".join(f"{k} {v / 60:.1f} min" for k, v in all_times.items())
-                                                       or "none this invocation")
-        + f"; this invocation {(time.time() - started) / 60:.1f} min", "",
+        "Wall time of the runs (all invocations): "
+        + (", ".join(f"{k} {v / 60:.1f} min" for k, v in all_times.items()) or "none this invocation")
+        + f"; this invocation {(time.time() - started) / 60:.1f} min",
+        "",
         "Setup: conf/experiment/efficiency.yaml (4,000-sample emoji pool, 30% planted noise, rater 6 epochs over "
         "D_val, downstream UNet 0.45M params, 2 epochs over the 50% subset, domain metrics on 128 fixed test "
-        "prompts), CSV logger.", "",
+        "prompts), CSV logger.",
+        "",
     ]
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)

@@ -43,8 +43,10 @@ def _machine() -> str:
     import torch
 
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {dev}, " \
-           f"torch {torch.__version__}, Python {platform.python_version()}"
+    return (
+        f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {dev}, "
+        f"torch {torch.__version__}, Python {platform.python_version()}"
+    )
 
 
 def main() -> None:
@@ -61,37 +63,64 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     py = [sys.executable, "train.py", "-m", "+experiment=efficiency", *args.overrides]
     times = {}
-    times["rate"] = _run(py + ["stage=rate", f"seed={args.seeds}", f"hydra.sweep.dir={out}/rate",
-                               "hydra.sweep.subdir=seed${seed}"], out / "rate.log")
-    times["train (full)"] = _run(py + [
-        "stage=train", "method=full", "keep_ratio=1.0", f"seed={args.seeds}", f"hydra.sweep.dir={out}/full",
-        "hydra.sweep.subdir=full-seed${seed}"], out / "full.log")
-    times["train (subsets)"] = _run(py + [
-        "stage=train", f"method={args.methods}", f"keep_ratio={args.keep_ratios}", f"seed={args.seeds}",
-        f"scores_path={out}/rate/seed${{seed}}/scores.parquet", f"hydra.sweep.dir={out}/train",
-        "hydra.sweep.subdir=${method}-${keep_ratio}-seed${seed}"], out / "train.log")
+    times["rate"] = _run(
+        py + ["stage=rate", f"seed={args.seeds}", f"hydra.sweep.dir={out}/rate", "hydra.sweep.subdir=seed${seed}"],
+        out / "rate.log",
+    )
+    times["train (full)"] = _run(
+        py
+        + [
+            "stage=train",
+            "method=full",
+            "keep_ratio=1.0",
+            f"seed={args.seeds}",
+            f"hydra.sweep.dir={out}/full",
+            "hydra.sweep.subdir=full-seed${seed}",
+        ],
+        out / "full.log",
+    )
+    times["train (subsets)"] = _run(
+        py
+        + [
+            "stage=train",
+            f"method={args.methods}",
+            f"keep_ratio={args.keep_ratios}",
+            f"seed={args.seeds}",
+            f"scores_path={out}/rate/seed${{seed}}/scores.parquet",
+            f"hydra.sweep.dir={out}/train",
+            "hydra.sweep.subdir=${method}-${keep_ratio}-seed${seed}",
+        ],
+        out / "train.log",
+    )
 
     sys.path.insert(0, str(ROOT))
     from alchemist_pl.compare import report
 
     results = Path(args.results)
     path = report([out], results)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     header = [
-        "# Data-efficiency benchmark", "",
+        "# Data-efficiency benchmark",
+        "",
         f"Command: `python benchmarks/data_efficiency.py {' '.join(sys.argv[1:])}`  ",
         f"Commit: {commit or 'unknown'}{' (with uncommitted changes)' if dirty else ''}  ",
         f"Machine: {_machine()}  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
-        "Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
-        + f", total {sum(times.values()) / 60:.1f} min", "",
+        "Wall time: "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
+        + f", total {sum(times.values()) / 60:.1f} min",
+        "",
         "Setup unless the overrides above change it (conf/experiment/efficiency.yaml): 4,000-sample emoji pool, "
         "30% planted noise (5% each: caption swap, blur, heavy noise, blank, collage, near-duplicate), clean "
         "D_val 1,183 and test 1,128; downstream UNet (16,32,32) 0.45M params at 32 px, 2 epochs over each "
         "subset (batch 32); rater: 6 epochs over D_val; domain metrics every 50 steps on 128 fixed test "
-        "prompts (reference: all 1,128 test images), 10 DDIM steps, CFG 3.", "",
+        "prompts (reference: all 1,128 test images), 10 DDIM steps, CFG 3.",
+        "",
     ]
     path.write_text("\n".join(header) + path.read_text().split("\n", 1)[1])
     (results / "times.json").write_text(json.dumps(times, indent=2))

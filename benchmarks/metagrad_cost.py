@@ -153,10 +153,15 @@ def worker(method: str, batch: int, steps: int, device: str, threads: int) -> di
             fn()
             sync()
             out.append(time.perf_counter() - t0)
-    return {"method": method, "batch": batch, "seconds": statistics.median(times),
-            "plain_seconds": statistics.median(plain_times),
-            "ratio": statistics.median(t / q for t, q in zip(times, plain_times)),
-            "extra_mb": (peak - base) / 2**20, "params": sum(p.numel() for p in proxy.parameters())}
+    return {
+        "method": method,
+        "batch": batch,
+        "seconds": statistics.median(times),
+        "plain_seconds": statistics.median(plain_times),
+        "ratio": statistics.median(t / q for t, q in zip(times, plain_times)),
+        "extra_mb": (peak - base) / 2**20,
+        "params": sum(p.numel() for p in proxy.parameters()),
+    }
 
 
 def sweep(a) -> list[dict]:
@@ -166,8 +171,21 @@ def sweep(a) -> list[dict]:
     for r in range(a.repeats):
         for batch in a.batches:
             for method in METHODS:
-                cmd = [sys.executable, __file__, "--out", str(a.out), "--worker", method, str(batch), "--steps",
-                       str(a.steps), "--threads", str(a.threads), "--device", a.device]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--out",
+                    str(a.out),
+                    "--worker",
+                    method,
+                    str(batch),
+                    "--steps",
+                    str(a.steps),
+                    "--threads",
+                    str(a.threads),
+                    "--device",
+                    a.device,
+                ]
                 res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
                 if res.returncode:
                     raise SystemExit(f"worker {method} B={batch} failed:\n{res.stderr[-3000:]}")
@@ -182,8 +200,9 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="*", default=[16, 32, 64])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads per worker (1: steadier on a shared machine)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads per worker (1: steadier on a shared machine)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--report-from", type=Path, help="write the table from the printed rows of an earlier sweep")
     p.add_argument("--worker", nargs=2, metavar=("METHOD", "BATCH"), help=argparse.SUPPRESS)
@@ -196,8 +215,11 @@ def main() -> None:
     if a.report_from:  # rows printed by an earlier (possibly interrupted) sweep: "repeat R {row}" per line
         import ast
 
-        rows = [ast.literal_eval(line.split(" ", 2)[2]) for line in a.report_from.read_text().splitlines()
-                if line.startswith("repeat ")]
+        rows = [
+            ast.literal_eval(line.split(" ", 2)[2])
+            for line in a.report_from.read_text().splitlines()
+            if line.startswith("repeat ")
+        ]
     else:
         rows = sweep(a)
     runs: dict[tuple[str, int], list[dict]] = {}
@@ -206,14 +228,25 @@ def main() -> None:
     batches = [b for b in a.batches if all((m, b) in runs for m in METHODS)]
     done = {b: min(len(runs[(m, b)]) for m in METHODS) for b in batches}  # complete repeats per B
     repeats = min(done.values())
-    med = {(m, b): {f: statistics.median(x[f] for x in runs[(m, b)][:done[b]])
-                    for f in ("seconds", "plain_seconds", "ratio", "extra_mb")} for m in METHODS for b in batches}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
+    med = {
+        (m, b): {
+            f: statistics.median(x[f] for x in runs[(m, b)][: done[b]])
+            for f in ("seconds", "plain_seconds", "ratio", "extra_mb")
+        }
+        for m in METHODS
+        for b in batches
+    }
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     params = rows[0]["params"]
-    cmd = (f"python benchmarks/metagrad_cost.py --out {a.out} --batches {' '.join(map(str, a.batches))} "
-           f"--repeats {a.repeats} --steps {a.steps} --threads {a.threads} --device {a.device}")
+    cmd = (
+        f"python benchmarks/metagrad_cost.py --out {a.out} --batches {' '.join(map(str, a.batches))} "
+        f"--repeats {a.repeats} --steps {a.steps} --threads {a.threads} --device {a.device}"
+    )
     if a.report_from:
         cmd += f" > LOG`, interrupted after {repeats}+ complete repeat(s), then the same with `--report-from LOG"
     if a.device == "cuda":
@@ -222,8 +255,10 @@ def main() -> None:
         machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
         mem = "peak CUDA allocation over the allocation before the step (MB)"
     else:
-        machine = (f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs while it ran "
-                   f"(timings are noisy), {a.threads} torch thread(s), Python {platform.python_version()}")
+        machine = (
+            f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs while it ran "
+            f"(timings are noisy), {a.threads} torch thread(s), Python {platform.python_version()}"
+        )
         mem = "peak RSS rise during the step (MB)"
     lines = [
         "# Cost of a rater step per meta-gradient estimator",
@@ -243,8 +278,10 @@ def main() -> None:
         m0 = med[("plain", batch)]["extra_mb"]
         for method in METHODS:
             r = med[(method, batch)]
-            lines.append(f"| {batch} | {method} | {r['seconds']:.3f} | {r['plain_seconds']:.3f} | {r['ratio']:.2f} | "
-                         f"{r['extra_mb']:.0f} | {r['extra_mb'] / m0:.2f} |")
+            lines.append(
+                f"| {batch} | {method} | {r['seconds']:.3f} | {r['plain_seconds']:.3f} | {r['ratio']:.2f} | "
+                f"{r['extra_mb']:.0f} | {r['extra_mb'] / m0:.2f} |"
+            )
     lines.append("")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(lines))

@@ -36,8 +36,10 @@ def _machine() -> str:
     import torch
 
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    return (
+        f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
 
 
 def _commit() -> str:
@@ -95,7 +97,9 @@ def main() -> None:
         run_dir, command = args.from_dir, "(report on an existing run)"
         cfg_path = run_dir / "summary.json"
         if cfg_path.exists():
-            command = f"python train.py +experiment=pipeline paths.output_dir={run_dir} (see summary.json for the config)"
+            command = (
+                f"python train.py +experiment=pipeline paths.output_dir={run_dir} (see summary.json for the config)"
+            )
     else:
         run_dir = Path(tempfile.mkdtemp(prefix="pipeline-"))
         cmd = [sys.executable, "train.py", "+experiment=pipeline", f"paths.output_dir={run_dir}", *args.overrides]

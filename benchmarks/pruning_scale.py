@@ -57,13 +57,16 @@ def main() -> None:
         for m in METHODS:
             runs = []
             for _ in range(args.repeat):
-                out = subprocess.run([sys.executable, "-c", CHILD, n, m], cwd=root, capture_output=True, text=True,
-                                     check=True)
+                out = subprocess.run(
+                    [sys.executable, "-c", CHILD, n, m], cwd=root, capture_output=True, text=True, check=True
+                )
                 runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             runs.sort(key=lambda r: r["seconds"])
             rows.append({**runs[len(runs) // 2], "all_seconds": [round(r["seconds"], 2) for r in runs]})
             print(rows[-1], flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
     lines = [
         "# pruning.select at scale (keep_ratio 0.5, float32 scores)",
         "",
@@ -75,8 +78,11 @@ def main() -> None:
         "",
         "| N | method | time (s) | process peak RSS (GB) | extra over the input (GB) | all runs (s) |",
         "|---|---|---|---|---|---|",
-        *[f"| {r['n']:.0e} | {r['method']} | {r['seconds']:.2f} | {r['peak_gb']:.2f} | {r['extra_gb']:.2f} |"
-          f" {', '.join(map(str, r['all_seconds']))} |" for r in rows],
+        *[
+            f"| {r['n']:.0e} | {r['method']} | {r['seconds']:.2f} | {r['peak_gb']:.2f} | {r['extra_gb']:.2f} |"
+            f" {', '.join(map(str, r['all_seconds']))} |"
+            for r in rows
+        ],
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -67,18 +67,41 @@ def main() -> None:
     for precision in args.precisions.split(","):
         for b in (int(x) for x in args.batches.split(",")):
             with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-                cfg = compose("config", overrides=["stage=rate", "paths.output_dir=/tmp/rating-throughput",
-                                                   f"rate.batch_size={b}", f"rate.val_batch_size={b}", *args.overrides])
+                cfg = compose(
+                    "config",
+                    overrides=[
+                        "stage=rate",
+                        "paths.output_dir=/tmp/rating-throughput",
+                        f"rate.batch_size={b}",
+                        f"rate.val_batch_size={b}",
+                        *args.overrides,
+                    ],
+                )
             ensure_data(cfg)
             L.seed_everything(0)
-            dm = RatingDataModule(train_path=cfg.data.train_path, val_path=cfg.data.val_path, batch_size=b,
-                                  val_batch_size=b, **_data_kwargs(cfg))
+            dm = RatingDataModule(
+                train_path=cfg.data.train_path,
+                val_path=cfg.data.val_path,
+                batch_size=b,
+                val_batch_size=b,
+                **_data_kwargs(cfg),
+            )
             model = instantiate(cfg.bilevel)
             clock = Clock(args.warmup)
             steps = args.iterations + args.warmup
-            trainer = L.Trainer(accelerator=accel, devices=1, precision=precision, max_steps=2 * steps,
-                                max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                                enable_model_summary=False, callbacks=[clock], num_sanity_val_steps=0)
+            trainer = L.Trainer(
+                accelerator=accel,
+                devices=1,
+                precision=precision,
+                max_steps=2 * steps,
+                max_epochs=-1,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                callbacks=[clock],
+                num_sanity_val_steps=0,
+            )
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             trainer.fit(model, datamodule=dm)
@@ -90,16 +113,26 @@ def main() -> None:
     import torch
 
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor()})"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    lines = ["# Rating-step throughput", "",
-             f"Command: `python benchmarks/rating_throughput.py {' '.join(sys.argv[1:])}`  ",
-             f"Commit: {commit or 'unknown'}  ", f"Machine: {dev}, torch {torch.__version__}  ",
-             f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
-             "Default proxy (conf/proxy/unet_tiny.yaml, 32 px) + Group MLP rater; one iteration = D_val batch B "
-             "+ training batch B, proxy step + rater step.", "",
-             "| precision | B | timed iterations | ms / iteration | iterations / s | samples / s | peak GPU memory (GiB) |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {p} | {b} | {n} | {ms:.1f} | {its:.1f} | {sps:.0f} | {mem:.2f} |" for p, b, n, ms, its, sps, mem in rows]
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    lines = [
+        "# Rating-step throughput",
+        "",
+        f"Command: `python benchmarks/rating_throughput.py {' '.join(sys.argv[1:])}`  ",
+        f"Commit: {commit or 'unknown'}  ",
+        f"Machine: {dev}, torch {torch.__version__}  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        "Default proxy (conf/proxy/unet_tiny.yaml, 32 px) + Group MLP rater; one iteration = D_val batch B "
+        "+ training batch B, proxy step + rater step.",
+        "",
+        "| precision | B | timed iterations | ms / iteration | iterations / s | samples / s | peak GPU memory (GiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {p} | {b} | {n} | {ms:.1f} | {its:.1f} | {sps:.0f} | {mem:.2f} |" for p, b, n, ms, its, sps, mem in rows
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

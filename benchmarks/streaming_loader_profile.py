@@ -49,8 +49,9 @@ def main() -> None:
     copy_dir = Path(tempfile.mkdtemp(prefix="int-mtime-"))
     for s in shards:  # the same samples, written with an integer mtime
         with wds.TarWriter(str(copy_dir / s.name), mtime=D.SHARD_MTIME) as w:
-            for sample in wds.WebDataset(str(s), shardshuffle=False, empty_check=False, nodesplitter=None,
-                                         workersplitter=None):
+            for sample in wds.WebDataset(
+                str(s), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None
+            ):
                 w.write({k: v for k, v in sample.items() if k == "__key__" or not k.startswith("__")})
     copies = [copy_dir / s.name for s in shards]
     for a, b in zip(ShardBatches(shards, res, 256), ShardBatches(copies, res, 256)):
@@ -65,8 +66,13 @@ def main() -> None:
 
     layers = {
         "tarfile stream read (floor)": tar_floor,
-        "webdataset.WebDataset": lambda: [0 for s in shards for _ in wds.WebDataset(
-            str(s), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None)],
+        "webdataset.WebDataset": lambda: [
+            0
+            for s in shards
+            for _ in wds.WebDataset(
+                str(s), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None
+            )
+        ],
         "iter_samples (webdataset + checks)": lambda: [0 for s in shards for _ in D.iter_samples(s)],
         "decode_image (PNG -> uint8 CHW)": lambda: [D.decode_image(r, res) for r in raws],
         "ShardBatches (all of the above + batching)": lambda: list(ShardBatches(shards, res, 256)),
@@ -81,8 +87,10 @@ def main() -> None:
             best[name] = min(best[name], time.process_time() - t)
     shutil.rmtree(copy_dir)
     size = sum(s.stat().st_size for s in shards) / 2**20
-    print(f"{len(raws)} samples in {len(shards)} shards ({size:.1f} MiB); best of {args.repeats}; "
-          f"load average {tuple(round(x, 2) for x in os.getloadavg())}")
+    print(
+        f"{len(raws)} samples in {len(shards)} shards ({size:.1f} MiB); best of {args.repeats}; "
+        f"load average {tuple(round(x, 2) for x in os.getloadavg())}"
+    )
     print("| layer | µs per sample (CPU) | samples/s per core |\n|---|---|---|")
     for name, s in best.items():
         print(f"| {name} | {s / len(raws) * 1e6:.0f} | {len(raws) / s:.0f} |")

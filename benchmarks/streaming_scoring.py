@@ -85,8 +85,12 @@ def repeated_pool(src: Path, dst: Path, repeat: int) -> Path:
 
 
 def run(mode: str, pool: Path, parts: Path, workers: int, batch: int, threads: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(pool), str(parts), str(workers), str(batch), str(ROOT),
-                          str(threads)], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, str(pool), str(parts), str(workers), str(batch), str(ROOT), str(threads)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
     row = json.loads(out.stdout.strip().splitlines()[-1])
@@ -101,8 +105,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="*", default=[0, 2])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the scoring process")
-    p.add_argument("--data", type=Path, default=ROOT / "data" / "emoji" / "train",
-                   help="shard folder to repeat (default: the embedded emoji training split)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT / "data" / "emoji" / "train",
+        help="shard folder to repeat (default: the embedded emoji training split)",
+    )
     args = p.parse_args()
     src = args.data
     rows = []
@@ -114,9 +122,13 @@ def main() -> None:
         for repeat in args.repeats:
             pool = repeated_pool(src, tmp / f"pool-{repeat}x", repeat)
             for workers in args.workers:
-                row = run("end-to-end", pool, tmp / f"parts-{repeat}x-{workers}w", workers, args.batch_size, args.threads)
+                row = run(
+                    "end-to-end", pool, tmp / f"parts-{repeat}x-{workers}w", workers, args.batch_size, args.threads
+                )
                 rows.append({**row, "repeat": repeat, "workers": workers})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     lines = [
         "# Streaming scoring: throughput and peak memory",
         "",
@@ -131,13 +143,17 @@ def main() -> None:
         "",
         f"Rater forward alone on the same batches (decoded in memory beforehand): **{forward['samples_per_s']:.0f} samples/s**.",
         "Streaming loader alone (read tar + decode + resize, no rater), 1x: "
-        + ", ".join(f"{w} workers **{r['samples_per_s']:.0f} samples/s**" for w, r in loader.items()) + ".",
+        + ", ".join(f"{w} workers **{r['samples_per_s']:.0f} samples/s**" for w, r in loader.items())
+        + ".",
         "",
         "| pool | shards | samples | dataloader workers | end-to-end samples/s | % of forward alone | peak RSS scoring process (GB) | peak RSS largest worker (GB) |",
         "|---|---|---|---|---|---|---|---|",
-        *[f"| {r['repeat']}x | {r['shards']} | {r['samples']} | {r['workers']} | {r['samples_per_s']:.0f} |"
-          f" {100 * r['samples_per_s'] / forward['samples_per_s']:.0f}% | {r['peak_gb']:.2f} |"
-          f" {r['worker_peak_gb']:.2f} |" for r in rows],
+        *[
+            f"| {r['repeat']}x | {r['shards']} | {r['samples']} | {r['workers']} | {r['samples_per_s']:.0f} |"
+            f" {100 * r['samples_per_s'] / forward['samples_per_s']:.0f}% | {r['peak_gb']:.2f} |"
+            f" {r['worker_peak_gb']:.2f} |"
+            for r in rows
+        ],
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -50,3 +50,15 @@ def small_split(emoji_dir, cache_dir):
     from alchemist_pl.data import load_split
 
     return load_split(emoji_dir / "val", resolution=16, cache_dir=cache_dir, limit=96)
+
+
+@pytest.fixture(scope="session")
+def real_samples(emoji_dir):
+    """The first 6 real samples of the test split: (sample_id, png bytes, caption)."""
+    from alchemist_pl.data import iter_samples
+
+    out = []
+    for raw in iter_samples(emoji_dir / "test"):
+        out.append((raw.sample_id, raw.image, raw.caption))
+        if len(out) == 6:
+            return out

@@ -34,8 +34,10 @@ class Probe(Callback):
             self.batches.append({k: v["index"].tolist() for k, v in batch.items()})
 
     def on_train_end(self, trainer, pl_module):
-        weights = {name: hashlib.sha256(p.detach().cpu().numpy().tobytes()).hexdigest()
-                   for name, p in pl_module.named_parameters()}
+        weights = {
+            name: hashlib.sha256(p.detach().cpu().numpy().tobytes()).hexdigest()
+            for name, p in pl_module.named_parameters()
+        }
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / f"rank{trainer.global_rank}.json"
         path.write_text(json.dumps({"world_size": trainer.world_size, "batches": self.batches, "weights": weights}))

@@ -11,7 +11,7 @@ from PIL import Image
 from alchemist_pl.data import DataError, load_split
 from alchemist_pl.stages import run
 
-from .test_data import _write_shard, real_samples  # noqa: F401 (a fixture)
+from .test_data import _write_shard
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +77,14 @@ def test_wrong_data_path_names_the_config_key(make_cfg, tmp_path, key):
         run(cfg)
 
 
-@pytest.mark.parametrize("override,match", [
-    ("trainer=ddp_gpu_typo", "trainer"),
-    ("data.resolutoin=16", "resolutoin"),
-    ("+experiment=rat", "experiment"),
-])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("trainer=ddp_gpu_typo", "trainer"),
+        ("data.resolutoin=16", "resolutoin"),
+        ("+experiment=rat", "experiment"),
+    ],
+)
 def test_config_errors_caught_at_compose_time(make_cfg, override, match):
     with pytest.raises(ConfigCompositionException, match=match):
         make_cfg(override)
@@ -92,7 +95,8 @@ def test_keep_ratio_outside_range_refused_by_prune(make_cfg, tmp_path, keep_rati
     from alchemist_pl.scores import write_scores
 
     scores = write_scores(tmp_path / "scores.parquet", [f"s{i}" for i in range(10)], np.arange(10.0), {})
-    cfg = make_cfg("+experiment=prune", "~logger", f"scores_path={scores}", f"keep_ratio={keep_ratio}",
-                   output_dir=tmp_path / "out")
+    cfg = make_cfg(
+        "+experiment=prune", "~logger", f"scores_path={scores}", f"keep_ratio={keep_ratio}", output_dir=tmp_path / "out"
+    )
     with pytest.raises(ValueError, match=r"keep_ratio must be in \(0, 1\]"):
         run(cfg)

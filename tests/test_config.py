@@ -39,9 +39,17 @@ def test_slurm_launcher_composes(tmp_path):
     from .conftest import CONF
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("config", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
-                                           "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path}"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "config",
+            overrides=[
+                "hydra/launcher=slurm",
+                "trainer=ddp",
+                "trainer.devices=4",
+                "hydra.launcher.partition=gpu",
+                f"hydra.sweep.dir={tmp_path}",
+            ],
+            return_hydra_config=True,
+        )
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert (launcher["tasks_per_node"], launcher["gpus_per_node"], launcher["nodes"]) == (4, 4, 1)
@@ -49,8 +57,10 @@ def test_slurm_launcher_composes(tmp_path):
     assert cfg.trainer.strategy == "ddp_find_unused_parameters_true"
 
 
-@pytest.mark.parametrize("name,strategy,devices", [("ddp_cpu", "ddp_find_unused_parameters_true", 2),
-                                                   ("ddp_spawn_cpu", "ddp_spawn_find_unused_parameters_true", 2)])
+@pytest.mark.parametrize(
+    "name,strategy,devices",
+    [("ddp_cpu", "ddp_find_unused_parameters_true", 2), ("ddp_spawn_cpu", "ddp_spawn_find_unused_parameters_true", 2)],
+)
 def test_ddp_trainer_configs(make_cfg, name, strategy, devices):
     cfg = make_cfg(f"trainer={name}")
     assert (cfg.trainer.accelerator, cfg.trainer.strategy, cfg.trainer.devices) == ("cpu", strategy, devices)

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from alchemist_pl.corruption import (CLEAN, KINDS, build_corrupted_pool, corrupt_image, ground_truth_for,
-                                     read_ground_truth)
+from alchemist_pl.corruption import (
+    CLEAN,
+    KINDS,
+    build_corrupted_pool,
+    corrupt_image,
+    ground_truth_for,
+    read_ground_truth,
+)
 from alchemist_pl.data import SHARD_MTIME, decode_image, iter_samples
 
 

@@ -8,17 +8,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from alchemist_pl.data import DataError, iter_samples, load_split
-
-
-@pytest.fixture(scope="module")
-def real_samples(emoji_dir):
-    """The first 6 real samples of the test split: (sample_id, png bytes, caption)."""
-    out = []
-    for raw in iter_samples(emoji_dir / "test"):
-        out.append((raw.sample_id, raw.image, raw.caption))
-        if len(out) == 6:
-            return out
+from alchemist_pl.data import DataError, load_split
 
 
 def _write_shard(path, samples):
@@ -119,7 +109,11 @@ def test_wrong_path(tmp_path):
 def test_image_modes_decode_to_rgb(tmp_path, real_samples, mode):
     k, png, cap = real_samples[0]
     im = Image.open(io.BytesIO(png))
-    im = im.convert("RGBA" if mode == "RGBA" else "RGB").convert(mode) if mode != "I;16" else im.convert("L").convert("I;16")
+    im = (
+        im.convert("RGBA" if mode == "RGBA" else "RGB").convert(mode)
+        if mode != "I;16"
+        else im.convert("L").convert("I;16")
+    )
     buf = io.BytesIO()
     im.save(buf, format="TIFF" if mode == "CMYK" else "PNG")
     (tmp_path / "s").mkdir()

@@ -23,15 +23,28 @@ from alchemist_pl.scores import read_scores, score_dataset
 from .conftest import DATA_DIR, ROOT
 
 # 64 pool samples, D_val 32: with 2 ranks and batches of 8, two bilevel iterations per epoch per rank
-TINY = ["debug=smoke", "data.limit_train=64", "data.limit_val=32", "rate.batch_size=8", "rate.val_batch_size=8",
-        "rate.score_batch_size=16", "+callbacks.probe._target_=tests.probe.Probe"]
+TINY = [
+    "debug=smoke",
+    "data.limit_train=64",
+    "data.limit_val=32",
+    "rate.batch_size=8",
+    "rate.val_batch_size=8",
+    "rate.score_batch_size=16",
+    "+callbacks.probe._target_=tests.probe.Probe",
+]
 
 
 def cli(*args):
     # one thread per process: on a small shared CPU, oversubscribed OpenMP threads make each step ~10x slower
     env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "train.py", *args, f"paths.data_dir={DATA_DIR}"], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "train.py", *args, f"paths.data_dir={DATA_DIR}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -43,8 +56,14 @@ def probes(folder):
 @pytest.fixture(scope="module")
 def ddp_rate(tmp_path_factory, emoji_dir):
     out = tmp_path_factory.mktemp("ddp-rate")
-    cli("+experiment=rate", "trainer=ddp_cpu", "logger=csv", *TINY, f"+callbacks.probe.out={out}/probe",
-        f"hydra.run.dir={out}")
+    cli(
+        "+experiment=rate",
+        "trainer=ddp_cpu",
+        "logger=csv",
+        *TINY,
+        f"+callbacks.probe.out={out}/probe",
+        f"hydra.run.dir={out}",
+    )
     return out
 
 
@@ -58,7 +77,7 @@ def test_ranks_hold_identical_weights(ddp_rate):
 def test_ranks_see_disjoint_shards_reshuffled_each_epoch(ddp_rate):
     ranks = probes(ddp_rate / "probe")
     for epoch in range(2):
-        b0, b1 = (r["batches"][2 * epoch: 2 * epoch + 2] for r in ranks)
+        b0, b1 = (r["batches"][2 * epoch : 2 * epoch + 2] for r in ranks)
         val = [sum((b["val"] for b in bs), []) for bs in (b0, b1)]
         train = [sum((b["train"] for b in bs), []) for bs in (b0, b1)]
         assert sorted(val[0] + val[1]) == list(range(32))  # D_val: disjoint and covering every epoch
@@ -80,8 +99,17 @@ def test_two_rank_scores_equal_one_process_scores(ddp_rate, emoji_dir, cache_dir
 
 def test_multirun_with_ddp_spawn(tmp_path, emoji_dir):
     """`-m` with trainer=ddp_spawn_cpu: each job of the sweep runs once, on 2 ranks."""
-    cli("-m", "+experiment=rate", "trainer=ddp_spawn_cpu", "~logger", "rate.max_epochs=1", "seed=0,1", *TINY,
-        "+callbacks.probe.out=${paths.output_dir}/probe", f"hydra.sweep.dir={tmp_path}")
+    cli(
+        "-m",
+        "+experiment=rate",
+        "trainer=ddp_spawn_cpu",
+        "~logger",
+        "rate.max_epochs=1",
+        "seed=0,1",
+        *TINY,
+        "+callbacks.probe.out=${paths.output_dir}/probe",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0", "1"]
     first = {}
     for job in ("0", "1"):
@@ -92,15 +120,21 @@ def test_multirun_with_ddp_spawn(tmp_path, emoji_dir):
     assert not np.allclose(first["0"], first["1"])  # the seeds differ
 
 
-
 # Downstream training on 2 ranks: 32-sample subset of a 64-sample pool, batches of 8 -> 2 steps per
 # epoch per rank; train.epochs=2 -> 4 steps (32 * 2 / (8 * 2 ranks)); an odd test split (63) so the
 # ranks' test shares differ in size.
 # Each rank's paths.output_dir is <run>/rank<LOCAL_RANK>: whatever a rank writes is visible as its own.
-TRAIN_TINY = ["debug=smoke", "data.limit_train=64", "data.limit_test=63", "train.batch_size=8", "train.epochs=2",
-              "train.max_steps=1",  # replaced by the epochs' 4 steps
-              "eval.every_n_steps=2", "+callbacks.probe._target_=tests.probe.Probe",
-              "paths.output_dir=${hydra:runtime.output_dir}/rank${oc.env:LOCAL_RANK,0}"]
+TRAIN_TINY = [
+    "debug=smoke",
+    "data.limit_train=64",
+    "data.limit_test=63",
+    "train.batch_size=8",
+    "train.epochs=2",
+    "train.max_steps=1",  # replaced by the epochs' 4 steps
+    "eval.every_n_steps=2",
+    "+callbacks.probe._target_=tests.probe.Probe",
+    "paths.output_dir=${hydra:runtime.output_dir}/rank${oc.env:LOCAL_RANK,0}",
+]
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +147,17 @@ def ddp_train(tmp_path_factory, emoji_dir):
     out = tmp_path_factory.mktemp("ddp-train")
     ids = [raw.sample_id for raw in islice(iter_samples(emoji_dir / "train"), 64)]
     write_scores(out / "scores.parquet", ids, np.random.default_rng(0).normal(size=64), {"stage": "test"})
-    cli("+experiment=subset", f"scores_path={out}/scores.parquet", "method=shift_gsample", "keep_ratio=0.5",
-        "trainer=ddp_cpu", "logger=csv", *TRAIN_TINY, f"+callbacks.probe.out={out}/probe", f"hydra.run.dir={out}/run")
+    cli(
+        "+experiment=subset",
+        f"scores_path={out}/scores.parquet",
+        "method=shift_gsample",
+        "keep_ratio=0.5",
+        "trainer=ddp_cpu",
+        "logger=csv",
+        *TRAIN_TINY,
+        f"+callbacks.probe.out={out}/probe",
+        f"hydra.run.dir={out}/run",
+    )
     return out, ids
 
 
@@ -130,7 +173,7 @@ def test_training_ranks_hold_identical_weights_and_split_the_subset(ddp_train):
     assert len(ranks[0]["weights"]) > 50 and ranks[0]["weights"] == ranks[1]["weights"]  # the UNet
     assert [len(r["batches"]) for r in ranks] == [4, 4]
     for epoch in range(2):
-        shards = [sum(r["batches"][2 * epoch: 2 * epoch + 2], []) for r in ranks]
+        shards = [sum(r["batches"][2 * epoch : 2 * epoch + 2], []) for r in ranks]
         assert not set(shards[0]) & set(shards[1])  # disjoint
         assert sorted(shards[0] + shards[1]) == sorted(position[s] for s in subset)  # covering: the subset
     assert ranks[0]["batches"][:2] != ranks[0]["batches"][2:]  # the second epoch reshuffles
@@ -140,8 +183,14 @@ def test_training_outputs_written_once_by_rank_zero(ddp_train):
     out, _ = ddp_train
     rank0, rank1 = out / "run" / "rank0", out / "run" / "rank1"
     assert [p for p in rank1.rglob("*") if p.is_file()] == []  # rank 1 wrote nothing
-    for name in ("summary.json", "subset.parquet", "samples.png", "samples.txt", "eval_samples.png",
-                 "checkpoints/last.ckpt"):
+    for name in (
+        "summary.json",
+        "subset.parquet",
+        "samples.png",
+        "samples.txt",
+        "eval_samples.png",
+        "checkpoints/last.ckpt",
+    ):
         assert (rank0 / name).stat().st_size > 0, name
     summary = json.loads((rank0 / "summary.json").read_text())["metrics"]
     assert summary["world_size"] == 2 and summary["steps"] == 4 and summary["train_samples"] == 32
@@ -163,10 +212,23 @@ def test_two_rank_test_loss_equals_one_process_test_loss(ddp_train, make_cfg, em
     model = instantiate(make_cfg("debug=smoke").model)
     model.load_state_dict(ckpt["state_dict"])
     model.hparams.num_samples = 0  # the loss only
-    dm = TrainingDataModule(emoji_dir / "train", emoji_dir / "test", limit_train=64, limit_test=63, batch_size=8,
-                            resolution=32, cache_dir=cache_dir)
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, default_root_dir=out / "one-process")
+    dm = TrainingDataModule(
+        emoji_dir / "train",
+        emoji_dir / "test",
+        limit_train=64,
+        limit_test=63,
+        batch_size=8,
+        resolution=32,
+        cache_dir=cache_dir,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=out / "one-process",
+    )
     one = trainer.test(model, datamodule=dm, verbose=False)[0]
     for key in ("test/loss", "test/loss_t100", "test/loss_t900"):
         assert summary[key] == pytest.approx(one[key], rel=1e-5), key
@@ -176,9 +238,20 @@ def test_pipeline_on_two_ranks(tmp_path, emoji_dir):
     """rate -> prune -> train in one 2-rank command: rank 1 trains on the subset file rank 0 wrote."""
     from alchemist_pl.scores import read_subset
 
-    cli("+experiment=pipeline", "trainer=ddp_cpu", "logger=csv", *TINY, "rate.max_epochs=1", "data.limit_test=32",
-        "train.batch_size=8", "train.max_steps=2", "pipeline.compare=[shift_gsample]", "eval.enabled=false",
-        f"+callbacks.probe.out={tmp_path}/probe", f"hydra.run.dir={tmp_path}")
+    cli(
+        "+experiment=pipeline",
+        "trainer=ddp_cpu",
+        "logger=csv",
+        *TINY,
+        "rate.max_epochs=1",
+        "data.limit_test=32",
+        "train.batch_size=8",
+        "train.max_steps=2",
+        "pipeline.compare=[shift_gsample]",
+        "eval.enabled=false",
+        f"+callbacks.probe.out={tmp_path}/probe",
+        f"hydra.run.dir={tmp_path}",
+    )
     subset, _ = read_subset(tmp_path / "prune" / "subset.parquet")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["metrics"]["comparison"][0]["samples"] == len(subset) == 32
@@ -197,13 +270,24 @@ def test_pipeline_on_two_ranks(tmp_path, emoji_dir):
 def test_training_with_ddp_spawn(tmp_path, emoji_dir):
     """trainer=ddp_spawn_cpu (the form for multirun): the main process gets the spawned rank 0's
     evaluation curve from eval_curve.json (≈ 65 s on the 2-core CPU)."""
-    cli("+experiment=baseline", "trainer=ddp_spawn_cpu", "~logger", "method=random", "keep_ratio=0.5",
-        "debug=smoke", "data.limit_train=64", "data.limit_test=63", "train.batch_size=8", "train.max_steps=2",
-        f"hydra.run.dir={tmp_path}")
+    cli(
+        "+experiment=baseline",
+        "trainer=ddp_spawn_cpu",
+        "~logger",
+        "method=random",
+        "keep_ratio=0.5",
+        "debug=smoke",
+        "data.limit_train=64",
+        "data.limit_test=63",
+        "train.batch_size=8",
+        "train.max_steps=2",
+        f"hydra.run.dir={tmp_path}",
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())["metrics"]
     assert summary["world_size"] == 2 and summary["steps"] == 2 and np.isfinite(summary["test/loss"])
     assert [p["step"] for p in summary["eval_curve"]] == [2]
     assert json.loads((tmp_path / "eval_curve.json").read_text()) == summary["eval_curve"]
+
 
 def _sampler_shards(rank, world, port, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -229,8 +313,13 @@ def test_sampler_takes_its_shard_from_the_process_group(world):
     out = mp.Manager().dict()
     mp.spawn(_sampler_shards, args=(world, port, out), nprocs=world)
     assert sorted((v[0], v[1]) for v in out.values()) == [(world, r) for r in range(world)]
-    subset = SubsetDistributedSampler(range(100), scores=np.random.default_rng(0).normal(size=100).astype(np.float32),
-                                      keep_ratio=0.5, method="shift_gsample", seed=3).subset
+    subset = SubsetDistributedSampler(
+        range(100),
+        scores=np.random.default_rng(0).normal(size=100).astype(np.float32),
+        keep_ratio=0.5,
+        method="shift_gsample",
+        seed=3,
+    ).subset
     for epoch in (0, 1):
         shards = [out[r][2][epoch] for r in range(world)]
         flat = sum(shards, [])

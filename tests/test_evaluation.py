@@ -1,11 +1,16 @@
 """The domain evaluator on real emoji: it learns the caption space, its metrics order real vs broken images."""
 
-import numpy as np
 import pytest
 import torch
 
-from alchemist_pl.evaluation import (DomainMetrics, StandardMetrics, caption_agreement, caption_retrieval,
-                                     load_domain_encoder, train_domain_encoder)
+from alchemist_pl.evaluation import (
+    DomainMetrics,
+    StandardMetrics,
+    caption_agreement,
+    caption_retrieval,
+    load_domain_encoder,
+    train_domain_encoder,
+)
 
 
 @pytest.fixture(scope="module")

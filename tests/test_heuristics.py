@@ -74,8 +74,9 @@ def test_parameter_checks(emoji):
 
 def test_command_line_writes_scores_parquet(emoji, emoji_dir, tmp_path):
     ids, images = emoji
-    out = main(["--data", str(emoji_dir / "val"), "--scorer", "clarity", "--out", str(tmp_path / "s.parquet"),
-                "--limit", "64"])
+    out = main(
+        ["--data", str(emoji_dir / "val"), "--scorer", "clarity", "--out", str(tmp_path / "s.parquet"), "--limit", "64"]
+    )
     got_ids, scores, meta = read_scores(out)
     assert got_ids == ids
     np.testing.assert_allclose(scores, clarity(images).astype(np.float32), rtol=1e-6)

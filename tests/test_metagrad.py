@@ -57,9 +57,17 @@ def tiny_attention_unet():
 
     torch.manual_seed(0)
     return UNet2DConditionModel(
-        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        mid_block_type=None, cross_attention_dim=384, attention_head_dim=4, norm_num_groups=4,
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        mid_block_type=None,
+        cross_attention_dim=384,
+        attention_head_dim=4,
+        norm_num_groups=4,
     )
 
 
@@ -116,9 +124,18 @@ def test_exact_meta_gradient_on_a_tiny_pixart_proxy(small_split):
     from alchemist_pl.diffusion import PixArtProxy
 
     torch.manual_seed(0)
-    proxy = PixArtProxy(sample_size=8, in_channels=3, out_channels=3, patch_size=2, num_layers=1,
-                        num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16, caption_channels=384,
-                        norm_num_groups=1)
+    proxy = PixArtProxy(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        patch_size=2,
+        num_layers=1,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=384,
+        norm_num_groups=1,
+    )
     _proxy_check(proxy.double(), small_split)
 
 

@@ -21,10 +21,18 @@ from .conftest import CONF, DATA_DIR, ROOT
 def smoke(tmp_path_factory, emoji_dir):
     out = tmp_path_factory.mktemp("smoke")
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("config", overrides=[
-            "+experiment=pipeline", "debug=smoke", "logger=csv", f"paths.data_dir={DATA_DIR}", f"paths.output_dir={out}",
-            "corruption=web", "corruption.pool_size=600",  # a pool with planted noise and its ground truth
-        ])
+        cfg = compose(
+            "config",
+            overrides=[
+                "+experiment=pipeline",
+                "debug=smoke",
+                "logger=csv",
+                f"paths.data_dir={DATA_DIR}",
+                f"paths.output_dir={out}",
+                "corruption=web",
+                "corruption.pool_size=600",  # a pool with planted noise and its ground truth
+            ],
+        )
     return out, run(cfg)
 
 
@@ -74,7 +82,10 @@ def test_smoke_evidence_on_planted_noise(smoke):
     full = json.loads((out / "train-full" / "summary.json").read_text())["metrics"]["subset_quality"]
     assert full["subset_corrupted_share"] == full["pool_corrupted_share"]
     # the same prompts, seeds and evaluator: two runs' generated images differ only through their weights
-    ev = [json.loads((out / f"train-{n}" / "summary.json").read_text())["metrics"]["evaluator"] for n in ("random", "full")]
+    ev = [
+        json.loads((out / f"train-{n}" / "summary.json").read_text())["metrics"]["evaluator"]
+        for n in ("random", "full")
+    ]
     assert ev[0]["sha256"] == ev[1]["sha256"] and ev[0]["num_images"] == ev[1]["num_images"] == 16
 
 
@@ -84,8 +95,10 @@ def test_compare_report_from_the_runs(smoke, tmp_path):
     out, summary = smoke
     path = report([out], tmp_path)
     text = path.read_text()
-    fid = {n: json.loads((out / f"train-{n}" / "summary.json").read_text())["metrics"]["eval/domain_fid"]
-           for n in ("shift_gsample", "random", "full")}
+    fid = {
+        n: json.loads((out / f"train-{n}" / "summary.json").read_text())["metrics"]["eval/domain_fid"]
+        for n in ("shift_gsample", "random", "full")
+    }
     for label, name in (("alchemist (Shift-Gsample)", "shift_gsample"), ("random", "random"), ("full data", "full")):
         row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
         assert f"{fid[name]:.2f}" in row  # one seed: the value itself, no spread
@@ -96,14 +109,25 @@ def test_compare_report_from_the_runs(smoke, tmp_path):
 
 def _cli(*args, cwd=ROOT):
     env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
-    return subprocess.run([sys.executable, "train.py", *args, f"paths.data_dir={DATA_DIR}"], cwd=cwd,
-                          capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "train.py", *args, f"paths.data_dir={DATA_DIR}"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_cli_prune_with_wandb_offline(smoke, tmp_path):
     out, _ = smoke
-    proc = _cli("+experiment=prune", f"scores_path={out / 'rate' / 'scores.parquet'}", "method=top_k",
-                "keep_ratio=0.25", f"hydra.run.dir={tmp_path}")
+    proc = _cli(
+        "+experiment=prune",
+        f"scores_path={out / 'rate' / 'scores.parquet'}",
+        "method=top_k",
+        "keep_ratio=0.25",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ids, scores, _ = read_scores(out / "rate" / "scores.parquet")
     subset, _ = read_subset(tmp_path / "subset.parquet")
@@ -115,8 +139,14 @@ def test_cli_prune_with_wandb_offline(smoke, tmp_path):
 
 def test_cli_multirun_sweeps_keep_ratio(smoke, tmp_path):
     out, _ = smoke
-    proc = _cli("-m", "+experiment=prune", f"scores_path={out / 'rate' / 'scores.parquet'}", "keep_ratio=0.2,0.5",
-                "logger=csv", f"hydra.sweep.dir={tmp_path}")
+    proc = _cli(
+        "-m",
+        "+experiment=prune",
+        f"scores_path={out / 'rate' / 'scores.parquet'}",
+        "keep_ratio=0.2,0.5",
+        "logger=csv",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sizes = sorted(json.loads(p.read_text())["metrics"]["subset_size"] for p in tmp_path.glob("*/summary.json"))
     assert sizes == [round(0.2 * 512), 256]
@@ -125,8 +155,15 @@ def test_cli_multirun_sweeps_keep_ratio(smoke, tmp_path):
 @pytest.mark.parametrize("scorer", ["clarity", "clip_score"])
 def test_score_stage_writes_baseline_scores(smoke, make_cfg, tmp_path, scorer):
     """stage=score: a rater-free scores.parquet for the same pool, with the rating report, usable by prune."""
-    cfg = make_cfg("+experiment=score", "debug=smoke", "logger=csv", "corruption=web", "corruption.pool_size=600",
-                   f"score.scorer={scorer}", "score.encoder.epochs=2")
+    cfg = make_cfg(
+        "+experiment=score",
+        "debug=smoke",
+        "logger=csv",
+        "corruption=web",
+        "corruption.pool_size=600",
+        f"score.scorer={scorer}",
+        "score.encoder.epochs=2",
+    )
     summary = run(cfg)
     ids, scores, meta = read_scores(tmp_path / "scores.parquet")
     rated, _, _ = read_scores(smoke[0] / "rate" / "scores.parquet")
@@ -138,8 +175,17 @@ def test_score_stage_writes_baseline_scores(smoke, make_cfg, tmp_path, scorer):
     else:
         assert len(meta["encoder"]["sha256"]) == 64
     assert (tmp_path / "ranking.png").exists()
-    pruned = run(make_cfg("+experiment=prune", "debug=smoke", "logger=csv", f"scores_path={tmp_path / 'scores.parquet'}",
-                          "method=top_k", "keep_ratio=0.5", output_dir=tmp_path / "prune"))
+    pruned = run(
+        make_cfg(
+            "+experiment=prune",
+            "debug=smoke",
+            "logger=csv",
+            f"scores_path={tmp_path / 'scores.parquet'}",
+            "method=top_k",
+            "keep_ratio=0.5",
+            output_dir=tmp_path / "prune",
+        )
+    )
     assert pruned["metrics"]["subset_size"] == len(ids) // 2
 
 
@@ -151,8 +197,16 @@ def test_score_stage_rejects_an_unknown_scorer(make_cfg):
 def test_train_from_scores_file_draws_subset(smoke, make_cfg, tmp_path):
     out, _ = smoke
     scores_path = out / "rate" / "scores.parquet"
-    cfg = make_cfg("+experiment=subset", "debug=smoke", "logger=csv", f"scores_path={scores_path}",
-                   "method=bottom_k", "keep_ratio=0.25", "train.max_steps=2", "model.num_samples=0")
+    cfg = make_cfg(
+        "+experiment=subset",
+        "debug=smoke",
+        "logger=csv",
+        f"scores_path={scores_path}",
+        "method=bottom_k",
+        "keep_ratio=0.25",
+        "train.max_steps=2",
+        "model.num_samples=0",
+    )
     summary = run(cfg)
     assert summary["metrics"]["train_samples"] == 128
     assert np.isfinite(summary["metrics"]["test/loss"])
@@ -182,8 +236,13 @@ def test_scores_from_another_dataset_rejected(smoke, make_cfg, tmp_path):
 
 def test_rerun_resumes_from_last_checkpoint(smoke, make_cfg, tmp_path):
     """A second run into the same output directory continues from checkpoints/last.ckpt."""
-    base = ("+experiment=baseline", "debug=smoke", "logger=csv", "model.num_samples=0",
-            "callbacks.model_checkpoint.every_n_train_steps=1")
+    base = (
+        "+experiment=baseline",
+        "debug=smoke",
+        "logger=csv",
+        "model.num_samples=0",
+        "callbacks.model_checkpoint.every_n_train_steps=1",
+    )
     first = run(make_cfg(*base, "train.max_steps=2"))
     assert first["metrics"]["steps"] == 2 and (tmp_path / "checkpoints" / "last.ckpt").is_file()
     second = run(make_cfg(*base, "train.max_steps=3"))
@@ -192,8 +251,16 @@ def test_rerun_resumes_from_last_checkpoint(smoke, make_cfg, tmp_path):
 
 def test_subset_file_run_is_labelled_by_the_file(smoke, make_cfg):
     out, _ = smoke
-    cfg = make_cfg("+experiment=subset", "debug=smoke", "logger=csv", f"subset_path={out / 'prune' / 'subset.parquet'}",
-                   "method=random", "keep_ratio=0.9", "train.max_steps=1", "model.num_samples=0")
+    cfg = make_cfg(
+        "+experiment=subset",
+        "debug=smoke",
+        "logger=csv",
+        f"subset_path={out / 'prune' / 'subset.parquet'}",
+        "method=random",
+        "keep_ratio=0.9",
+        "train.max_steps=1",
+        "model.num_samples=0",
+    )
     summary = run(cfg)
     assert (summary["method"], summary["keep_ratio"]) == ("shift_gsample", 0.5)
     assert summary["metrics"]["train_samples"] == 256
@@ -201,8 +268,17 @@ def test_subset_file_run_is_labelled_by_the_file(smoke, make_cfg):
 
 def test_equal_epochs_sets_the_steps(make_cfg):
     """train.epochs: max_steps = ceil(epochs * subset size / (batch size * ranks)), here 1 rank."""
-    cfg = make_cfg("+experiment=baseline", "debug=smoke", "logger=csv", "data.limit_train=64", "method=random",
-                   "keep_ratio=0.5", "train.batch_size=8", "train.epochs=1.5", "eval.enabled=false",
-                   "model.num_samples=0")
+    cfg = make_cfg(
+        "+experiment=baseline",
+        "debug=smoke",
+        "logger=csv",
+        "data.limit_train=64",
+        "method=random",
+        "keep_ratio=0.5",
+        "train.batch_size=8",
+        "train.epochs=1.5",
+        "eval.enabled=false",
+        "model.num_samples=0",
+    )
     metrics = run(cfg)["metrics"]
     assert (metrics["train_samples"], metrics["world_size"], metrics["steps"]) == (32, 1, 6)

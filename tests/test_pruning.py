@@ -65,7 +65,10 @@ def test_random_ignores_scores(scores):
     a = pruning.select(scores, 0.2, "random", seed=5)
     b = pruning.select(-scores, 0.2, "random", seed=5)
     np.testing.assert_array_equal(a, b)
-    assert pruning.select(scores, 0.2, "alchemist", seed=1).tolist() == pruning.select(scores, 0.2, "shift_gsample", seed=1).tolist()
+    assert (
+        pruning.select(scores, 0.2, "alchemist", seed=1).tolist()
+        == pruning.select(scores, 0.2, "shift_gsample", seed=1).tolist()
+    )
 
 
 @pytest.mark.parametrize(
@@ -104,8 +107,9 @@ def test_descending_order_matches_stable_argsort(dtype):
 @pytest.mark.parametrize("method", ["shift_gsample", "gsample", "top_k", "bottom_k", "block"])
 def test_shared_order_gives_the_same_subset_and_percentiles(scores, method):
     order = pruning.descending_order(scores)
-    np.testing.assert_array_equal(pruning.select(scores, 0.3, method, seed=2, order=order),
-                                  pruning.select(scores, 0.3, method, seed=2))
+    np.testing.assert_array_equal(
+        pruning.select(scores, 0.3, method, seed=2, order=order), pruning.select(scores, 0.3, method, seed=2)
+    )
     np.testing.assert_array_equal(pruning.percentiles(scores, order=order), pruning.percentiles(scores))
 
 

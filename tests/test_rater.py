@@ -55,15 +55,30 @@ def _tiny_bilevel(objective: str, batch_head: bool = True, **options) -> Bilevel
     torch.manual_seed(0)
     # A real but tiny proxy (8 px, no attention) keeps 2 x 300 bilevel iterations within seconds.
     proxy = UNet2DConditionModel(
-        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        mid_block_type=None, cross_attention_dim=384, norm_num_groups=8,
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        mid_block_type=None,
+        cross_attention_dim=384,
+        norm_num_groups=8,
     )
     rater = Rater(ConvBackbone(channels=(16, 16), feature_dim=32), hidden_dim=16, batch_head=batch_head)
-    opt = lambda lr: (lambda params: torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.05))  # noqa: E731
+    opt = lambda lr: lambda params: torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.05)  # noqa: E731
     return BilevelRater(
-        proxy, DDPMScheduler(num_train_timesteps=1000), rater, opt(1e-3), opt(3e-3),
-        ul_init=0.8, ul_decay=0.0, rater_timesteps=(0, 600), histogram_every=0, rater_objective=objective,
+        proxy,
+        DDPMScheduler(num_train_timesteps=1000),
+        rater,
+        opt(1e-3),
+        opt(3e-3),
+        ul_init=0.8,
+        ul_decay=0.0,
+        rater_timesteps=(0, 600),
+        histogram_every=0,
+        rater_objective=objective,
         **options,
     )
 
@@ -91,8 +106,15 @@ def _run(small_split, objective, iterations=300, batch_head=True, **options):
     loader = lambda: DataLoader(small_split, batch_size=16, shuffle=True, drop_last=True)  # noqa: E731
     probe = next(iter(DataLoader(small_split, batch_size=32)))
     track = _Track(probe)
-    trainer = Trainer(accelerator="cpu", max_steps=2 * iterations, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, callbacks=[track])
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=2 * iterations,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[track],
+    )
     trainer.fit(model, train_dataloaders=CombinedLoader({"val": loader(), "train": loader()}, "min_size"))
     _run.last = (model, trainer)
     return np.array(track.b), track.scores
@@ -147,20 +169,34 @@ def test_exact_estimator_reuses_the_inner_gradient_without_changing_the_step(tin
         model = _tiny_bilevel("centred", estimator="exact", lookahead_lr=0.1)
         model.share_inner_grad = share
         torch.manual_seed(1)
-        loader = CombinedLoader({k: DataLoader(tiny_split, batch_size=16, drop_last=True) for k in ("val", "train")},
-                                "min_size")
-        Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False).fit(model, train_dataloaders=loader)
+        loader = CombinedLoader(
+            {k: DataLoader(tiny_split, batch_size=16, drop_last=True) for k in ("val", "train")}, "min_size"
+        )
+        Trainer(
+            accelerator="cpu",
+            max_steps=2,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        ).fit(model, train_dataloaders=loader)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert grads[0].shape == grads[1].shape and grads[0].abs().max() > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("options", [
-    {"estimator": "second_order"}, {"rater_noise": "fresh"}, {"rater_timestep_sampling": "sorted"},
-    {"rater_loss_weighting": "p2"}, {"caption_gap_weight": -1.0},
-    {"caption_gap_weight": 0.5, "estimator": "exact"}, {"estimator": "exact", "lookahead_lr": 0.0},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"estimator": "second_order"},
+        {"rater_noise": "fresh"},
+        {"rater_timestep_sampling": "sorted"},
+        {"rater_loss_weighting": "p2"},
+        {"caption_gap_weight": -1.0},
+        {"caption_gap_weight": 0.5, "estimator": "exact"},
+        {"estimator": "exact", "lookahead_lr": 0.0},
+    ],
+)
 def test_bad_options_raise(options):
     with pytest.raises(ValueError):
         _tiny_bilevel("centred", **options)
@@ -174,8 +210,9 @@ def test_stratified_shared_and_timestep_records(tiny_split):
     assert sorted((t // 50).tolist()) == list(range(12))
     shared = draw_timesteps("shared", 12, 0, 600, "cpu")
     assert shared.unique().numel() == 1 and 0 <= int(shared[0]) < 600
-    model = _tiny_bilevel("centred", rater_noise="shared", rater_timestep_sampling="stratified",
-                          rater_loss_weighting="min_snr")
+    model = _tiny_bilevel(
+        "centred", rater_noise="shared", rater_timestep_sampling="stratified", rater_loss_weighting="min_snr"
+    )
     noise = model._train_noise(torch.zeros(4, 3, 8, 8))
     assert torch.equal(noise[0], noise[3]) and noise.std() > 0
     _run(tiny_split, "centred", iterations=6, rater_timestep_sampling="stratified", rater_loss_weighting="min_snr")
@@ -222,9 +259,9 @@ def test_min_snr_weights_follow_the_formula():
 
 def test_caption_gap(tiny_split):
     """ℓ(x | null) − ℓ(x | caption) per sample, with the dataset's own empty-caption embedding."""
-    from alchemist_pl.diffusion import caption_gap, per_sample_loss
-
     from diffusers import DDPMScheduler
+
+    from alchemist_pl.diffusion import caption_gap, per_sample_loss
 
     from .test_metagrad import tiny_attention_unet
 
@@ -239,13 +276,24 @@ def test_caption_gap(tiny_split):
     with torch.no_grad():
         gap = caption_gap(unet, sched, batch["image"], batch["states"], batch["mask"], null_states, null_mask, t, noise)
         cond = per_sample_loss(unet, sched, batch["image"], batch["states"], batch["mask"], t, noise)
-        uncond = per_sample_loss(unet, sched, batch["image"], null_states.expand(6, -1, -1), null_mask.expand(6, -1),
-                                 t, noise)
+        uncond = per_sample_loss(
+            unet, sched, batch["image"], null_states.expand(6, -1, -1), null_mask.expand(6, -1), t, noise
+        )
         # the caption of every sample replaced by the null caption: the gap is exactly zero
-        zero = caption_gap(unet, sched, batch["image"], null_states.expand(6, -1, -1), null_mask.expand(6, -1),
-                           null_states, null_mask, t, noise)
-        other = caption_gap(unet, sched, batch["image"], batch["states"], batch["mask"], batch["states"][0],
-                            batch["mask"][0], t, noise)
+        zero = caption_gap(
+            unet,
+            sched,
+            batch["image"],
+            null_states.expand(6, -1, -1),
+            null_mask.expand(6, -1),
+            null_states,
+            null_mask,
+            t,
+            noise,
+        )
+        other = caption_gap(
+            unet, sched, batch["image"], batch["states"], batch["mask"], batch["states"][0], batch["mask"][0], t, noise
+        )
     assert gap.shape == (6,) and torch.isfinite(gap).all()
     torch.testing.assert_close(gap, uncond - cond)
     assert gap.abs().max() > 0
@@ -255,12 +303,19 @@ def test_caption_gap(tiny_split):
 
 def test_caption_gap_in_the_loop(tiny_split):
     """λ > 0 needs the empty caption; with it the loop logs a finite mean gap."""
-    loader = CombinedLoader({k: DataLoader(tiny_split, batch_size=16, shuffle=True, drop_last=True)
-                             for k in ("val", "train")}, "min_size")
+    loader = CombinedLoader(
+        {k: DataLoader(tiny_split, batch_size=16, shuffle=True, drop_last=True) for k in ("val", "train")}, "min_size"
+    )
 
     def fit(model):
-        trainer = Trainer(accelerator="cpu", max_steps=6, logger=False, enable_checkpointing=False,
-                          enable_progress_bar=False, enable_model_summary=False)
+        trainer = Trainer(
+            accelerator="cpu",
+            max_steps=6,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
         trainer.fit(model, train_dataloaders=loader)
         return trainer
 
@@ -277,15 +332,23 @@ def test_pixart_proxy_config_runs_the_exact_loop(make_cfg, tiny_split):
     """proxy=pixart_tiny bilevel=exact composes, instantiates and trains (at 8 px) through the real loop."""
     from hydra.utils import instantiate
 
-    cfg = make_cfg("proxy=pixart_tiny", "bilevel=exact", "data.resolution=8", "bilevel.histogram_every=0",
-                   "bilevel.ul_init=0.9")
+    cfg = make_cfg(
+        "proxy=pixart_tiny", "bilevel=exact", "data.resolution=8", "bilevel.histogram_every=0", "bilevel.ul_init=0.9"
+    )
     model = instantiate(cfg.bilevel)
     assert type(model.proxy).__name__ == "PixArtProxy" and model.hparams.estimator == "exact"
-    loader = CombinedLoader({k: DataLoader(tiny_split, batch_size=16, shuffle=True, drop_last=True)
-                             for k in ("val", "train")}, "min_size")
+    loader = CombinedLoader(
+        {k: DataLoader(tiny_split, batch_size=16, shuffle=True, drop_last=True) for k in ("val", "train")}, "min_size"
+    )
     before = [p.detach().clone() for p in model.proxy.parameters()]
-    trainer = Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, train_dataloaders=loader)
     assert np.isfinite(float(trainer.callback_metrics["rate/meta_grad_std"]))
     assert any(not torch.equal(a, p) for a, p in zip(before, model.proxy.parameters()))

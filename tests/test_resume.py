@@ -15,17 +15,32 @@ from .conftest import DATA_DIR, ROOT
 
 # 64 pool samples, D_val 16, batches of 4: 4 bilevel iterations per epoch, 2 epochs; a checkpoint
 # after every iteration
-TINY = ["+experiment=rate", "debug=smoke", "~logger", "data.limit_train=64", "data.limit_val=16", "rate.batch_size=4",
-        "rate.val_batch_size=4", "rate.score_batch_size=16", "callbacks.model_checkpoint.every_n_train_steps=1",
-        "+callbacks.probe._target_=tests.probe.Probe", f"paths.data_dir={DATA_DIR}"]
+TINY = [
+    "+experiment=rate",
+    "debug=smoke",
+    "~logger",
+    "data.limit_train=64",
+    "data.limit_val=16",
+    "rate.batch_size=4",
+    "rate.val_batch_size=4",
+    "rate.score_batch_size=16",
+    "callbacks.model_checkpoint.every_n_train_steps=1",
+    "+callbacks.probe._target_=tests.probe.Probe",
+    f"paths.data_dir={DATA_DIR}",
+]
 
 
 def rate(out, *extra):
     # one thread per process: on a small shared CPU, oversubscribed OpenMP threads make each step ~10x slower
     env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "train.py", *TINY, f"+callbacks.probe.out={out}/probe",
-                           f"hydra.run.dir={out}", *extra], cwd=ROOT, capture_output=True, text=True, env=env,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "train.py", *TINY, f"+callbacks.probe.out={out}/probe", f"hydra.run.dir={out}", *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_killed_rating_resumes_to_the_same_scores(tmp_path, emoji_dir):

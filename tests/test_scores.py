@@ -79,13 +79,38 @@ def test_training_refuses_scores_of_another_dataset(tmp_path, emoji_dir, cache_d
     from alchemist_pl.datamodule import TrainingDataModule
 
     pool = load_split(emoji_dir / "val", 16, cache_dir, limit=40)
-    path = write_scores(tmp_path / "scores40.parquet", pool.sample_ids, np.linspace(0, 1, 40), {"train_path": "val[:40]"})
-    dm = TrainingDataModule(emoji_dir / "val", emoji_dir / "val", scores_path=path, keep_ratio=0.5, method="top_k",
-                            limit_train=32, limit_test=8, batch_size=4, resolution=16, cache_dir=cache_dir)
-    with pytest.raises(ScoresError, match=r"scores40.parquet: the scores were made for another dataset.*"
-                                          r"the training set data.train_path=.*val \(32 samples\)"):
+    path = write_scores(
+        tmp_path / "scores40.parquet", pool.sample_ids, np.linspace(0, 1, 40), {"train_path": "val[:40]"}
+    )
+    dm = TrainingDataModule(
+        emoji_dir / "val",
+        emoji_dir / "val",
+        scores_path=path,
+        keep_ratio=0.5,
+        method="top_k",
+        limit_train=32,
+        limit_test=8,
+        batch_size=4,
+        resolution=16,
+        cache_dir=cache_dir,
+    )
+    with pytest.raises(
+        ScoresError,
+        match=r"scores40.parquet: the scores were made for another dataset.*"
+        r"the training set data.train_path=.*val \(32 samples\)",
+    ):
         dm.setup("fit")
-    dm = TrainingDataModule(emoji_dir / "val", emoji_dir / "val", scores_path=path, keep_ratio=0.5, method="top_k",
-                            limit_train=40, limit_test=8, batch_size=4, resolution=16, cache_dir=cache_dir)
+    dm = TrainingDataModule(
+        emoji_dir / "val",
+        emoji_dir / "val",
+        scores_path=path,
+        keep_ratio=0.5,
+        method="top_k",
+        limit_train=40,
+        limit_test=8,
+        batch_size=4,
+        resolution=16,
+        cache_dir=cache_dir,
+    )
     dm.setup("fit")
     assert len(dm.sampler.subset) == 20

@@ -10,7 +10,7 @@ from alchemist_pl.data import DataError, load_split
 from alchemist_pl.scores import ScoresError, read_scores, score_dataset
 from alchemist_pl.streaming import merge_parts, part_path, score_shards, shard_list
 
-from .test_data import _write_shard, real_samples  # noqa: F401 (a fixture)
+from .test_data import _write_shard
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def pool(tmp_path_factory, emoji_dir):
             break
     folder = tmp_path_factory.mktemp("pool")
     for i in range(3):
-        _write_shard(folder / f"pool-{i:06d}.tar", raws[20 * i: 20 * (i + 1)])
+        _write_shard(folder / f"pool-{i:06d}.tar", raws[20 * i : 20 * (i + 1)])
     _write_shard(folder / "pool-000003.tar", [])
     return folder
 
@@ -68,8 +68,20 @@ def test_streamed_scores_equal_in_memory_scores(pool, rater, cache_dir, in_memor
 @pytest.mark.parametrize("world_size,num_workers", [(2, 0), (3, 2)])
 def test_shards_split_across_ranks_and_workers(pool, rater, cache_dir, in_memory, tmp_path, world_size, num_workers):
     shards = shard_list(pool)
-    per_rank = [score_shards(rater, shards, tmp_path / "parts", 32, cache_dir, batch_size=8, num_workers=num_workers,
-                             rank=r, world_size=world_size) for r in range(world_size)]
+    per_rank = [
+        score_shards(
+            rater,
+            shards,
+            tmp_path / "parts",
+            32,
+            cache_dir,
+            batch_size=8,
+            num_workers=num_workers,
+            rank=r,
+            world_size=world_size,
+        )
+        for r in range(world_size)
+    ]
     names = [p.name for ps in per_rank for p in ps]
     assert sorted(names) == sorted({p.name for p in sum(per_rank, [])})  # disjoint
     assert len(names) == 4  # covering
@@ -85,7 +97,9 @@ def test_rerun_skips_finished_shards(pool, rater, cache_dir, in_memory, tmp_path
     kept = part_path(tmp_path / "parts", shards[0].name)
     stamp = kept.stat().st_mtime_ns
     part_path(tmp_path / "parts", shards[1].name).unlink()  # as if killed while scoring shard 1
-    with pytest.raises(ScoresError, match=r"pool-000001.tar.parquet: missing: shard .*pool-000001.tar has not been scored"):
+    with pytest.raises(
+        ScoresError, match=r"pool-000001.tar.parquet: missing: shard .*pool-000001.tar has not been scored"
+    ):
         merge_parts(shards, tmp_path / "parts", tmp_path / "s.parquet", {})
     again = score_shards(rater, shards, tmp_path / "parts", 32, cache_dir, batch_size=8)
     assert [p.name for p in again] == ["pool-000001.tar.parquet"]
@@ -104,8 +118,10 @@ def test_bad_sample_named_and_finished_shards_kept(pool, rater, cache_dir, tmp_p
     shards = shard_list(folder)
     with pytest.raises(DataError, match=rf"pool-000002.tar: sample '{k}': cannot decode image"):
         score_shards(rater, shards, tmp_path / "parts", 32, cache_dir, batch_size=8)
-    assert sorted(p.name for p in (tmp_path / "parts").glob("*.parquet")) == ["pool-000000.tar.parquet",
-                                                                              "pool-000001.tar.parquet"]
+    assert sorted(p.name for p in (tmp_path / "parts").glob("*.parquet")) == [
+        "pool-000000.tar.parquet",
+        "pool-000001.tar.parquet",
+    ]
 
 
 def test_duplicate_sample_across_shards_refused(pool, rater, cache_dir, tmp_path):
@@ -126,8 +142,16 @@ def test_no_shards(tmp_path):
         shard_list(tmp_path)
 
 
-RATE_TINY = ["+experiment=rate", "debug=smoke", "logger=csv", "data.limit_val=16", "rate.batch_size=8",
-             "rate.val_batch_size=8", "rate.max_epochs=1", "rate.score_batch_size=16"]
+RATE_TINY = [
+    "+experiment=rate",
+    "debug=smoke",
+    "logger=csv",
+    "data.limit_val=16",
+    "rate.batch_size=8",
+    "rate.val_batch_size=8",
+    "rate.max_epochs=1",
+    "rate.score_batch_size=16",
+]
 
 
 def test_rate_stage_streaming_scores_equal_in_memory_scores(pool, make_cfg, tmp_path):
@@ -137,8 +161,9 @@ def test_rate_stage_streaming_scores_equal_in_memory_scores(pool, make_cfg, tmp_
     summaries = {}
     for streaming in ("false", "true"):
         out = tmp_path / streaming
-        summaries[streaming] = run(make_cfg(*RATE_TINY, f"data.train_path={pool}", f"rate.streaming={streaming}",
-                                            output_dir=out))
+        summaries[streaming] = run(
+            make_cfg(*RATE_TINY, f"data.train_path={pool}", f"rate.streaming={streaming}", output_dir=out)
+        )
     mem, stream = (read_scores(tmp_path / s / "scores.parquet") for s in ("false", "true"))
     raters = [torch.load(tmp_path / s / "rater.pt")["state_dict"] for s in ("false", "true")]
     assert all(torch.equal(raters[0][k], raters[1][k]) for k in raters[0])  # the same saved rater
@@ -149,7 +174,9 @@ def test_rate_stage_streaming_scores_equal_in_memory_scores(pool, make_cfg, tmp_
         assert stream[2][key] == mem[2][key], key
     assert stream[2]["rater_checkpoint"] == str(tmp_path / "true" / "rater.pt")
     assert not (tmp_path / "true" / "score_parts").exists()  # parts merged and removed
-    assert summaries["true"]["metrics"]["samples_rated"] == 60 and summaries["true"]["metrics"]["scoring"] == "streaming"
+    assert (
+        summaries["true"]["metrics"]["samples_rated"] == 60 and summaries["true"]["metrics"]["scoring"] == "streaming"
+    )
 
 
 def test_rate_streaming_config_errors(make_cfg, tmp_path):
@@ -158,12 +185,14 @@ def test_rate_streaming_config_errors(make_cfg, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
     (folder / "metadata.jsonl").write_text("")
-    with pytest.raises(ValueError, match=r"rate.streaming=true scores webdataset \*.tar shards, but "
-                                         r"data.train_path=.*images is an image folder"):
+    with pytest.raises(
+        ValueError,
+        match=r"rate.streaming=true scores webdataset \*.tar shards, but "
+        r"data.train_path=.*images is an image folder",
+    ):
         run(make_cfg(*RATE_TINY, f"data.train_path={folder}", "rate.streaming=true", output_dir=tmp_path / "a"))
     with pytest.raises(ValueError, match="rate.streaming must be true or false, got 'yes'"):
         run(make_cfg(*RATE_TINY, "rate.streaming=yes", output_dir=tmp_path / "b"))
-
 
 
 def test_rate_streaming_on_two_ranks(pool, cache_dir, tmp_path):
