@@ -2,6 +2,7 @@
 
 import io
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -147,3 +148,116 @@ def test_16bit_grey_keeps_its_brightness(tmp_path, real_samples):
     _write_shard(tmp_path / "s" / "a.tar", [{"__key__": k, "png": buf.getvalue(), "txt": cap}])
     ds = load_split(tmp_path / "s", 8, None)
     assert int(ds.images.max()) == round(1000 / 257)
+
+
+# ---------------------------------------------------------------- shards: truncation and the key rule
+
+
+@pytest.fixture(scope="module")
+def forty(emoji_dir):
+    """The first 40 real samples of the test split as webdataset samples."""
+    from itertools import islice
+
+    from alchemist_pl.data import iter_samples
+
+    return [
+        {"__key__": r.sample_id, "png": r.image, "txt": r.caption} for r in islice(iter_samples(emoji_dir / "test"), 40)
+    ]
+
+
+@pytest.mark.parametrize("cut", ["member-boundary", "inside-header", "inside-member", "end-blocks"])
+def test_truncated_shard_named(tmp_path, forty, cut):
+    """A 40-sample shard cut short (no end-of-archive blocks) is refused by name, not read as 20 samples."""
+    (tmp_path / "s").mkdir()
+    shard = tmp_path / "s" / "part-000007.tar"
+    _write_shard(shard, forty)
+    with tarfile.open(shard) as tf:
+        members = tf.getmembers()
+        end = tf.offset
+    half = members[40]  # first member of sample 20 (two members per sample)
+    at = {
+        "member-boundary": half.offset,
+        "inside-header": half.offset + 100,
+        "inside-member": half.offset_data + 10,
+        "end-blocks": end,  # every member complete, only the two zero blocks missing
+    }[cut]
+    shard.write_bytes(shard.read_bytes()[:at])
+    with pytest.raises(DataError, match=r"part-000007.tar: truncated"):
+        load_split(tmp_path / "s", 16, None)
+
+
+def _tar(path, members):
+    """A tar file with the given (name, bytes) members in this order."""
+    with tarfile.open(path, "w") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize(
+    "names,match",
+    [
+        (["a.png", "a.txt", "a.png"], r"sample 'a': member a.png occurs twice in the sample"),
+        (
+            ["a.png", "b.png", "a.txt", "b.txt"],
+            r"sample 'a': member a.txt is separated from the sample's earlier member a.png by other samples' members",
+        ),
+        (
+            ["a.png", "a.txt", "b.png", "b.txt", "a.png", "a.txt"],
+            r"sample 'a': member a.png is separated from the sample's earlier member a.png",
+        ),
+        (
+            ["img.v2.final.png", "img.v2.final.txt"],
+            r"sample 'img' has no image: member img.v2.final.png is field 'v2.final.png' of sample 'img', "
+            r"because a key ends at the first dot of the file name",
+        ),
+        (["a.jpg", "a.png", "a.txt"], r"sample 'a' has several images \(a.jpg, a.png\); expected one"),
+        (["a.png", "a.txt", "README"], r"member README has no extension"),
+    ],
+    ids=["duplicate-member", "not-adjacent", "key-twice", "dotted-key", "two-images", "no-extension"],
+)
+def test_shard_layout_errors_name_shard_key_and_reason(tmp_path, real_samples, names, match):
+    """Every reader error is a DataError naming the shard, the key and the true reason."""
+    png = {"a": real_samples[0][1], "b": real_samples[1][1], "img": real_samples[2][1]}
+    members = []
+    for name in names:
+        key = name.split(".")[0]
+        if name.endswith(".txt"):
+            members.append((name, real_samples[0][2].encode()))
+        elif name.endswith(".jpg"):
+            members.append((name, _jpeg_bytes(png[key])))
+        else:
+            members.append((name, png.get(key, b"text")))
+    (tmp_path / "s").mkdir()
+    _tar(tmp_path / "s" / "odd-000001.tar", members)
+    with pytest.raises(DataError, match=r"odd-000001.tar: " + match):
+        load_split(tmp_path / "s", 16, None)
+
+
+def test_directories_metadata_and_other_fields_pass(tmp_path, real_samples):
+    """Directory members, webdataset's __meta__ members and fields other than image and caption are
+    passed over; keys keep their folder (webdataset's rule)."""
+    k, png, cap = real_samples[0]
+    (tmp_path / "s").mkdir()
+    with tarfile.open(tmp_path / "s" / "a.tar", "w") as tf:
+        info = tarfile.TarInfo("part")
+        info.type = tarfile.DIRTYPE
+        tf.addfile(info)
+        for name, data in [
+            ("__info__", b"{}"),
+            ("part/x.png", png),
+            ("part/x.txt", cap.encode()),
+            ("part/x.json", b"{}"),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    ds = load_split(tmp_path / "s", 16, None)
+    assert ds.sample_ids == ["part/x"] and ds.captions == [cap]
+
+
+def _jpeg_bytes(png: bytes, **save) -> bytes:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").save(buf, format="JPEG", quality=95, **save)
+    return buf.getvalue()
