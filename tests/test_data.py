@@ -2,6 +2,7 @@
 
 import io
 import json
+import struct
 import tarfile
 
 import numpy as np
@@ -261,3 +262,107 @@ def _jpeg_bytes(png: bytes, **save) -> bytes:
     buf = io.BytesIO()
     Image.open(io.BytesIO(png)).convert("RGB").save(buf, format="JPEG", quality=95, **save)
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------- images decoded as a viewer shows them
+
+# EXIF orientation (tag 274): the transpose a viewer applies to the stored pixels (EXIF 2.3, Table 6)
+_DISPLAY = {
+    2: [Image.Transpose.FLIP_LEFT_RIGHT],
+    3: [Image.Transpose.ROTATE_180],
+    4: [Image.Transpose.FLIP_TOP_BOTTOM],
+    5: [Image.Transpose.TRANSPOSE],
+    6: [Image.Transpose.ROTATE_270],  # stored rotated 90° counter-clockwise: turn it 90° clockwise
+    7: [Image.Transpose.TRANSVERSE],
+    8: [Image.Transpose.ROTATE_90],
+}
+_INVERSE = {
+    Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270,
+}
+
+
+def _decode(tmp_path, key, image_bytes, caption, ext="png", resolution=32):
+    folder = tmp_path / f"s-{len(list(tmp_path.iterdir()))}"
+    folder.mkdir()
+    _write_shard(folder / "a.tar", [{"__key__": key, ext: image_bytes, "txt": caption}])
+    return load_split(folder, resolution, None).images[0].numpy().transpose(1, 2, 0).astype(int)
+
+
+def _upright(png: bytes) -> Image.Image:
+    """A real emoji on white, made asymmetric (left half darkened) so every transpose changes it."""
+    im = Image.open(io.BytesIO(png)).convert("RGBA")
+    bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+    arr = np.asarray(Image.alpha_composite(bg, im).convert("RGB")).copy()
+    arr[:, : arr.shape[1] // 2] //= 2
+    return Image.fromarray(arr)
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_exif_orientation_applied(tmp_path, real_samples, orientation):
+    """Stored pixels + EXIF orientation decode to the upright image, as a viewer shows it."""
+    k, png, cap = real_samples[0]
+    up = _upright(png)
+    stored = up
+    for t in reversed(_DISPLAY.get(orientation, [])):
+        stored = stored.transpose(_INVERSE.get(t, t))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    stored.save(buf, format="PNG", exif=exif)
+    got = _decode(tmp_path, k, buf.getvalue(), cap)
+    np.testing.assert_array_equal(got, np.asarray(up))
+
+
+def test_exif_orientation_6_jpeg(tmp_path, real_samples):
+    """The field report: a JPEG with orientation 6 is used rotated, as image viewers and img2dataset show it."""
+    k, png, cap = real_samples[1]
+    up = _upright(png)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = up.transpose(Image.Transpose.ROTATE_90)
+    buf = io.BytesIO()
+    stored.save(buf, format="JPEG", quality=95, subsampling=0, exif=exif)
+    got = _decode(tmp_path, k, buf.getvalue(), cap, ext="jpg")
+    err_upright = np.abs(got - np.asarray(up)).mean()
+    err_stored = np.abs(got - np.asarray(stored)).mean()
+    assert err_upright < 3 and err_stored > 10 * err_upright, (err_upright, err_stored)
+
+
+def _swapped_rb_profile() -> bytes:
+    """An RGB ICC profile whose red and blue primaries are sRGB's blue and red (LittleCMS's sRGB
+    profile with the rXYZ and bXYZ tag offsets exchanged)."""
+    from PIL import ImageCms
+
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    (count,) = struct.unpack(">I", icc[128:132])
+    table = {icc[132 + 12 * i : 136 + 12 * i].decode(): 132 + 12 * i for i in range(count)}
+    r, b = table["rXYZ"], table["bXYZ"]
+    icc[r + 4 : r + 12], icc[b + 4 : b + 12] = icc[b + 4 : b + 12], icc[r + 4 : r + 12]
+    return bytes(icc)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_icc_profile_converted_to_srgb(tmp_path, real_samples, mode):
+    """Pixels tagged with a colour profile decode to the colours it defines: with red and blue primaries
+    exchanged, stored (r, g, b) shows as sRGB (b, g, r)."""
+    k, png, cap = real_samples[2]
+    up = np.asarray(_upright(png))
+    stored = Image.fromarray(up[..., ::-1].copy())
+    if mode == "RGBA":
+        stored = stored.convert("RGBA")
+    buf = io.BytesIO()
+    stored.save(buf, format="PNG", icc_profile=_swapped_rb_profile())
+    got = _decode(tmp_path, k, buf.getvalue(), cap)
+    assert np.abs(got - up).max() <= 2, "not converted from the embedded profile"
+
+
+def test_animated_image_first_frame(tmp_path, real_samples):
+    """An animated WebP or PNG decodes to its first frame (what a still thumbnail shows)."""
+    frames = [_upright(real_samples[i][1]) for i in (3, 4)]
+    for fmt, ext in (("WEBP", "webp"), ("PNG", "png")):
+        buf = io.BytesIO()
+        frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:], lossless=True, duration=100)
+        assert Image.open(io.BytesIO(buf.getvalue())).n_frames == 2
+        got = _decode(tmp_path, real_samples[3][0], buf.getvalue(), real_samples[3][2], ext=ext)
+        np.testing.assert_array_equal(got, np.asarray(frames[0]))
