@@ -5,8 +5,11 @@ the sorted int64 indices of ``round(keep_ratio * N)`` distinct samples. Every me
 apart from one sort (O(N log N)), so it scales to 10^8 scores.
 
 Rank percentile: scores are sorted descending and ``r_i = rank_i / N`` in [0, 1), 0 = top score.
-Ties are broken by index (stable sort), so the result is deterministic. A caller that needs both
-the subset and the percentiles sorts once (:func:`descending_order`) and passes ``order=`` to both.
+Equal scores get equal chances: :func:`percentiles` gives every member of a group of equal scores
+the mean of the group's ranks, and :func:`select` orders each such group at random (seeded by
+``seed``) before any rank-based method reads the order, so which tied samples fall in the head, the
+top k or the block does not depend on their position in the file. A caller that needs both the
+subset and the percentiles sorts once (:func:`descending_order`) and passes ``order=`` to both.
 
 Methods:
     shift_gsample: discard the head ``r < head``, then draw without replacement with probability
@@ -30,6 +33,7 @@ ALIASES = {"alchemist": "shift_gsample"}
 
 DEFAULT_MEAN = 0.5
 DEFAULT_STD = 0.2
+_TIE_STREAM = 0x7135  # seeds the tie shuffle apart from the draw (same seed, independent streams)
 
 
 def auto_head(keep_ratio: float) -> float:
@@ -40,13 +44,48 @@ def auto_head(keep_ratio: float) -> float:
 def percentiles(scores: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
     """Rank percentile r_i in [0, 1) of every score, 0 = highest (float64, shape [N]).
 
+    Equal scores share one percentile: the mean rank of their group over N (ranks 0..N-1).
     ``order``: the scores' :func:`descending_order` if already computed (saves the sort).
     """
     scores = np.asarray(scores)
     order = _given_or_sorted(scores, order)
-    r = np.empty(len(scores), dtype=np.float64)
-    r[order] = np.arange(len(scores), dtype=np.float64) / len(scores)
+    n = len(scores)
+    r = np.empty(n, dtype=np.float64)
+    starts = _tie_group_starts(scores[order])
+    if len(starts) == n:  # no ties
+        r[order] = np.arange(n, dtype=np.float64) / n
+        return r
+    sizes = np.diff(np.append(starts, n))
+    r[order] = np.repeat((starts + (sizes - 1) / 2.0) / n, sizes)
     return r
+
+
+def _tie_group_starts(sorted_scores: np.ndarray) -> np.ndarray:
+    """First position of each run of equal values in sorted scores: [G] int64 (G = N without ties)."""
+    new = np.empty(len(sorted_scores), dtype=bool)
+    new[:1] = True
+    np.not_equal(sorted_scores[1:], sorted_scores[:-1], out=new[1:])  # -0.0 == 0.0: they tie
+    return np.flatnonzero(new)
+
+
+def shuffle_ties(scores: np.ndarray, order: np.ndarray, seed: int) -> np.ndarray:
+    """``order`` with each group of equal scores in a random order (seeded), others untouched: [N] int64.
+
+    Returns ``order`` itself when no scores tie; otherwise a new array.
+    """
+    sorted_scores = scores[order]
+    same = sorted_scores[1:] == sorted_scores[:-1]
+    if not same.any():
+        return order
+    tied = np.zeros(len(order), dtype=bool)
+    tied[1:] |= same
+    tied[:-1] |= same
+    positions = np.flatnonzero(tied)
+    group = np.cumsum(np.concatenate([[True], ~same]))[positions]  # the group's number, rising along the order
+    u = np.random.default_rng([_TIE_STREAM, seed]).random(len(positions))
+    out = order.copy()
+    out[positions] = order[positions[np.lexsort((u, group))]]
+    return out
 
 
 def check_method(method: str) -> str:
@@ -70,8 +109,14 @@ def _check(scores: np.ndarray, keep_ratio: float) -> int:
         raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
     if not (0.0 < keep_ratio <= 1.0):
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
-    k = int(round(keep_ratio * len(scores)))
-    return max(k, 1)
+    n = len(scores)
+    k = int(round(keep_ratio * n))
+    if k == 0:
+        raise ValueError(
+            f"keep_ratio={keep_ratio} keeps round({keep_ratio} * {n}) = 0 of {n} samples; "
+            f"use keep_ratio >= 1/{n} = {1 / n:.3g}"
+        )
+    return k
 
 
 def _given_or_sorted(scores: np.ndarray, order) -> np.ndarray:
@@ -168,7 +213,8 @@ def select(
         scores: [N] scores, higher = better (NumPy array or anything ``np.asarray`` takes).
         keep_ratio: fraction of N to keep, in (0, 1]; the subset has ``round(keep_ratio * N)``.
         method: one of :data:`METHODS` (or ``"alchemist"`` = shift_gsample).
-        seed: seed of the random draw (shift_gsample, gsample, random); same seed, same subset.
+        seed: seed of the random draw (shift_gsample, gsample, random) and of the order of equal
+            scores (every method but random and full); same seed, same subset.
         head: shift_gsample's discarded head fraction in [0, 1), or "auto" (:func:`auto_head`).
         mean, std: centre and width of the Gaussian over rank percentile (shift_gsample, gsample).
         start: first percentile of the window (block); clipped so the window fits.
@@ -179,7 +225,7 @@ def select(
         [k] int64 sorted indices, no duplicates.
 
     Raises:
-        ValueError: unknown method, keep_ratio outside (0, 1], NaN/inf scores, a head too large
+        ValueError: unknown method, keep_ratio outside (0, 1] or keeping 0 samples, NaN/inf scores, a head too large
             to leave k samples, or an ``order`` whose shape is not the scores'.
     """
     method = check_method(method)
@@ -195,7 +241,7 @@ def select(
     elif method == "random":
         out = rng.choice(n, size=k, replace=False)
     elif method in ("top_k", "bottom_k", "block"):
-        order = _given_or_sorted(scores, order)
+        order = shuffle_ties(scores, _given_or_sorted(scores, order), seed)
         if method == "top_k":
             out = order[:k]
         elif method == "bottom_k":
@@ -210,5 +256,5 @@ def select(
             if not (0.0 <= h < 1.0):
                 raise ValueError(f"head must be in [0, 1), got {h}")
             first = int(np.ceil(h * n))  # positions with r = position / N < h are the head
-        out = _gaussian_draw(_given_or_sorted(scores, order), first, k, mean, std, rng)
+        out = _gaussian_draw(shuffle_ties(scores, _given_or_sorted(scores, order), seed), first, k, mean, std, rng)
     return np.sort(out.astype(np.int64))
