@@ -209,7 +209,7 @@ class TrainingDataModule(_Base):
                 self.train_set.sample_ids,
                 f"the training set data.train_path={self.train_path} ({n} samples)",
             )
-            aligned = np.full(n, np.nan, dtype=np.float32)
+            aligned = np.full(n, np.nan, dtype=scores.dtype)  # float64 scores keep their precision
             aligned[self.train_set.index_of(ids, str(self.scores_path))] = scores
             if np.isnan(aligned).any():
                 missing = [self.train_set.sample_ids[i] for i in np.flatnonzero(np.isnan(aligned))[:3]]
