@@ -1,0 +1,135 @@
+"""Which checkpoint a run may resume: only one written by the same run.
+
+A stage that trains records its identity in ``{output_dir}/checkpoints/run-identity.json`` before
+fitting: the resolved config (without :data:`IGNORED`, which only says where results go and how
+they are logged) and a fingerprint of the samples it trains and evaluates on (sha256 of the sorted
+sample_ids, :func:`alchemist_pl.scores.dataset_fingerprint`). A rerun into the same folder resumes
+``checkpoints/last.ckpt`` only when both match; otherwise it refuses, naming the folder and the
+differing keys (:class:`ResumeError`): it never continues another run's checkpoint and relabels its
+results. While a stage trains it holds a lock on ``{output_dir}/.run.lock``, so a second run started
+into the same folder (two runs started in the same second sharing the timestamped default folder)
+is refused at once instead of writing over the first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+IDENTITY_FILE = "run-identity.json"
+#: config keys that do not change what a run computes: where results are written and how logged
+IGNORED = ("paths", "logger", "callbacks.rich_progress_bar")
+
+
+class ResumeError(RuntimeError):
+    """The output folder holds a checkpoint of another run, or another run is writing into it."""
+
+
+def run_identity(config: dict, data: dict[str, str]) -> dict:
+    """``{"config": flattened config without IGNORED keys, "data": data}`` (JSON values only).
+
+    ``data``: a fingerprint per data role, e.g. ``{"data.train_path": <sha256 of sample_ids>}``.
+    """
+    flat = {k: v for k, v in _flatten(config).items() if not any(k == i or k.startswith(i + ".") for i in IGNORED)}
+    return json.loads(json.dumps({"config": flat, "data": data}, default=str))
+
+
+def _flatten(obj, prefix: str = "") -> dict:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: obj}
+
+
+def differences(stored: dict, current: dict) -> list[str]:
+    """``"key: stored -> current"`` for every config key and data fingerprint that differs."""
+    out = []
+    for part in ("config", "data"):
+        a, b = stored.get(part, {}), current.get(part, {})
+        for k in sorted(set(a) | set(b)):
+            if a.get(k, "<unset>") != b.get(k, "<unset>"):
+                label = k if part == "config" else f"samples of {k} (fingerprint)"
+                out.append(f"{label}: {_short(a.get(k, '<unset>'))} -> {_short(b.get(k, '<unset>'))}")
+    return out
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def resume_checkpoint(output_dir, identity: dict) -> str | None:
+    """The checkpoint to resume from, or None to start fresh.
+
+    Returns ``{output_dir}/checkpoints/last.ckpt`` when it exists and the recorded identity equals
+    ``identity``; None when there is no checkpoint.
+
+    Raises:
+        ResumeError: a checkpoint exists and its run's config or data differ (names the folder and
+            the differing keys), or it has no recorded identity.
+    """
+    folder = Path(output_dir) / "checkpoints"
+    ckpt, record = folder / "last.ckpt", folder / IDENTITY_FILE
+    if not ckpt.exists():
+        return None
+    if not record.exists():
+        raise ResumeError(
+            f"{folder}: last.ckpt has no record of the run that wrote it ({IDENTITY_FILE}); it cannot be told "
+            f"apart from another run's: choose another output folder (hydra.run.dir=...) or delete {folder}"
+        )
+    diff = differences(json.loads(record.read_text()), identity)
+    if diff:
+        shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+        raise ResumeError(
+            f"{folder} holds the checkpoint of a different run, which this run would resume and relabel: "
+            f"{shown}. Choose another output folder (hydra.run.dir=...) or delete {folder} to start fresh"
+        )
+    log.info("resuming from %s (same config and data)", ckpt)
+    return str(ckpt)
+
+
+def record_identity(output_dir, identity: dict) -> Path:
+    """Write ``identity`` to ``{output_dir}/checkpoints/run-identity.json`` (atomically)."""
+    path = Path(output_dir) / "checkpoints" / IDENTITY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(identity, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
+@contextmanager
+def run_lock(output_dir):
+    """Hold an exclusive lock on ``{output_dir}/.run.lock`` for the block (released on exit or death).
+
+    Raises:
+        ResumeError: another live process holds it (names the folder and that process).
+    """
+    path = Path(output_dir) / ".run.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise ResumeError(
+                f"{output_dir}: another run (pid {holder}) is writing into this folder; choose another "
+                f"output folder (hydra.run.dir=...)"
+            ) from e
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
