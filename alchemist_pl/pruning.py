@@ -5,10 +5,10 @@ the sorted int64 indices of ``round(keep_ratio * N)`` distinct samples. Every me
 apart from one sort (O(N log N)), so it scales to 10^8 scores.
 
 Rank percentile: scores are sorted descending and ``r_i = rank_i / N`` in [0, 1), 0 = top score.
-Equal scores get equal chances: :func:`percentiles` gives every member of a group of equal scores
-the mean of the group's ranks, and :func:`select` orders each such group at random (seeded by
-``seed``) before any rank-based method reads the order, so which tied samples fall in the head, the
-top k or the block does not depend on their position in the file. A caller that needs both the
+Equal scores get equal chances: every member of a group of equal scores has the mean of the
+group's ranks (:func:`tie_ranks`; :func:`percentiles` and the Gaussian weights use it), and where
+a method cuts through such a group (the head, the top or bottom k, the block's ends) the members
+on each side are drawn at random with ``seed`` (:func:`shuffle_ties_at`), not taken in file order. A caller that needs both the
 subset and the percentiles sorts once (:func:`descending_order`) and passes ``order=`` to both.
 
 Methods:
@@ -49,42 +49,75 @@ def percentiles(scores: np.ndarray, order: np.ndarray | None = None) -> np.ndarr
     """
     scores = np.asarray(scores)
     order = _given_or_sorted(scores, order)
-    n = len(scores)
-    r = np.empty(n, dtype=np.float64)
-    starts = _tie_group_starts(scores[order])
-    if len(starts) == n:  # no ties
-        r[order] = np.arange(n, dtype=np.float64) / n
-        return r
-    sizes = np.diff(np.append(starts, n))
-    r[order] = np.repeat((starts + (sizes - 1) / 2.0) / n, sizes)
+    r = np.empty(len(scores), dtype=np.float64)
+    r[order] = tie_ranks(scores, order) / len(scores)
     return r
 
 
-def _tie_group_starts(sorted_scores: np.ndarray) -> np.ndarray:
-    """First position of each run of equal values in sorted scores: [G] int64 (G = N without ties)."""
-    new = np.empty(len(sorted_scores), dtype=bool)
-    new[:1] = True
-    np.not_equal(sorted_scores[1:], sorted_scores[:-1], out=new[1:])  # -0.0 == 0.0: they tie
-    return np.flatnonzero(new)
+def tie_ranks(scores: np.ndarray, order: np.ndarray, lo: int = 0, hi: int | None = None, dtype=np.float64):
+    """Rank of the samples at positions ``lo..hi-1`` of ``order``: the position, or for a group of
+    equal scores the mean position of the whole group (also where it reaches past ``lo`` or ``hi``).
 
-
-def shuffle_ties(scores: np.ndarray, order: np.ndarray, seed: int) -> np.ndarray:
-    """``order`` with each group of equal scores in a random order (seeded), others untouched: [N] int64.
-
-    Returns ``order`` itself when no scores tie; otherwise a new array.
+    O(hi - lo) after the sort: [hi - lo] of ``dtype``.
     """
-    sorted_scores = scores[order]
-    same = sorted_scores[1:] == sorted_scores[:-1]
-    if not same.any():
-        return order
-    tied = np.zeros(len(order), dtype=bool)
-    tied[1:] |= same
-    tied[:-1] |= same
-    positions = np.flatnonzero(tied)
-    group = np.cumsum(np.concatenate([[True], ~same]))[positions]  # the group's number, rising along the order
-    u = np.random.default_rng([_TIE_STREAM, seed]).random(len(positions))
-    out = order.copy()
-    out[positions] = order[positions[np.lexsort((u, group))]]
+    n = len(order)
+    hi = n if hi is None else hi
+    if hi <= lo:
+        return np.zeros(0, dtype=dtype)
+    a, b = _group_bounds(scores, order, lo)[0], _group_bounds(scores, order, hi - 1)[1]
+    s = scores[order[a:b]]
+    same = s[1:] == s[:-1]  # position i ties with i + 1 (-0.0 == 0.0)
+    del s
+    ranks = np.arange(a, b, dtype=dtype)
+    if same.any():
+        edge = np.diff(same.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+        first, last = np.flatnonzero(edge == 1), np.flatnonzero(edge == -1)  # a group spans first..last
+        del edge
+        tied = np.zeros(b - a, dtype=bool)
+        tied[:-1] |= same
+        tied[1:] |= same
+        ranks[tied] = np.repeat((a + (first + last) / 2.0).astype(dtype), last - first + 1)
+    return ranks[lo - a : hi - a]
+
+
+def _group_bounds(scores: np.ndarray, order: np.ndarray, c: int) -> tuple[int, int]:
+    """``[a, b)``: the positions of ``order`` whose score equals the one at position ``c``.
+
+    Scans outward from ``c`` in doubling windows: O(group size).
+    """
+    n, s = len(order), scores[order[c]]
+    a, w = c, 64
+    while a > 0:
+        lo = max(0, a - w)
+        differs = np.flatnonzero(scores[order[lo:a]] != s)
+        if len(differs):
+            a = lo + int(differs[-1]) + 1
+            break
+        a, w = lo, 2 * w
+    b, w = c + 1, 64
+    while b < n:
+        hi = min(n, b + w)
+        differs = np.flatnonzero(scores[order[b:hi]] != s)
+        if len(differs):
+            b = b + int(differs[0])
+            break
+        b, w = hi, 2 * w
+    return a, b
+
+
+def shuffle_ties_at(scores: np.ndarray, order: np.ndarray, cuts, rng: np.random.Generator) -> np.ndarray:
+    """``order`` with every group of equal scores that a cut splits (positions ``c - 1`` and ``c``
+    tie) in a random order, so which of its members fall on each side is drawn, not taken from
+    the file: [N] int64, a copy when any group is shuffled, else ``order`` itself. O(group size).
+    """
+    out = order
+    for c in cuts:
+        if not 0 < c < len(order) or scores[out[c - 1]] != scores[out[c]]:
+            continue
+        a, b = _group_bounds(scores, out, c)
+        if out is order:
+            out = order.copy()
+        out[a:b] = rng.permutation(out[a:b])
     return out
 
 
@@ -161,11 +194,12 @@ _descending_order = descending_order
 
 
 def _gaussian_draw(
-    order: np.ndarray, first: int, k: int, mean: float, std: float, rng: np.random.Generator
+    order: np.ndarray, ranks: np.ndarray, first: int, k: int, mean: float, std: float, rng: np.random.Generator
 ) -> np.ndarray:
     """k of the samples ranked ``first..N-1``, without replacement, P ∝ exp(-(r - mean)^2 / 2 std^2).
 
-    Works in rank space (``r = position / N``), so no per-sample percentile array is built.
+    Works in rank space: ``ranks`` [N - first] float32 are the positions' :func:`tie_ranks` (equal
+    scores, equal rank, equal chances) and ``r = rank / N``; no per-sample percentile array is built.
     Gumbel-top-k: adding Gumbel noise to the log-weights and keeping the k largest is an exact
     sample of successive weighted draws without replacement; the k-th largest key is found with
     a linear-time partition. float32 keys keep memory at 4 bytes per eligible sample.
@@ -178,7 +212,7 @@ def _gaussian_draw(
         raise ValueError(f"cannot keep {k} samples: only {m} remain after discarding the head")
     if k == m:
         return order[first:]
-    keys = np.arange(first, n, dtype=np.float32)
+    keys = ranks
     keys /= np.float32(n)
     keys -= np.float32(mean)
     np.square(keys, out=keys)
@@ -241,14 +275,10 @@ def select(
     elif method == "random":
         out = rng.choice(n, size=k, replace=False)
     elif method in ("top_k", "bottom_k", "block"):
-        order = shuffle_ties(scores, _given_or_sorted(scores, order), seed)
-        if method == "top_k":
-            out = order[:k]
-        elif method == "bottom_k":
-            out = order[n - k :]
-        else:
-            first = min(max(int(round(start * n)), 0), n - k)
-            out = order[first : first + k]
+        order = _given_or_sorted(scores, order)
+        first = {"top_k": 0, "bottom_k": n - k}.get(method, min(max(int(round(start * n)), 0), n - k))
+        order = shuffle_ties_at(scores, order, (first, first + k), np.random.default_rng([_TIE_STREAM, seed]))
+        out = order[first : first + k]
     else:
         first = 0
         if method == "shift_gsample":
@@ -256,5 +286,7 @@ def select(
             if not (0.0 <= h < 1.0):
                 raise ValueError(f"head must be in [0, 1), got {h}")
             first = int(np.ceil(h * n))  # positions with r = position / N < h are the head
-        out = _gaussian_draw(shuffle_ties(scores, _given_or_sorted(scores, order), seed), first, k, mean, std, rng)
+        order = _given_or_sorted(scores, order)
+        order = shuffle_ties_at(scores, order, (first,), np.random.default_rng([_TIE_STREAM, seed]))
+        out = _gaussian_draw(order, tie_ranks(scores, order, first, dtype=np.float32), first, k, mean, std, rng)
     return np.sort(out.astype(np.int64))
