@@ -17,8 +17,10 @@ import torch.multiprocessing as mp
 from hydra.utils import instantiate
 
 from alchemist_pl.data import load_split
+from alchemist_pl.pruning import choose_subset
 from alchemist_pl.sampler import SubsetDistributedSampler
-from alchemist_pl.scores import read_scores, score_dataset
+from alchemist_pl.scores import read_scores
+from alchemist_pl.scoring import score_dataset
 
 from .conftest import DATA_DIR, ROOT
 
@@ -289,11 +291,15 @@ def test_training_with_ddp_spawn(tmp_path, emoji_dir):
     assert json.loads((tmp_path / "eval_curve.json").read_text()) == summary["eval_curve"]
 
 
+def _subset():
+    scores = np.random.default_rng(0).normal(size=100).astype(np.float32)
+    return choose_subset(100, scores=scores, keep_ratio=0.5, method="shift_gsample", seed=3)[0]
+
+
 def _sampler_shards(rank, world, port, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        scores = np.random.default_rng(0).normal(size=100).astype(np.float32)
-        s = SubsetDistributedSampler(range(100), scores=scores, keep_ratio=0.5, method="shift_gsample", seed=3)
+        s = SubsetDistributedSampler(range(100), indices=_subset(), seed=3)
         got = []
         for epoch in (0, 1, 0):
             s.set_epoch(epoch)
@@ -313,13 +319,7 @@ def test_sampler_takes_its_shard_from_the_process_group(world):
     out = mp.Manager().dict()
     mp.spawn(_sampler_shards, args=(world, port, out), nprocs=world)
     assert sorted((v[0], v[1]) for v in out.values()) == [(world, r) for r in range(world)]
-    subset = SubsetDistributedSampler(
-        range(100),
-        scores=np.random.default_rng(0).normal(size=100).astype(np.float32),
-        keep_ratio=0.5,
-        method="shift_gsample",
-        seed=3,
-    ).subset
+    subset = _subset()
     for epoch in (0, 1):
         shards = [out[r][2][epoch] for r in range(world)]
         flat = sum(shards, [])

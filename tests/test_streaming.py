@@ -7,7 +7,8 @@ import torch
 from hydra.utils import instantiate
 
 from alchemist_pl.data import DataError, load_split
-from alchemist_pl.scores import ScoresError, read_scores, score_dataset
+from alchemist_pl.scores import ScoresError, read_scores
+from alchemist_pl.scoring import score_dataset
 from alchemist_pl.streaming import merge_parts, part_path, score_shards, shard_list
 
 from .test_data import _write_shard
