@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .runtime import write_atomic
+
 META_KEY = b"alchemist"
 
 
@@ -85,13 +87,8 @@ def _write(path: str | os.PathLike, columns: dict, metadata: dict) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(metadata, default=str).encode()})
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _read(path: str | os.PathLike, required: tuple[str, ...]):

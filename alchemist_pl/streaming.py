@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from . import data as data_lib
+from .pixels import to_model_range
 from .scores import ScoresError, _write, dataset_fingerprint
 from .text import EMBED_DIM, MODEL_NAME, embed_captions
 
@@ -181,7 +182,7 @@ def score_shards(
     for batch in loader:
         ids, scores = pending.setdefault(batch["shard"], ([], []))
         if batch["sample_id"]:
-            images = batch["image"].to(device).float() / 127.5 - 1.0
+            images = to_model_range(batch["image"].to(device))
             s = rater.score(images, captions(batch["caption"]).to(device))
             ids.extend(batch["sample_id"])
             scores.append(s.float().cpu().numpy())

@@ -99,6 +99,7 @@ def test_two_rank_scores_equal_one_process_scores(ddp_rate, emoji_dir, cache_dir
     assert json.loads((ddp_rate / "summary.json").read_text())["metrics"]["samples_rated"] == 64
 
 
+@pytest.mark.slow
 def test_multirun_with_ddp_spawn(tmp_path, emoji_dir):
     """`-m` with trainer=ddp_spawn_cpu: each job of the sweep runs once, on 2 ranks."""
     cli(
@@ -163,6 +164,7 @@ def ddp_train(tmp_path_factory, emoji_dir):
     return out, ids
 
 
+@pytest.mark.slow
 def test_training_ranks_hold_identical_weights_and_split_the_subset(ddp_train):
     from alchemist_pl.scores import read_subset
 
@@ -181,6 +183,7 @@ def test_training_ranks_hold_identical_weights_and_split_the_subset(ddp_train):
     assert ranks[0]["batches"][:2] != ranks[0]["batches"][2:]  # the second epoch reshuffles
 
 
+@pytest.mark.slow
 def test_training_outputs_written_once_by_rank_zero(ddp_train):
     out, _ = ddp_train
     rank0, rank1 = out / "run" / "rank0", out / "run" / "rank1"
@@ -200,6 +203,7 @@ def test_training_outputs_written_once_by_rank_zero(ddp_train):
     assert len((rank0 / "samples.txt").read_text().splitlines()) == 8
 
 
+@pytest.mark.slow
 def test_two_rank_test_loss_equals_one_process_test_loss(ddp_train, make_cfg, emoji_dir, cache_dir):
     """The ranks score disjoint shares of the test split (32 + 31 samples) and sum: the same value
     as one process testing the final checkpoint."""
@@ -236,6 +240,7 @@ def test_two_rank_test_loss_equals_one_process_test_loss(ddp_train, make_cfg, em
         assert summary[key] == pytest.approx(one[key], rel=1e-5), key
 
 
+@pytest.mark.slow
 def test_pipeline_on_two_ranks(tmp_path, emoji_dir):
     """rate -> prune -> train in one 2-rank command: rank 1 trains on the subset file rank 0 wrote."""
     from alchemist_pl.scores import read_subset
