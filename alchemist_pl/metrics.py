@@ -10,7 +10,7 @@
   (torchmetrics' CLIPScore convention). Higher is better.
 
 These are not the paper's FID (Inception on MJHQ-30K) or CLIP score: always say "domain".
-``eval.backend=standard`` selects torchmetrics' standard FID and CLIPScore for machines that
+``evaluator=standard`` selects torchmetrics' standard FID and CLIPScore for machines that
 have those weights; without them it raises at once with a message instead of hanging.
 """
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from .domain_encoder import DomainEncoder
+from .domain_encoder import DomainEncoder, load_domain_encoder
 from .pixels import to_uint8
 
 
@@ -39,7 +39,8 @@ class DomainMetrics:
     prompts' MiniLM sentence embeddings [M, 384] -> ``{"domain_fid", "domain_kid", "domain_clip"}``.
     """
 
-    def __init__(self, encoder: DomainEncoder, kid_subset_size: int = 100):
+    def __init__(self, encoder: DomainEncoder, kid_subset_size: int = 100, info: dict | None = None):
+        self.info = info or {}  # the encoder's path, sha256 and caption retrieval (summaries record it)
         self.encoder = encoder.eval().requires_grad_(False)
         # sync_on_compute=False: under DDP one rank evaluates (GenerationEvaluation); no gathering
         self.fid = FrechetInceptionDistance(feature=self.encoder, reset_real_features=False, sync_on_compute=False)
@@ -48,6 +49,13 @@ class DomainMetrics:
             feature=self.encoder, reset_real_features=False, subset_size=kid_subset_size, sync_on_compute=False
         )
         self.has_reference = False
+
+    @classmethod
+    def from_cache(cls, encoder: dict, kid_subset_size: int = 100) -> DomainMetrics:
+        """With the cached domain encoder ``encoder`` describes (keyword arguments of
+        :func:`~alchemist_pl.domain_encoder.load_domain_encoder`; trained on first use)."""
+        enc, info = load_domain_encoder(**encoder)
+        return cls(enc, kid_subset_size, info)
 
     def to(self, device):
         self.fid.to(device)
@@ -103,14 +111,15 @@ class StandardMetrics:
             self.clip = CLIPScore(model_name_or_path=clip_model, sync_on_compute=False)
         except Exception as e:
             raise RuntimeError(
-                "eval.backend=standard needs torchmetrics' Inception-v3 weights (torch-fidelity) and the CLIP "
+                "evaluator=standard needs torchmetrics' Inception-v3 weights (torch-fidelity) and the CLIP "
                 f"model {clip_model!r} on this machine; loading them failed ({type(e).__name__}: {e}). "
-                "This tool never downloads weights at run time: use eval.backend=domain (the default), or "
+                "This tool never downloads weights at run time: use evaluator=domain (the default), or "
                 "pre-populate the torch/huggingface caches and set HF_HUB_OFFLINE=1."
             ) from e
         finally:
             socket.setdefaulttimeout(old)
         self.has_reference = False
+        self.info = {"backend": "standard"}
 
     def to(self, device):
         self.fid.to(device)

@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .domain_encoder import DomainEncoder
+from . import heuristics
+from .domain_encoder import DomainEncoder, load_domain_encoder
 from .pixels import to_model_range
 from .runtime import process_group
 
@@ -96,3 +97,46 @@ def caption_agreement(encoder: DomainEncoder, dataset, batch_size: int = 512) ->
         text = F.normalize(dataset.text.pooled[dataset.caption_rows[start : start + batch_size]].float(), dim=-1)
         out[start : start + len(imgs)] = (encoder.embed(imgs) * text).sum(-1)
     return out
+
+
+class HeuristicScorer:
+    """An image heuristic of the paper's Table 1 (:mod:`alchemist_pl.heuristics`) as a pool scorer.
+
+    ``scorer(pool)`` -> [N] float32 scores aligned with ``pool.sample_ids`` (higher = more of the
+    property). ``params``: the heuristic's keyword arguments (frequency: cutoff; edge_density: threshold).
+
+    Raises:
+        ValueError: unknown ``name`` (or, when called, bad parameters).
+    """
+
+    def __init__(self, name: str, params: dict | None = None):
+        if name not in heuristics.SCORERS:
+            raise ValueError(f"scorer must be one of {sorted(heuristics.SCORERS)}, got {name!r}")
+        self.name, self.params = name, dict(params or {})
+
+    def __call__(self, pool) -> np.ndarray:
+        return heuristics.score_images(pool.images.numpy(), self.name, **self.params).astype(np.float32)
+
+    def metadata(self) -> dict:
+        return {"scorer": self.name, "params": self.params}
+
+
+class CaptionAgreementScorer:
+    """The CLIP-score filter with the domain evaluator (:func:`caption_agreement`) as a pool scorer.
+
+    Args:
+        encoder: keyword arguments of :func:`alchemist_pl.domain_encoder.load_domain_encoder`
+            (data to train on: clean data such as D_val, never the pool it filters).
+        name: the scorer's name in the scores file's metadata.
+    """
+
+    def __init__(self, encoder: dict, name: str = "clip_score"):
+        self.encoder_args, self.name = dict(encoder), name
+        self.encoder_info = None
+
+    def __call__(self, pool) -> np.ndarray:
+        encoder, self.encoder_info = load_domain_encoder(**self.encoder_args)
+        return caption_agreement(encoder, pool).numpy()
+
+    def metadata(self) -> dict:
+        return {"scorer": self.name, "params": {}, "encoder": self.encoder_info}

@@ -63,7 +63,7 @@ def _job(out: Path, kind: str, name: str, seed: int | None) -> tuple[Path, list[
         d = out / "rate" / name / f"seed{seed}"
         return d, ["stage=rate", f"seed={seed}", *VARIANTS[name][1]]
     if kind == "score":
-        return out / "score" / name, ["stage=score", f"score.scorer={name}"]
+        return out / "score" / name, ["stage=score", f"scorer={name}"]
     d = out / "train" / name / f"seed{seed}"
     if name in VARIANTS:
         return d, [
@@ -243,7 +243,7 @@ def report(out: Path, seeds: list[int], variants, scorers) -> str:
         f"- `{k}`: {v[0]}; overrides `{' '.join(v[1]) or '(none)'}`" for k, v in VARIANTS.items() if k in variants
     ]
     lines += [
-        f"- `{k}`: {v}; `stage=score score.scorer={k}`, then `method=top_k`" for k, v in SCORERS.items() if k in scorers
+        f"- `{k}`: {v}; `stage=score scorer={k}`, then `method=top_k`" for k, v in SCORERS.items() if k in scorers
     ]
     return "\n".join(lines) + "\n"
 

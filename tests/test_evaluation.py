@@ -70,6 +70,6 @@ def test_standard_backend_fails_fast_and_clearly_offline():
     try:
         StandardMetrics(timeout_s=2.0)
     except RuntimeError as e:
-        assert "eval.backend=domain" in str(e)
+        assert "evaluator=domain" in str(e)
     else:  # a machine with the weights cached: nothing to check here
         pytest.skip("standard FID/CLIP weights are available on this machine")

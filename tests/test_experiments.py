@@ -34,14 +34,15 @@ TINY = (
     "train.max_steps=2",
     "train.batch_size=16",
     "eval.num_images=8",
-    "eval.encoder.epochs=1",
-    "score.encoder.epochs=1",
+    "evaluator.encoder.epochs=1",
     "model.num_samples=4",
 )
 
 
 def _overlay(name: str) -> str:
-    return f"+experiment/{name}" if "/" in name else f"+experiment={name}"
+    """The command-line override that applies overlay ``name`` (``ablation/x``: ``+experiment/ablation=x``)."""
+    group, _, leaf = name.rpartition("/")
+    return f"+experiment/{group}={leaf}" if group else f"+experiment={name}"
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, InstantiationException
 
 from alchemist_pl import pruning
 from alchemist_pl.scores import read_scores, read_subset
@@ -175,8 +176,8 @@ def test_score_stage_writes_baseline_scores(rated, make_cfg, tmp_path, scorer):
         "logger=csv",
         "corruption=web",
         "corruption.pool_size=600",
-        f"score.scorer={scorer}",
-        "score.encoder.epochs=2",
+        f"scorer={scorer}",
+        *(["scorer.encoder.epochs=2"] if scorer == "clip_score" else []),
     )
     summary = run(cfg)
     ids, scores, meta = read_scores(tmp_path / "scores.parquet")
@@ -204,8 +205,10 @@ def test_score_stage_writes_baseline_scores(rated, make_cfg, tmp_path, scorer):
 
 
 def test_score_stage_rejects_an_unknown_scorer(make_cfg):
-    with pytest.raises(ValueError, match=r"score.scorer must be one of .*'clip_score'.*got 'sharpness'"):
-        run(make_cfg("+experiment=score", "debug=smoke", "logger=csv", "score.scorer=sharpness"))
+    with pytest.raises(ConfigCompositionException, match=r"scorer/sharpness(.|\n)*clip_score"):
+        make_cfg("+experiment=score", "scorer=sharpness")  # names the choices
+    with pytest.raises(InstantiationException, match=r"scorer must be one of .*'edge_density'.*got 'sharpness'"):
+        run(make_cfg("+experiment=score", "debug=smoke", "logger=csv", "scorer.name=sharpness"))
 
 
 def test_train_from_scores_file_draws_subset(rated, make_cfg, tmp_path):
