@@ -55,20 +55,7 @@ def rate(cfg: DictConfig) -> dict:
         fit_metrics = scalar_metrics(trainer.callback_metrics)
         t0 = time.time()
         dm.setup("fit")  # after a ddp_spawn fit the main process has not loaded the data yet
-        rater_path, scores_path = out / "rater.pt", out / "scores.parquet"
-        if trainer.is_global_zero:
-            state = {"state_dict": model.rater.state_dict(), "config": container(cfg.rater)}
-            write_atomic(rater_path, lambda tmp: torch.save(state, tmp))
-        meta = {
-            "stage": "rate",
-            "train_path": str(cfg.data.train_path),
-            "rater_checkpoint": str(rater_path),
-            "config": container(cfg),
-            **provenance(),
-            "world_size": trainer.world_size,
-            "scoring": "streaming" if streaming else "in_memory",
-        }
-        scores, pool_scores = _score_pool(cfg, model, trainer, dm.pool, scores_path, meta, streaming)
+        scores, pool_scores, meta = _save_and_score(cfg, model, trainer, dm.pool, out, streaming)
         score_time = time.time() - t0
         # rank 0 alone writes the grid and logs the table (the other ranks have no logger to feed)
         quality = {}
@@ -88,9 +75,33 @@ def rate(cfg: DictConfig) -> dict:
         }
         for lg in loggers:
             lg.log_metrics({f"rate/{k}": v for k, v in metrics.items() if k.startswith("score")}, trainer.global_step)
-        log.info("rate: scored %d samples -> %s", len(scores), scores_path)
-        outputs = {"scores": str(scores_path), "rater": str(rater_path), "ranking_grid": str(out / "ranking.png")}
+        log.info("rate: scored %d samples -> %s", len(scores), meta["scores_path"])
+        outputs = {
+            "scores": meta["scores_path"],
+            "rater": meta["rater_checkpoint"],
+            "ranking_grid": str(out / "ranking.png"),
+        }
         return write_summary(cfg, "rate", started, metrics, outputs)
+
+
+def _save_and_score(cfg: DictConfig, model, trainer, pool, out: Path, streaming: bool):
+    """Save ``rater.pt`` (rank 0), score the pool into ``scores.parquet``; returns (scores of every
+    rated sample, scores of the loaded pool in its order, the scores file's metadata)."""
+    rater_path, scores_path = out / "rater.pt", out / "scores.parquet"
+    if trainer.is_global_zero:
+        state = {"state_dict": model.rater.state_dict(), "config": container(cfg.rater)}
+        write_atomic(rater_path, lambda tmp: torch.save(state, tmp))
+    meta = {
+        "stage": "rate",
+        "train_path": str(cfg.data.train_path),
+        "rater_checkpoint": str(rater_path),
+        "config": container(cfg),
+        **provenance(),
+        "world_size": trainer.world_size,
+        "scoring": "streaming" if streaming else "in_memory",
+    }
+    scores, pool_scores = _score_pool(cfg, model, trainer, pool, scores_path, meta, streaming)
+    return scores, pool_scores, {**meta, "scores_path": str(scores_path)}
 
 
 def _score_pool(cfg: DictConfig, model, trainer, pool, scores_path: Path, meta: dict, streaming: bool):

@@ -33,15 +33,7 @@ def train(cfg: DictConfig) -> dict:
     dm = instantiate(cfg.datamodule.training)
     dm.setup("fit")
     out = Path(cfg.paths.output_dir)
-    extra, eval_info = [], None
-    if cfg.get("eval") and cfg.eval.enabled:
-        evaluator, eval_info = make_evaluation(
-            cfg, dm.test_set, grid_path=out / "eval_samples.png", curve_path=out / "eval_curve.json"
-        )
-        extra.append(evaluator)
-    model = instantiate(cfg.model)
-    model.set_null_caption(*dm.null_caption())
-    model.set_sample_prompts(dm.sample_prompts(model.hparams.num_samples))
+    model, extra, eval_info = _model_and_evaluation(cfg, dm, out)
     with loggers_for(cfg) as loggers:
         trainer = make_trainer(
             cfg,
@@ -53,9 +45,7 @@ def train(cfg: DictConfig) -> dict:
         )
         if cfg.train.get("epochs"):  # equal epochs: steps scale with the subset size; each step takes W batches
             per_step = cfg.train.batch_size * trainer.world_size
-            trainer.fit_loop.epoch_loop.max_steps = max(
-                1, math.ceil(float(cfg.train.epochs) * len(dm.subset) / per_step)
-            )
+            trainer.fit_loop.epoch_loop.max_steps = max(1, math.ceil(cfg.train.epochs * len(dm.subset) / per_step))
         trainer.fit(model, datamodule=dm, ckpt_path=resume_path(out))
         train_time = time.time() - started
         train_loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
@@ -75,17 +65,26 @@ def train(cfg: DictConfig) -> dict:
             _write_drawn_subset(cfg, dm, out / "subset.parquet")
         outputs = {"samples": str(out / "samples.png")}
         metrics.update(_subset_and_eval_metrics(cfg, dm, extra, eval_info, out, outputs))
-        log.info(
-            "train: %s on %d of %d samples, test loss %.4f -> %s",
-            cfg.method,
-            metrics["train_samples"],
-            metrics["pool_size"],
-            metrics.get("test/loss", float("nan")),
-            out,
-        )
+        n, pool, loss = metrics["train_samples"], metrics["pool_size"], metrics.get("test/loss", float("nan"))
+        log.info("train: %s on %d of %d samples, test loss %.4f -> %s", cfg.method, n, pool, loss, out)
         summary = write_summary(cfg, "train", started, metrics, outputs)
         barrier(trainer)  # under DDP the next stage or process may read what rank 0 wrote
         return summary
+
+
+def _model_and_evaluation(cfg: DictConfig, dm, out: Path):
+    """The downstream model (``cfg.model``) given the empty caption and the sample-grid prompts,
+    and the evaluation callback when ``eval.enabled``: (model, [callback] or [], evaluator info)."""
+    extra, eval_info = [], None
+    if cfg.get("eval") and cfg.eval.enabled:
+        evaluator, eval_info = make_evaluation(
+            cfg, dm.test_set, grid_path=out / "eval_samples.png", curve_path=out / "eval_curve.json"
+        )
+        extra.append(evaluator)
+    model = instantiate(cfg.model)
+    model.set_null_caption(*dm.null_caption())
+    model.set_sample_prompts(dm.sample_prompts(model.hparams.num_samples))
+    return model, extra, eval_info
 
 
 def _labelled(cfg: DictConfig) -> DictConfig:
