@@ -38,9 +38,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
 from PIL import Image, ImageFilter
 
 from .data import SHARD_MTIME, DataError, decode_image, iter_samples
+from .emoji import manifest_hash
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +119,6 @@ def corrupt_image(kind: str, image: np.ndarray, rng: np.random.Generator, others
 
 
 def _params(source: Path, fraction: float, kinds, seed: int, pool_size, resolution: int) -> dict:
-    from .emoji import manifest_hash
-
     source_hash = manifest_hash(source.resolve().parent)
     return {
         "format_version": FORMAT_VERSION,
@@ -159,8 +161,6 @@ def build_corrupted_pool(
         ValueError: bad fraction or kind; DataError: unreadable source or a pool too small to
             corrupt (fewer than 5 samples).
     """
-    import webdataset as wds
-
     source, out = Path(source), Path(out_dir)
     kinds = list(kinds)
     if not 0.0 <= fraction < 1.0:
@@ -247,9 +247,6 @@ def build_corrupted_pool(
 
 
 def _write_ground_truth(path: Path, ids, kinds, other_ids) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     pq.write_table(pa.table({"sample_id": ids, "corruption": kinds, "other_id": other_ids}), path)
 
 
@@ -259,8 +256,6 @@ def read_ground_truth(path: str | os.PathLike) -> dict[str, str]:
     Raises:
         DataError: missing file or columns.
     """
-    import pyarrow.parquet as pq
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: ground-truth file does not exist")

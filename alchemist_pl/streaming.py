@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -163,8 +165,6 @@ def score_shards(
     Raises:
         DataError: bad input, naming the shard and sample (see :mod:`alchemist_pl.data`).
     """
-    import pyarrow as pa
-
     parts_dir = Path(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
     mine = [Path(s) for s in shards][rank::world_size]  # split before skipping: the same split on every rank
@@ -206,9 +206,6 @@ def merge_parts(shards, parts_dir, out_path, metadata: dict) -> Path:
     Raises:
         ScoresError: a shard has no part yet (names it), or a sample_id occurs twice.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     tables = []
     for s in map(Path, shards):
         p = part_path(parts_dir, s.name)
