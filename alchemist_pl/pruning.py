@@ -88,8 +88,8 @@ def descending_order(scores: np.ndarray) -> np.ndarray:
 
     For float32 scores (N < 2^32) each score's bits are mapped to an unsigned key that sorts in
     descending score order and packed with the sample's index into one uint64; NumPy's
-    vectorised value sort of that array is faster than a stable argsort (benchmarks/pruning_scale.py) and breaks ties by
-    index. Other dtypes use a stable argsort.
+    vectorised value sort of that array is faster than a stable argsort
+    (benchmarks/pruning_scale.py) and breaks ties by index. Other dtypes use a stable argsort.
     """
     scores = np.asarray(scores)
     n = len(scores)

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 
+from alchemist_pl.data import iter_samples
 from alchemist_pl.scores import read_scores, read_subset
 from alchemist_pl.stages import STAGES, run
 
@@ -99,6 +100,9 @@ def test_experiment_runs(make_cfg, tmp_path, tiny_scores, name):
             m["steps"] == 2 and np.isfinite(m["test/loss"]) and m["train_samples"] == (64 if name == "baseline" else 32)
         )
         assert np.isfinite(m["eval/domain_fid"]) and (tmp_path / "samples.png").stat().st_size > 0
+        # the sample grid's prompts are the first test captions, given to the model by the stage
+        first = [raw.caption for raw, _ in zip(iter_samples(cfg.data.test_path), range(4))]
+        assert (tmp_path / "samples.txt").read_text().splitlines() == first
     else:
         assert [r["run"] for r in m["comparison"]] == list(cfg.pipeline.compare)
         assert all(np.isfinite(r["test_loss"]) for r in m["comparison"])
