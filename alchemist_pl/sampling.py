@@ -13,48 +13,6 @@ from .pixels import to_uint8
 
 
 @torch.no_grad()
-def sample_images(
-    unet,
-    sampling_scheduler,
-    states: torch.Tensor,
-    mask: torch.Tensor | None,
-    null_states: torch.Tensor,
-    null_mask: torch.Tensor | None,
-    image_shape: tuple[int, int, int],
-    num_inference_steps: int = 25,
-    guidance_scale: float = 3.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Generate images with classifier-free guidance.
-
-    Args:
-        unet: the trained ``UNet2DConditionModel``.
-        sampling_scheduler: a diffusers scheduler for inference (e.g. ``DDIMScheduler``).
-        states, mask: [B, T, D] / [B, T] caption conditioning.
-        null_states, null_mask: [T, D] / [T] embedding of the empty caption.
-        image_shape: (C, H, W).
-        generator: CPU generator for the initial noise (fixed seeds give comparable grids).
-
-    Returns:
-        [B, C, H, W] images in [-1, 1].
-    """
-    b = states.shape[0]
-    device = states.device
-    x = torch.randn((b, *image_shape), generator=generator).to(device)
-    sampling_scheduler.set_timesteps(num_inference_steps)
-    x = x * sampling_scheduler.init_noise_sigma
-    cond = torch.cat([null_states.expand(b, -1, -1), states]).float()
-    cmask = None if mask is None else torch.cat([null_mask.expand(b, -1), mask])
-    for t in sampling_scheduler.timesteps:
-        inp = sampling_scheduler.scale_model_input(torch.cat([x, x]), t)
-        out = unet(inp, t, encoder_hidden_states=cond, encoder_attention_mask=cmask).sample
-        uncond, text = out.chunk(2)
-        guided = uncond + guidance_scale * (text - uncond)
-        x = sampling_scheduler.step(guided, t, x).prev_sample
-    return x.clamp(-1, 1)
-
-
-@torch.no_grad()
 def generate(
     unet,
     sampling_scheduler,
@@ -67,15 +25,17 @@ def generate(
     seed: int,
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """Images for M prompts, ``batch_size`` at a time, on the UNet's device.
+    """Images for M prompts with classifier-free guidance, ``batch_size`` at a time, on the UNet's device.
 
     The batch starting at prompt ``s`` draws its initial noise from a CPU generator seeded with
     ``seed * 1_000_003 + s``, so every prompt gets the same noise in every run with these settings.
 
     Args:
         unet: ``UNet2DConditionModel`` (``config.in_channels``, ``config.sample_size`` give the shape).
+        sampling_scheduler: a diffusers scheduler for inference (e.g. ``DDIMScheduler``).
         states, mask: [M, T, D] / [M, T] caption conditioning (any device).
         null_states, null_mask: [T, D] / [T] the empty caption, on the UNet's device.
+        num_inference_steps, guidance_scale: the scheduler's steps and the CFG scale.
 
     Returns:
         [M, C, H, W] float32 images in [-1, 1], on the CPU.
@@ -86,20 +46,30 @@ def generate(
     for start in range(0, len(states), batch_size):
         sl = slice(start, start + batch_size)
         g = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        images = sample_images(
-            unet,
-            sampling_scheduler,
-            states[sl].to(device),
-            None if mask is None else mask[sl].to(device),
-            null_states,
-            null_mask,
-            (c.in_channels, c.sample_size, c.sample_size),
-            num_inference_steps,
-            guidance_scale,
-            generator=g,
+        noise = torch.randn((len(states[sl]), c.in_channels, c.sample_size, c.sample_size), generator=g).to(device)
+        cond = (states[sl].to(device), None if mask is None else mask[sl].to(device))
+        images = _denoise(
+            unet, sampling_scheduler, noise, cond, (null_states, null_mask), num_inference_steps, guidance_scale
         )
         out.append(images.float().cpu())
     return torch.cat(out)
+
+
+def _denoise(unet, scheduler, x, cond, null, num_inference_steps: int, guidance_scale: float) -> torch.Tensor:
+    """The scheduler's sampling loop from noise ``x`` [B, C, H, W] with classifier-free guidance:
+    ``uncond + guidance_scale * (cond - uncond)`` at every step; returns images clamped to [-1, 1]."""
+    (states, mask), (null_states, null_mask) = cond, null
+    b = x.shape[0]
+    scheduler.set_timesteps(num_inference_steps)
+    x = x * scheduler.init_noise_sigma
+    both = torch.cat([null_states.expand(b, -1, -1), states]).float()
+    both_mask = None if mask is None else torch.cat([null_mask.expand(b, -1), mask])
+    for t in scheduler.timesteps:
+        inp = scheduler.scale_model_input(torch.cat([x, x]), t)
+        out = unet(inp, t, encoder_hidden_states=both, encoder_attention_mask=both_mask).sample
+        uncond, text = out.chunk(2)
+        x = scheduler.step(uncond + guidance_scale * (text - uncond), t, x).prev_sample
+    return x.clamp(-1, 1)
 
 
 def image_grid(images: torch.Tensor, cols: int = 8) -> Image.Image:
