@@ -113,4 +113,4 @@ def test_training_refuses_scores_of_another_dataset(tmp_path, emoji_dir, cache_d
         cache_dir=cache_dir,
     )
     dm.setup("fit")
-    assert len(dm.sampler.subset) == 20
+    assert len(dm.subset) == 20
