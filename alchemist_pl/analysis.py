@@ -4,7 +4,7 @@ With a ground truth ``{sample_id: corruption}`` (:mod:`alchemist_pl.corruption`)
 
 - :func:`rating_quality`: AUROC of the score for clean (positive) vs corrupted samples, overall
   and per corruption kind, and each kind's distribution of rank percentiles (0 = top score).
-  The raw score is two-sided by design (method.md): corruptions that make images easy to denoise
+  The raw score is two-sided by design: corruptions that make images easy to denoise
   (blank, blurred) rank at the head, which Shift-Gsample drops; so AUROC alone can be below 0.5
   while selection still works. Judge selection by :func:`subset_quality`.
 - :func:`subset_quality`: the corrupted share of a selected subset against the pool's, overall
@@ -17,8 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_auroc
 
 from .corruption import CLEAN
+from .pixels import to_model_range
+from .pruning import descending_order, percentiles
+from .sampling import image_grid
 
 
 def _labels(sample_ids, ground_truth: dict, source: str = "the scores") -> np.ndarray:
@@ -30,9 +35,6 @@ def _labels(sample_ids, ground_truth: dict, source: str = "the scores") -> np.nd
 
 def auroc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
     """P(score of a positive > score of a negative), ties counted half (torchmetrics' binary AUROC)."""
-    import torch
-    from torchmetrics.functional.classification import binary_auroc
-
     if len(positive_scores) == 0 or len(negative_scores) == 0:
         return float("nan")
     preds = torch.from_numpy(np.concatenate([positive_scores, negative_scores]).astype(np.float64))
@@ -51,8 +53,6 @@ def rating_quality(sample_ids, scores: np.ndarray, ground_truth: dict, percentil
         ``{"auroc": float, "per_kind": {kind: {"count", "auroc", "percentile_q25/median/q75",
         "percentile_histogram": [10 ints]}}}`` (``auroc`` of a kind: clean vs that kind).
     """
-    from .pruning import percentiles
-
     labels = _labels(sample_ids, ground_truth)
     pct = percentiles(scores) if percentile is None else np.asarray(percentile)
     scores = np.asarray(scores, dtype=np.float64)
@@ -103,17 +103,12 @@ def ranking_grid(
         images: uint8 tensor [N, 3, H, W] of the pool; scores: [N].
         order: the scores' :func:`pruning.descending_order` if already computed.
     """
-    import torch
-
-    from .diffusion import image_grid
-    from .pruning import descending_order
-
     order = descending_order(scores) if order is None else order
     k = per_row * rows
     n = len(order)
     mid = max(0, n // 2 - k // 2)
     picks = np.concatenate([order[:k], order[mid : mid + k], order[max(0, n - k) :]])
-    grid = image_grid(images[torch.from_numpy(picks)].float() / 127.5 - 1.0, cols=per_row)
+    grid = image_grid(to_model_range(images[torch.from_numpy(picks)]), cols=per_row)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)

@@ -38,9 +38,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
 from PIL import Image, ImageFilter
 
 from .data import SHARD_MTIME, DataError, decode_image, iter_samples
+from .emoji import manifest_hash
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +119,6 @@ def corrupt_image(kind: str, image: np.ndarray, rng: np.random.Generator, others
 
 
 def _params(source: Path, fraction: float, kinds, seed: int, pool_size, resolution: int) -> dict:
-    from .emoji import manifest_hash
-
     source_hash = manifest_hash(source.resolve().parent)
     return {
         "format_version": FORMAT_VERSION,
@@ -159,8 +161,6 @@ def build_corrupted_pool(
         ValueError: bad fraction or kind; DataError: unreadable source or a pool too small to
             corrupt (fewer than 5 samples).
     """
-    import webdataset as wds
-
     source, out = Path(source), Path(out_dir)
     kinds = list(kinds)
     if not 0.0 <= fraction < 1.0:
@@ -177,6 +177,20 @@ def build_corrupted_pool(
             f"{out} holds a corrupted pool built with other parameters; remove it or choose another dir"
         )
 
+    ids, captions, images = _load_pool(source, pool_size, resolution)
+    new_images, new_captions, kind_of, other_id = _plant(ids, captions, images, fraction, kinds, seed)
+    counts = {k: int((kind_of == k).sum()) for k in (CLEAN, *kinds)}
+    _write_pool(out, ids, new_images, new_captions, kind_of, other_id, {"params": params, "counts": counts}, shard_size)
+    log.info("corrupted pool: %d samples, %s -> %s", len(ids), counts, out)
+    return out
+
+
+def _load_pool(source: Path, pool_size: int | None, resolution: int):
+    """(sample_ids, captions, uint8 images [3, H, W]) of the first ``pool_size`` samples of ``source``.
+
+    Raises:
+        DataError: unreadable source or fewer than 5 samples.
+    """
     ids, captions, images = [], [], []
     for raw in iter_samples(source):
         if pool_size is not None and len(ids) >= pool_size:
@@ -187,8 +201,18 @@ def build_corrupted_pool(
     n = len(ids)
     if n < 5:
         raise DataError(f"{source}: {n} samples; a corrupted pool needs at least 5")
+    return ids, captions, images
 
+
+def _plant(ids, captions, images, fraction: float, kinds: list, seed: int):
+    """Corrupt ``round(fraction * N)`` samples, evenly over ``kinds``, with one seeded generator.
+
+    Returns:
+        (images, captions, kind of each sample [N] object (CLEAN or a kind), other_id: the
+        sample_ids a swapped caption, collage or near-duplicate came from, "" for none).
+    """
     rng = np.random.default_rng(seed)
+    n = len(ids)
     n_bad = int(round(fraction * n))
     chosen = rng.permutation(n)[:n_bad]
     kind_of = np.full(n, CLEAN, dtype=object)
@@ -213,7 +237,12 @@ def build_corrupted_pool(
             others = [images[j]]
             new_captions[i], other_id[i] = captions[j], ids[j]
         new_images[i] = corrupt_image(kind, images[i], rng, others)
+    return new_images, new_captions, kind_of, other_id
 
+
+def _write_pool(out: Path, ids, images, captions, kind_of, other_id, manifest: dict, shard_size: int) -> None:
+    """Shards, ground truth and ``manifest`` (plus the shards' sha256) into a temporary folder,
+    then renamed onto ``out`` (a killed build never leaves a half-written pool)."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -222,19 +251,18 @@ def build_corrupted_pool(
         with wds.ShardWriter(
             str(tmp / "train" / "train-%06d.tar"), maxcount=shard_size, verbose=0, mtime=SHARD_MTIME
         ) as sink:
-            for i in range(n):
+            for i in range(len(ids)):
                 sink.write(
                     {
                         "__key__": ids[i],
-                        "png": _png(new_images[i]),
-                        "txt": new_captions[i],
+                        "png": _png(images[i]),
+                        "txt": captions[i],
                         "json": {"corruption": kind_of[i], "other_id": other_id[i]},
                     }
                 )
         _write_ground_truth(tmp / GROUND_TRUTH, ids, [str(k) for k in kind_of], other_id)
-        counts = {k: int((kind_of == k).sum()) for k in (CLEAN, *kinds)}
         shards = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp / "train").glob("*.tar"))}
-        (tmp / MANIFEST).write_text(json.dumps({"params": params, "counts": counts, "shards": shards}, indent=2))
+        (tmp / MANIFEST).write_text(json.dumps({**manifest, "shards": shards}, indent=2))
         if out.exists():  # an interrupted earlier build without manifest
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -242,14 +270,9 @@ def build_corrupted_pool(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("corrupted pool: %d samples, %s -> %s", n, counts, out)
-    return out
 
 
 def _write_ground_truth(path: Path, ids, kinds, other_ids) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     pq.write_table(pa.table({"sample_id": ids, "corruption": kinds, "other_id": other_ids}), path)
 
 
@@ -259,8 +282,6 @@ def read_ground_truth(path: str | os.PathLike) -> dict[str, str]:
     Raises:
         DataError: missing file or columns.
     """
-    import pyarrow.parquet as pq
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: ground-truth file does not exist")

@@ -1,4 +1,4 @@
-"""Denoising loss and sampling around diffusers' UNet2DConditionModel and schedulers.
+"""Denoising loss, timestep draws and loss weights around diffusers' UNet2DConditionModel and schedulers.
 
 The proxy model (rating) and the downstream model (training) are both a pixel-space
 ``UNet2DConditionModel`` cross-attending to caption token states; the noise schedule is diffusers'
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from diffusers import PixArtTransformer2DModel
+from diffusers.training_utils import compute_snr
 
 
 def per_sample_loss(
@@ -56,8 +58,8 @@ def shared_timesteps(batch_size: int, low: int, high: int, device, generator=Non
     """One timestep drawn uniformly from [low, high), repeated for the whole batch: [B] int64.
 
     Comparing samples inside a batch at the same noise level keeps timestep noise out of the
-    rater's within-batch softmax (method.md: the per-sample diffusion loss varies far more with t
-    than with sample quality).
+    rater's within-batch softmax (the per-sample diffusion loss varies far more with t than with
+    sample quality).
     """
     t = torch.randint(low, high, (1,), device=device, generator=generator)
     return t.expand(batch_size).contiguous()
@@ -75,8 +77,6 @@ class PixArtProxy(torch.nn.Module):
 
     def __init__(self, **kwargs):
         super().__init__()
-        from diffusers import PixArtTransformer2DModel
-
         self.transformer = PixArtTransformer2DModel(use_additional_conditions=False, **kwargs)
 
     def forward(self, sample, timestep, encoder_hidden_states=None, encoder_attention_mask=None):
@@ -136,8 +136,6 @@ def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.T
     Raises:
         ValueError: ``gamma <= 0`` or a prediction type other than epsilon / v_prediction.
     """
-    from diffusers.training_utils import compute_snr
-
     if gamma <= 0:
         raise ValueError(f"min_snr_gamma must be > 0, got {gamma}")
     snr = compute_snr(scheduler, timesteps).float()
@@ -186,59 +184,3 @@ def caption_gap(
     null_m = None if null_mask is None else null_mask.expand(b, *null_mask.shape)
     uncond = per_sample_loss(unet, scheduler, images, null_s, null_m, timesteps, noise)
     return uncond - cond_losses
-
-
-@torch.no_grad()
-def sample_images(
-    unet,
-    sampling_scheduler,
-    states: torch.Tensor,
-    mask: torch.Tensor | None,
-    null_states: torch.Tensor,
-    null_mask: torch.Tensor | None,
-    image_shape: tuple[int, int, int],
-    num_inference_steps: int = 25,
-    guidance_scale: float = 3.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Generate images with classifier-free guidance.
-
-    Args:
-        unet: the trained ``UNet2DConditionModel``.
-        sampling_scheduler: a diffusers scheduler for inference (e.g. ``DDIMScheduler``).
-        states, mask: [B, T, D] / [B, T] caption conditioning.
-        null_states, null_mask: [T, D] / [T] embedding of the empty caption.
-        image_shape: (C, H, W).
-        generator: CPU generator for the initial noise (fixed seeds give comparable grids).
-
-    Returns:
-        [B, C, H, W] images in [-1, 1].
-    """
-    b = states.shape[0]
-    device = states.device
-    x = torch.randn((b, *image_shape), generator=generator).to(device)
-    sampling_scheduler.set_timesteps(num_inference_steps)
-    x = x * sampling_scheduler.init_noise_sigma
-    cond = torch.cat([null_states.expand(b, -1, -1), states]).float()
-    cmask = None if mask is None else torch.cat([null_mask.expand(b, -1), mask])
-    for t in sampling_scheduler.timesteps:
-        inp = sampling_scheduler.scale_model_input(torch.cat([x, x]), t)
-        out = unet(inp, t, encoder_hidden_states=cond, encoder_attention_mask=cmask).sample
-        uncond, text = out.chunk(2)
-        guided = uncond + guidance_scale * (text - uncond)
-        x = sampling_scheduler.step(guided, t, x).prev_sample
-    return x.clamp(-1, 1)
-
-
-def image_grid(images: torch.Tensor, cols: int = 8):
-    """[B, C, H, W] in [-1, 1] -> PIL image grid (uint8 RGB)."""
-    from PIL import Image
-
-    imgs = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()
-    b, c, h, w = imgs.shape
-    rows = (b + cols - 1) // cols
-    grid = torch.full((c, rows * h, cols * w), 255, dtype=torch.uint8)
-    for i in range(b):
-        r, q = divmod(i, cols)
-        grid[:, r * h : (r + 1) * h, q * w : (q + 1) * w] = imgs[i]
-    return Image.fromarray(grid.permute(1, 2, 0).numpy())

@@ -26,6 +26,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import fft, ndimage
+
+from . import __version__
+from .data import DataError, decode_image, iter_samples
+from .scores import write_scores
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +52,6 @@ def clarity(images: np.ndarray) -> np.ndarray:
 
     0 for a flat or linear-ramp image; falls when the image is blurred.
     """
-    from scipy import ndimage
-
     grey = to_grey(images)
     lap = ndimage.laplace(grey, mode="reflect", axes=(1, 2))
     return lap.reshape(len(lap), -1).var(axis=1)
@@ -63,8 +66,6 @@ def frequency(images: np.ndarray, cutoff: float = 0.25) -> np.ndarray:
     Raises:
         ValueError: ``cutoff`` not in (0, 0.5·√2).
     """
-    from scipy import fft
-
     if not 0 < cutoff < 0.5 * np.sqrt(2):
         raise ValueError(f"cutoff must be in (0, {0.5 * np.sqrt(2):.3f}) cycles per pixel, got {cutoff}")
     grey = to_grey(images)
@@ -87,8 +88,6 @@ def edge_density(images: np.ndarray, threshold: float = 0.3) -> np.ndarray:
     Raises:
         ValueError: ``threshold <= 0``.
     """
-    from scipy import ndimage
-
     if threshold <= 0:
         raise ValueError(f"threshold must be > 0, got {threshold}")
     grey = to_grey(images)
@@ -104,8 +103,6 @@ def load_images(path, resolution: int = 32, limit: int | None = None) -> tuple[l
     """``(sample_ids, uint8 [N, 3, resolution, resolution])`` of a split (webdataset shards or an image
     folder with ``metadata.jsonl``), decoded like :func:`alchemist_pl.data.load_split` but without
     the caption embeddings. Raises :class:`alchemist_pl.data.DataError` on bad input."""
-    from .data import DataError, decode_image, iter_samples
-
     ids, images = [], []
     for raw in iter_samples(path):
         if limit is not None and len(ids) >= limit:
@@ -130,9 +127,6 @@ def score_images(images: np.ndarray, scorer: str, **params) -> np.ndarray:
 
 def write_heuristic_scores(data, scorer: str, out, resolution: int = 32, limit: int | None = None, **params) -> Path:
     """Score every sample of ``data`` with ``scorer`` and write ``out`` (``scores.parquet``)."""
-    from . import __version__
-    from .scores import write_scores
-
     started = time.time()
     ids, images = load_images(data, resolution, limit)
     scores = score_images(images, scorer, **params)

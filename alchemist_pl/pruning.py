@@ -166,8 +166,8 @@ def descending_order(scores: np.ndarray) -> np.ndarray:
 
     For float32 scores (N < 2^32) each score's bits are mapped to an unsigned key that sorts in
     descending score order and packed with the sample's index into one uint64; NumPy's
-    vectorised value sort of that array is ~3x faster than a stable argsort and breaks ties by
-    index. Other dtypes use a stable argsort.
+    vectorised value sort of that array is faster than a stable argsort
+    (benchmarks/pruning_scale.py) and breaks ties by index. Other dtypes use a stable argsort.
     """
     scores = np.asarray(scores)
     n = len(scores)
@@ -290,3 +290,59 @@ def select(
         order = shuffle_ties_at(scores, order, (first,), np.random.default_rng([_TIE_STREAM, seed]))
         out = _gaussian_draw(order, tie_ranks(scores, order, first, dtype=np.float32), first, k, mean, std, rng)
     return np.sort(out.astype(np.int64))
+
+
+def choose_subset(
+    n: int,
+    *,
+    indices=None,
+    scores=None,
+    keep_ratio: float = 1.0,
+    method: str = "full",
+    seed: int = 0,
+    **params,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The training subset of a dataset of ``n`` samples: the one place a subset is chosen.
+
+    In order of precedence: ``indices`` as given (a subset file's rows, checked); a draw from
+    ``scores`` with :func:`select` (``method``, ``keep_ratio``, ``seed``, ``params``); without
+    scores a uniform draw (``method="random"``) or every sample (``method="full"``).
+
+    Args:
+        n: dataset size N.
+        indices: [k] dataset positions of a precomputed subset, or None.
+        scores: [N] scores aligned with the dataset, or None.
+        keep_ratio, method, seed, params: passed to :func:`select` (``params``: head, mean, std, start).
+
+    Returns:
+        (subset [k] int64 dataset positions, percentile [k] float64 rank percentile of each kept
+        sample among the N scores, 0 = highest, from the same sort as the draw; None when the
+        subset was not drawn from ``scores``).
+
+    Raises:
+        ValueError: unknown method, a method other than full/random without scores, scores of
+            the wrong length, an empty subset, indices outside [0, n) or repeated.
+    """
+    method = check_method(method)
+    percentile = None
+    if indices is None and scores is not None:
+        scores = np.asarray(scores)
+        if len(scores) != n:
+            raise ValueError(f"got {len(scores)} scores for a dataset of {n} samples")
+        order = descending_order(scores)  # one sort, shared by the draw and the percentiles
+        indices = select(scores, keep_ratio, method, seed, order=order, **params)
+        percentile = percentiles(scores, order=order)[indices]
+    elif indices is None and method == "random":  # uniform: placeholder scores, no percentiles
+        indices = select(np.zeros(n, dtype=np.float32), keep_ratio, method, seed, **params)
+    elif indices is None and method == "full":
+        indices = np.arange(n)
+    elif indices is None:
+        raise ValueError(f"method {method!r} needs scores (or a precomputed subset)")
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) == 0:
+        raise ValueError("the subset is empty")
+    if indices.min() < 0 or indices.max() >= n:
+        raise ValueError(f"subset indices must lie in [0, {n}); got range [{indices.min()}, {indices.max()}]")
+    if len(np.unique(indices)) != len(indices):
+        raise ValueError("subset indices contain duplicates")
+    return indices, percentile

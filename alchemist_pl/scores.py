@@ -20,7 +20,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from .runtime import write_atomic
 
 META_KEY = b"alchemist"
 
@@ -88,13 +89,8 @@ def _write(path: str | os.PathLike, columns: dict, metadata: dict) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(metadata, default=str).encode()})
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _read(path: str | os.PathLike, required: tuple[str, ...]):
@@ -218,55 +214,3 @@ def read_subset(path) -> tuple[list[str], dict]:
     if not ids:
         raise ScoresError(f"{path}: the subset is empty")
     return ids, metadata
-
-
-@torch.no_grad()
-def score_dataset(rater, dataset, batch_size: int = 256, device="cpu") -> np.ndarray:
-    """Order-free score of every sample of ``dataset``: [N] float32 instance logits.
-
-    Each score depends on its own sample only (``Rater.score``), so batch size and order do not
-    change it beyond float rounding.
-    """
-    out = np.full(len(dataset), np.nan, dtype=np.float32)
-    _score_into(out, rater, dataset, batch_size, device)
-    return out
-
-
-def _score_into(out: np.ndarray, rater, dataset, batch_size: int, device) -> None:
-    """Write the score of each item of ``dataset`` into ``out[item["index"]]``."""
-    was_training = rater.training
-    rater.eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for batch in loader:
-        s = rater.score(batch["image"].to(device), batch["pooled"].to(device))
-        out[batch["index"].numpy()] = s.float().cpu().numpy()
-    rater.train(was_training)
-
-
-@torch.no_grad()
-def score_dataset_distributed(rater, dataset, batch_size: int = 256, device="cpu") -> np.ndarray:
-    """:func:`score_dataset` split across the ranks of the current ``torch.distributed`` group.
-
-    Rank r of W scores positions r, r + W, r + 2W, ...; the shards are all-gathered, so every rank
-    returns the same [N] float32 array, equal to a single process's :func:`score_dataset` (each
-    score depends on its own sample only). Without an initialised process group (one process, or
-    the main process after a ``ddp_spawn`` fit) it is :func:`score_dataset`.
-    """
-    import math
-
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return score_dataset(rater, dataset, batch_size, device)
-    world, rank, n = dist.get_world_size(), dist.get_rank(), len(dataset)
-    per = math.ceil(n / world)
-    full = np.full(n, np.nan, dtype=np.float32)
-    mine = list(range(rank, n, world))
-    _score_into(full, rater, torch.utils.data.Subset(dataset, mine), batch_size, device)
-    local = torch.full((per,), float("nan"), dtype=torch.float32)
-    local[: len(mine)] = torch.from_numpy(full[mine])
-    local = local.to(device)
-    parts = [torch.empty_like(local) for _ in range(world)]
-    dist.all_gather(parts, local)
-    # parts[r][j] is the score of position r + j * W
-    return torch.stack(parts).cpu().T.reshape(-1)[:n].numpy().copy()

@@ -21,10 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from . import data as data_lib
+from .pixels import to_model_range
 from .scores import ScoresError, _write, dataset_fingerprint
 from .text import EMBED_DIM, MODEL_NAME, embed_captions
 
@@ -162,8 +165,6 @@ def score_shards(
     Raises:
         DataError: bad input, naming the shard and sample (see :mod:`alchemist_pl.data`).
     """
-    import pyarrow as pa
-
     parts_dir = Path(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
     mine = [Path(s) for s in shards][rank::world_size]  # split before skipping: the same split on every rank
@@ -181,7 +182,7 @@ def score_shards(
     for batch in loader:
         ids, scores = pending.setdefault(batch["shard"], ([], []))
         if batch["sample_id"]:
-            images = batch["image"].to(device).float() / 127.5 - 1.0
+            images = to_model_range(batch["image"].to(device))
             s = rater.score(images, captions(batch["caption"]).to(device))
             ids.extend(batch["sample_id"])
             scores.append(s.float().cpu().numpy())
@@ -205,9 +206,6 @@ def merge_parts(shards, parts_dir, out_path, metadata: dict) -> Path:
     Raises:
         ScoresError: a shard has no part yet (names it), or a sample_id occurs twice.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     tables = []
     for s in map(Path, shards):
         p = part_path(parts_dir, s.name)

@@ -11,9 +11,13 @@ Evaluation (``trainer.test``):
   ``test/loss_t{t}`` per timestep. It is the mean over test samples: per-sample losses are
   summed (float64) on each rank and the sums all-reduced, so under DDP (each rank scoring its
   share of the test split) every rank logs the same value as one process would.
-- a grid of images generated from the first ``num_samples`` test captions with fixed seeds,
-  saved as ``samples.png`` (captions in ``samples.txt``) in the run directory and logged to W&B;
-  under DDP by global rank 0 alone.
+- a grid of images generated from the first ``num_samples`` test captions with fixed seeds
+  (:func:`alchemist_pl.sampling.generate`), saved as ``samples.png`` (captions in ``samples.txt``)
+  in the run directory and logged to W&B; under DDP by global rank 0 alone. The prompts are given
+  with :meth:`TextToImageModule.set_sample_prompts` (else the first test batch's captions).
+
+The module never reads the datamodule: the empty caption for guidance is given with
+:meth:`TextToImageModule.set_null_caption` (it is saved with the weights).
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from pathlib import Path
 import torch
 from lightning import LightningModule
 
-from .diffusion import image_grid, per_sample_loss, sample_images
+from .diffusion import per_sample_loss
+from .runtime import is_wandb
+from .sampling import generate, image_grid
 
 
 class TextToImageModule(LightningModule):
@@ -63,13 +69,17 @@ class TextToImageModule(LightningModule):
         self.register_buffer("null_states", torch.zeros(max_tokens, text_dim))
         self.register_buffer("null_mask", torch.zeros(max_tokens, dtype=torch.bool))
         self._sample_batch = None
+        self._sample_prompts = None
 
-    def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "null_caption"):
-            states, mask = dm.null_caption()
-            self.null_states.copy_(states)
-            self.null_mask.copy_(mask)
+    def set_null_caption(self, states: torch.Tensor, mask: torch.Tensor) -> None:
+        """The empty caption's conditioning (states [T, D], mask [T]) for caption dropout and CFG."""
+        self.null_states.copy_(states)
+        self.null_mask.copy_(mask)
+
+    def set_sample_prompts(self, prompts: dict) -> None:
+        """Prompts of the sample grid: ``states`` [M, T, D], ``mask`` [M, T], ``captions`` (M str);
+        the first ``num_samples`` are used."""
+        self._sample_prompts = prompts
 
     def configure_optimizers(self):
         return self.optimizer(self.unet.parameters())
@@ -108,7 +118,7 @@ class TextToImageModule(LightningModule):
             self._test_sums[j] += loss.detach().double().sum().cpu()
         self._test_count += b
         if self._sample_batch is None:
-            self._sample_batch = {k: batch[k][: self.hparams.num_samples] for k in ("states", "mask", "index")}
+            self._sample_batch = {k: batch[k][: self.hparams.num_samples] for k in ("states", "mask")}
 
     def on_test_epoch_end(self) -> None:
         # all ranks: sum the per-sample losses and counts over ranks (each scored its share)
@@ -122,46 +132,28 @@ class TextToImageModule(LightningModule):
         if self.trainer.is_global_zero and self.hparams.num_samples > 0:
             self._save_samples(sb)
 
-    def _sample_conditioning(self, first_batch):
-        """States, mask and test-set positions of the first ``num_samples`` test captions: from
-        the datamodule's test set (the same under any sharding), else from the first test batch."""
-        dm = getattr(self.trainer, "datamodule", None)
-        test_set = getattr(dm, "test_set", None)
-        if test_set is None:
-            return first_batch
-        items = [test_set[i] for i in range(min(self.hparams.num_samples, len(test_set)))]
-        return {
-            "states": torch.stack([it["states"] for it in items]).to(self.device),
-            "mask": torch.stack([it["mask"] for it in items]).to(self.device),
-            "index": torch.tensor([it["index"] for it in items]),
-        }
-
     def _save_samples(self, first_batch) -> None:
-        sb = self._sample_conditioning(first_batch)
-        if sb is None:
+        prompts = self._sample_prompts or first_batch
+        if prompts is None:
             return
-        g = torch.Generator().manual_seed(self.hparams.eval_seed)
-        cfg = self.unet.config
-        images = sample_images(
+        m = self.hparams.num_samples
+        images = generate(
             self.unet,
             self.sampling_scheduler,
-            sb["states"],
-            sb["mask"],
+            prompts["states"][:m],
+            prompts["mask"][:m],
             self.null_states,
             self.null_mask,
-            (cfg.in_channels, cfg.sample_size, cfg.sample_size),
             self.hparams.sample_steps,
             self.hparams.guidance_scale,
-            generator=g,
+            seed=self.hparams.eval_seed,
+            batch_size=m,
         )
         grid = image_grid(images)
         out = Path(self.trainer.default_root_dir)
         grid.save(out / "samples.png")
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "test_set"):  # the captions, row by row, beside the grid
-            (out / "samples.txt").write_text("\n".join(dm.test_set.captions[i] for i in sb["index"].tolist()) + "\n")
-        from lightning.pytorch.loggers import WandbLogger
-
+        if "captions" in prompts:  # the captions, row by row, beside the grid
+            (out / "samples.txt").write_text("\n".join(prompts["captions"][:m]) + "\n")
         for lg in self.loggers:
-            if isinstance(lg, WandbLogger):
+            if is_wandb(lg):
                 lg.log_image("samples", [grid], step=self.global_step)

@@ -4,7 +4,7 @@
 
 Same setup as ``benchmarks/data_efficiency.py`` (conf/experiment/efficiency.yaml: 4,000-sample pool
 with 30% planted noise, 6 rating epochs, 2 training epochs over the subset, domain metrics every 50
-steps). For each rater variant in ``VARIANTS`` and each seed: rate, then train on its Shift-Gsample
+steps). For each rater variant (an overlay in ``conf/experiment/ablation/``) and each seed: rate, then train on its Shift-Gsample
 50% subset. For each baseline scorer in ``SCORERS``: score once (deterministic), then train on its
 top-k 50% subset for each seed. Runs go ``--jobs`` at a time. Every run is skipped when its
 ``summary.json`` exists and a killed rating resumes from its checkpoint, so a killed benchmark
@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,22 +34,19 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from data_efficiency import _machine, _run  # noqa: E402
 
-# name: (what it changes, Hydra overrides). "alchemist" is the default configuration.
-VARIANTS = {
-    "alchemist": ("default: Group MLP, first-order, shared t in [0, 600) per batch", []),
-    "instance_only": ("Group MLP without its batch head (b = 1)", ["rater=instance_only"]),
-    "all_timesteps": ("without the timestep restriction: t in [0, 1000)", ["bilevel.rater_timesteps=[0,1000]"]),
-    "stratified_min_snr": (
-        "stratified t in [0, 600) + shared noise + min-SNR weighting",
-        [
-            "bilevel.rater_timestep_sampling=stratified",
-            "bilevel.rater_noise=shared",
-            "bilevel.rater_loss_weighting=min_snr",
-        ],
-    ),
-    "caption_gap": ("with the caption-aware signal, λ = 1", ["bilevel.caption_gap_weight=1.0"]),
-    "exact": ("exact one-step meta-gradient (JVP)", ["bilevel=exact"]),
-}
+ABLATIONS = ROOT / "conf" / "experiment" / "ablation"
+
+
+def _variants() -> dict[str, tuple[str, list[str]]]:
+    """name: (what it changes, Hydra overrides), one per ``conf/experiment/ablation/*.yaml`` overlay.
+    "alchemist" is the default configuration."""
+    return {
+        p.stem: (OmegaConf.load(p).ablation, [f"+experiment/ablation={p.stem}"])
+        for p in sorted(ABLATIONS.glob("*.yaml"))
+    }
+
+
+VARIANTS = _variants()
 # name: what it is. All select top-k (keep the highest scores), as a filter is used.
 SCORERS = {
     "clip_score": "caption-image agreement, domain evaluator trained on D_val (DataComp CLIP-score filter)",
@@ -65,7 +63,7 @@ def _job(out: Path, kind: str, name: str, seed: int | None) -> tuple[Path, list[
         d = out / "rate" / name / f"seed{seed}"
         return d, ["stage=rate", f"seed={seed}", *VARIANTS[name][1]]
     if kind == "score":
-        return out / "score" / name, ["stage=score", f"score.scorer={name}"]
+        return out / "score" / name, ["stage=score", f"scorer={name}"]
     d = out / "train" / name / f"seed{seed}"
     if name in VARIANTS:
         return d, [
@@ -245,7 +243,7 @@ def report(out: Path, seeds: list[int], variants, scorers) -> str:
         f"- `{k}`: {v[0]}; overrides `{' '.join(v[1]) or '(none)'}`" for k, v in VARIANTS.items() if k in variants
     ]
     lines += [
-        f"- `{k}`: {v}; `stage=score score.scorer={k}`, then `method=top_k`" for k, v in SCORERS.items() if k in scorers
+        f"- `{k}`: {v}; `stage=score scorer={k}`, then `method=top_k`" for k, v in SCORERS.items() if k in scorers
     ]
     return "\n".join(lines) + "\n"
 

@@ -37,8 +37,7 @@ def main() -> None:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import Callback
 
-    from alchemist_pl.datamodule import RatingDataModule
-    from alchemist_pl.stages import _data_kwargs, ensure_data
+    from alchemist_pl.stages import ensure_data
 
     class Clock(Callback):
         """Times the bilevel iterations after ``warmup`` (counted across epochs)."""
@@ -79,13 +78,7 @@ def main() -> None:
                 )
             ensure_data(cfg)
             L.seed_everything(0)
-            dm = RatingDataModule(
-                train_path=cfg.data.train_path,
-                val_path=cfg.data.val_path,
-                batch_size=b,
-                val_batch_size=b,
-                **_data_kwargs(cfg),
-            )
+            dm = instantiate(cfg.datamodule.rating)  # batch sizes: the rate.* overrides above
             model = instantiate(cfg.bilevel)
             clock = Clock(args.warmup)
             steps = args.iterations + args.warmup

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from alchemist_pl.pixels import to_model_range
 from alchemist_pl.streaming import PooledCaptions, ShardBatches, score_shards, shard_list
 
 mode, pool, parts, workers, batch, root = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), Path(sys.argv[6])
@@ -58,7 +59,7 @@ elif mode == "loader-only":
     dt = time.perf_counter() - t
 else:
     captions = PooledCaptions(cache)
-    batches = [(b["image"].float() / 127.5 - 1.0, captions(b["caption"])) for b in ShardBatches(shards, 32, batch) if b["sample_id"]]
+    batches = [(to_model_range(b["image"]), captions(b["caption"])) for b in ShardBatches(shards, 32, batch) if b["sample_id"]]
     n = sum(len(x) for x, _ in batches)
     with torch.no_grad():
         rater.score(*batches[0])  # warm-up

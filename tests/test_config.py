@@ -2,15 +2,6 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-EXPERIMENTS = ["rate", "prune", "subset", "baseline", "pipeline"]
-
-
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiments_compose(make_cfg, name):
-    cfg = make_cfg(f"+experiment={name}")
-    assert cfg.stage in ("rate", "prune", "train", "pipeline")
-    assert cfg.task_name == name
-
 
 def test_smoke_overrides_survive_experiment(make_cfg):
     cfg = make_cfg("+experiment=pipeline", "debug=smoke")

@@ -91,4 +91,4 @@ def test_config_points_only_the_pool_at_the_noise(make_cfg):
     cfg = make_cfg("corruption=web", "corruption.pool_size=100")
     assert cfg.data.train_path == f"{cfg.corruption.dir}/train"
     assert cfg.data.val_path.endswith("emoji/val") and cfg.data.test_path.endswith("emoji/test")
-    assert cfg.eval.encoder.data_path == cfg.corruption.source  # the evaluator never sees the noise
+    assert cfg.evaluator.encoder.data_path == cfg.corruption.source  # the evaluator never sees the noise

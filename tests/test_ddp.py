@@ -17,8 +17,10 @@ import torch.multiprocessing as mp
 from hydra.utils import instantiate
 
 from alchemist_pl.data import load_split
+from alchemist_pl.pruning import choose_subset
 from alchemist_pl.sampler import SubsetDistributedSampler
-from alchemist_pl.scores import read_scores, score_dataset
+from alchemist_pl.scores import read_scores
+from alchemist_pl.scoring import score_dataset
 
 from .conftest import DATA_DIR, ROOT
 
@@ -97,6 +99,7 @@ def test_two_rank_scores_equal_one_process_scores(ddp_rate, emoji_dir, cache_dir
     assert json.loads((ddp_rate / "summary.json").read_text())["metrics"]["samples_rated"] == 64
 
 
+@pytest.mark.slow
 def test_multirun_with_ddp_spawn(tmp_path, emoji_dir):
     """`-m` with trainer=ddp_spawn_cpu: each job of the sweep runs once, on 2 ranks."""
     cli(
@@ -161,6 +164,7 @@ def ddp_train(tmp_path_factory, emoji_dir):
     return out, ids
 
 
+@pytest.mark.slow
 def test_training_ranks_hold_identical_weights_and_split_the_subset(ddp_train):
     from alchemist_pl.scores import read_subset
 
@@ -179,6 +183,7 @@ def test_training_ranks_hold_identical_weights_and_split_the_subset(ddp_train):
     assert ranks[0]["batches"][:2] != ranks[0]["batches"][2:]  # the second epoch reshuffles
 
 
+@pytest.mark.slow
 def test_training_outputs_written_once_by_rank_zero(ddp_train):
     out, _ = ddp_train
     rank0, rank1 = out / "run" / "rank0", out / "run" / "rank1"
@@ -198,6 +203,7 @@ def test_training_outputs_written_once_by_rank_zero(ddp_train):
     assert len((rank0 / "samples.txt").read_text().splitlines()) == 8
 
 
+@pytest.mark.slow
 def test_two_rank_test_loss_equals_one_process_test_loss(ddp_train, make_cfg, emoji_dir, cache_dir):
     """The ranks score disjoint shares of the test split (32 + 31 samples) and sum: the same value
     as one process testing the final checkpoint."""
@@ -234,6 +240,7 @@ def test_two_rank_test_loss_equals_one_process_test_loss(ddp_train, make_cfg, em
         assert summary[key] == pytest.approx(one[key], rel=1e-5), key
 
 
+@pytest.mark.slow
 def test_pipeline_on_two_ranks(tmp_path, emoji_dir):
     """rate -> prune -> train in one 2-rank command: rank 1 trains on the subset file rank 0 wrote."""
     from alchemist_pl.scores import read_subset
@@ -289,11 +296,15 @@ def test_training_with_ddp_spawn(tmp_path, emoji_dir):
     assert json.loads((tmp_path / "eval_curve.json").read_text()) == summary["eval_curve"]
 
 
+def _subset():
+    scores = np.random.default_rng(0).normal(size=100).astype(np.float32)
+    return choose_subset(100, scores=scores, keep_ratio=0.5, method="shift_gsample", seed=3)[0]
+
+
 def _sampler_shards(rank, world, port, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        scores = np.random.default_rng(0).normal(size=100).astype(np.float32)
-        s = SubsetDistributedSampler(range(100), scores=scores, keep_ratio=0.5, method="shift_gsample", seed=3)
+        s = SubsetDistributedSampler(range(100), indices=_subset(), seed=3)
         got = []
         for epoch in (0, 1, 0):
             s.set_epoch(epoch)
@@ -313,13 +324,7 @@ def test_sampler_takes_its_shard_from_the_process_group(world):
     out = mp.Manager().dict()
     mp.spawn(_sampler_shards, args=(world, port, out), nprocs=world)
     assert sorted((v[0], v[1]) for v in out.values()) == [(world, r) for r in range(world)]
-    subset = SubsetDistributedSampler(
-        range(100),
-        scores=np.random.default_rng(0).normal(size=100).astype(np.float32),
-        keep_ratio=0.5,
-        method="shift_gsample",
-        seed=3,
-    ).subset
+    subset = _subset()
     for epoch in (0, 1):
         shards = [out[r][2][epoch] for r in range(world)]
         flat = sum(shards, [])

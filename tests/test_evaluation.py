@@ -3,14 +3,10 @@
 import pytest
 import torch
 
-from alchemist_pl.evaluation import (
-    DomainMetrics,
-    StandardMetrics,
-    caption_agreement,
-    caption_retrieval,
-    load_domain_encoder,
-    train_domain_encoder,
-)
+from alchemist_pl.domain_encoder import caption_retrieval, load_domain_encoder, train_domain_encoder
+from alchemist_pl.metrics import DomainMetrics, StandardMetrics
+from alchemist_pl.pixels import to_model_range
+from alchemist_pl.scoring import caption_agreement
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +23,7 @@ def test_encoder_learns_the_caption_space(encoder, small_split):
 
 
 def test_domain_metrics_order_real_and_broken_images(encoder, small_split):
-    real = small_split.images.float() / 127.5 - 1.0
+    real = to_model_range(small_split.images)
     pooled = small_split.text.pooled[small_split.caption_rows].float()
     metrics = DomainMetrics(encoder, kid_subset_size=32)
     metrics.set_reference(real[:48])
@@ -74,6 +70,6 @@ def test_standard_backend_fails_fast_and_clearly_offline():
     try:
         StandardMetrics(timeout_s=2.0)
     except RuntimeError as e:
-        assert "eval.backend=domain" in str(e)
+        assert "evaluator=domain" in str(e)
     else:  # a machine with the weights cached: nothing to check here
         pytest.skip("standard FID/CLIP weights are available on this machine")

@@ -1,4 +1,8 @@
-"""End to end on a slice of the real data, through the real composed configs and the CLI."""
+"""End to end on a slice of the real data, through the real composed configs and the CLI.
+
+The whole smoke pipeline (rate -> prune -> three trainings with evaluation) is marked slow; the
+other tests start from a one-epoch rating of the same corrupted slice (``rated``).
+"""
 
 import json
 import os
@@ -9,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, InstantiationException
 
 from alchemist_pl import pruning
 from alchemist_pl.scores import read_scores, read_subset
@@ -16,26 +21,33 @@ from alchemist_pl.stages import run
 
 from .conftest import CONF, DATA_DIR, ROOT
 
+SLICE = ("debug=smoke", "logger=csv", "corruption=web", "corruption.pool_size=600")  # planted noise, ground truth
+
+
+def _compose(out, *overrides):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        return compose(
+            "config", overrides=[*SLICE, f"paths.data_dir={DATA_DIR}", f"paths.output_dir={out}", *overrides]
+        )
+
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, emoji_dir):
     out = tmp_path_factory.mktemp("smoke")
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose(
-            "config",
-            overrides=[
-                "+experiment=pipeline",
-                "debug=smoke",
-                "logger=csv",
-                f"paths.data_dir={DATA_DIR}",
-                f"paths.output_dir={out}",
-                "corruption=web",
-                "corruption.pool_size=600",  # a pool with planted noise and its ground truth
-            ],
-        )
-    return out, run(cfg)
+    return out, run(_compose(out, "+experiment=pipeline"))
 
 
+@pytest.fixture(scope="module")
+def rated(tmp_path_factory, emoji_dir):
+    """A one-epoch rating of the smoke slice (``out/rate/scores.parquet``, 512 samples) and its
+    Shift-Gsample 50% subset (``out/prune/subset.parquet``)."""
+    out = tmp_path_factory.mktemp("rated")
+    run(_compose(out / "rate", "+experiment=rate", "rate.max_epochs=1"))
+    run(_compose(out / "prune", "+experiment=prune", f"scores_path={out / 'rate' / 'scores.parquet'}"))
+    return out, None
+
+
+@pytest.mark.slow
 def test_smoke_pipeline_outputs(smoke):
     out, summary = smoke
     assert json.loads((out / "summary.json").read_text())["stage"] == "pipeline"
@@ -67,6 +79,7 @@ def test_smoke_pipeline_outputs(smoke):
     assert (out / "prune" / "percentiles.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_smoke_evidence_on_planted_noise(smoke):
     out, summary = smoke
     rate = json.loads((out / "rate" / "summary.json").read_text())["metrics"]
@@ -89,6 +102,7 @@ def test_smoke_evidence_on_planted_noise(smoke):
     assert ev[0]["sha256"] == ev[1]["sha256"] and ev[0]["num_images"] == ev[1]["num_images"] == 16
 
 
+@pytest.mark.slow
 def test_compare_report_from_the_runs(smoke, tmp_path):
     from alchemist_pl.compare import report
 
@@ -119,8 +133,8 @@ def _cli(*args, cwd=ROOT):
     )
 
 
-def test_cli_prune_with_wandb_offline(smoke, tmp_path):
-    out, _ = smoke
+def test_cli_prune_with_wandb_offline(rated, tmp_path):
+    out, _ = rated
     proc = _cli(
         "+experiment=prune",
         f"scores_path={out / 'rate' / 'scores.parquet'}",
@@ -137,8 +151,9 @@ def test_cli_prune_with_wandb_offline(smoke, tmp_path):
     assert "prune: top_k kept 128 of 512 samples" in (tmp_path / "train.log").read_text()
 
 
-def test_cli_multirun_sweeps_keep_ratio(smoke, tmp_path):
-    out, _ = smoke
+@pytest.mark.slow
+def test_cli_multirun_sweeps_keep_ratio(rated, tmp_path):
+    out, _ = rated
     proc = _cli(
         "-m",
         "+experiment=prune",
@@ -153,7 +168,7 @@ def test_cli_multirun_sweeps_keep_ratio(smoke, tmp_path):
 
 
 @pytest.mark.parametrize("scorer", ["clarity", "clip_score"])
-def test_score_stage_writes_baseline_scores(smoke, make_cfg, tmp_path, scorer):
+def test_score_stage_writes_baseline_scores(rated, make_cfg, tmp_path, scorer):
     """stage=score: a rater-free scores.parquet for the same pool, with the rating report, usable by prune."""
     cfg = make_cfg(
         "+experiment=score",
@@ -161,13 +176,13 @@ def test_score_stage_writes_baseline_scores(smoke, make_cfg, tmp_path, scorer):
         "logger=csv",
         "corruption=web",
         "corruption.pool_size=600",
-        f"score.scorer={scorer}",
-        "score.encoder.epochs=2",
+        f"scorer={scorer}",
+        *(["scorer.encoder.epochs=2"] if scorer == "clip_score" else []),
     )
     summary = run(cfg)
     ids, scores, meta = read_scores(tmp_path / "scores.parquet")
-    rated, _, _ = read_scores(smoke[0] / "rate" / "scores.parquet")
-    assert ids == rated and len(np.unique(scores)) > len(ids) // 2  # the same pool, every sample, real values
+    rated_ids, _, _ = read_scores(rated[0] / "rate" / "scores.parquet")
+    assert ids == rated_ids and len(np.unique(scores)) > len(ids) // 2  # the same pool, every sample, real values
     assert meta["scorer"] == scorer and meta["stage"] == "score"
     per_kind = summary["metrics"]["rating_quality"]["per_kind"]
     if scorer == "clarity":
@@ -190,12 +205,14 @@ def test_score_stage_writes_baseline_scores(smoke, make_cfg, tmp_path, scorer):
 
 
 def test_score_stage_rejects_an_unknown_scorer(make_cfg):
-    with pytest.raises(ValueError, match=r"score.scorer must be one of .*'clip_score'.*got 'sharpness'"):
-        run(make_cfg("+experiment=score", "debug=smoke", "logger=csv", "score.scorer=sharpness"))
+    with pytest.raises(ConfigCompositionException, match=r"scorer/sharpness(.|\n)*clip_score"):
+        make_cfg("+experiment=score", "scorer=sharpness")  # names the choices
+    with pytest.raises(InstantiationException, match=r"scorer must be one of .*'edge_density'.*got 'sharpness'"):
+        run(make_cfg("+experiment=score", "debug=smoke", "logger=csv", "scorer.name=sharpness"))
 
 
-def test_train_from_scores_file_draws_subset(smoke, make_cfg, tmp_path):
-    out, _ = smoke
+def test_train_from_scores_file_draws_subset(rated, make_cfg, tmp_path):
+    out, _ = rated
     scores_path = out / "rate" / "scores.parquet"
     cfg = make_cfg(
         "+experiment=subset",
@@ -223,7 +240,7 @@ def test_train_from_scores_file_draws_subset(smoke, make_cfg, tmp_path):
     assert min(table["percentile"]) >= 0.74  # the lowest quarter
 
 
-def test_scores_from_another_dataset_rejected(smoke, make_cfg, tmp_path):
+def test_scores_from_another_dataset_rejected(rated, make_cfg, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -234,7 +251,7 @@ def test_scores_from_another_dataset_rejected(smoke, make_cfg, tmp_path):
         run(cfg)
 
 
-def test_rerun_resumes_from_last_checkpoint(smoke, make_cfg, tmp_path):
+def test_rerun_resumes_from_last_checkpoint(rated, make_cfg, tmp_path):
     """A second run into the same output directory continues from checkpoints/last.ckpt."""
     base = (
         "+experiment=baseline",
@@ -249,8 +266,8 @@ def test_rerun_resumes_from_last_checkpoint(smoke, make_cfg, tmp_path):
     assert second["metrics"]["steps"] == 3
 
 
-def test_subset_file_run_is_labelled_by_the_file(smoke, make_cfg):
-    out, _ = smoke
+def test_subset_file_run_is_labelled_by_the_file(rated, make_cfg):
+    out, _ = rated
     cfg = make_cfg(
         "+experiment=subset",
         "debug=smoke",

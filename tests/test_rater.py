@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Subset
 
 from alchemist_pl.bilevel import BilevelRater
 from alchemist_pl.rater import ConvBackbone, GroupMLP, Rater, sample_weights
-from alchemist_pl.scores import score_dataset
+from alchemist_pl.scoring import score_dataset
 
 
 def test_group_mlp_shapes_and_normalisation():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from alchemist_pl.scores import read_scores
 
@@ -43,6 +44,7 @@ def rate(out, *extra):
     )
 
 
+@pytest.mark.slow
 def test_killed_rating_resumes_to_the_same_scores(tmp_path, emoji_dir):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     proc = rate(whole)

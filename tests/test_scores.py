@@ -113,7 +113,7 @@ def test_training_refuses_scores_of_another_dataset(tmp_path, emoji_dir, cache_d
         cache_dir=cache_dir,
     )
     dm.setup("fit")
-    assert len(dm.sampler.subset) == 20
+    assert len(dm.subset) == 20
 
 
 # ---------------------------------------------------------------- scores from other tools
@@ -195,4 +195,4 @@ def test_training_from_float64_scores_ranks_by_full_precision(tmp_path, emoji_di
         cache_dir=cache_dir,
     )
     dm.setup("fit")
-    np.testing.assert_array_equal(np.sort(dm.sampler.subset), np.arange(30, 40))
+    np.testing.assert_array_equal(np.sort(dm.subset), np.arange(30, 40))

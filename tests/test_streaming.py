@@ -7,7 +7,8 @@ import torch
 from hydra.utils import instantiate
 
 from alchemist_pl.data import DataError, load_split
-from alchemist_pl.scores import ScoresError, read_scores, score_dataset
+from alchemist_pl.scores import ScoresError, read_scores
+from alchemist_pl.scoring import score_dataset
 from alchemist_pl.streaming import merge_parts, part_path, score_shards, shard_list
 
 from .test_data import _write_shard
@@ -195,6 +196,7 @@ def test_rate_streaming_config_errors(make_cfg, tmp_path):
         run(make_cfg(*RATE_TINY, "rate.streaming=yes", output_dir=tmp_path / "b"))
 
 
+@pytest.mark.slow
 def test_rate_streaming_on_two_ranks(pool, cache_dir, tmp_path):
     """trainer=ddp_cpu: each rank scores its shards (0, 2 / 1, 3), rank 0 merges; equal to scoring
     the saved rater in memory in one process."""

@@ -1,0 +1,112 @@
+"""Statistics over the summaries of many runs: grouping by method and keep_ratio, mean ± std over
+seeds, mean evaluation curves and the steps a method needs to match a baseline (time to match)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+METRICS = (  # key in summary["metrics"], label, lower is better
+    ("eval/domain_fid", "domain FID", True),
+    ("eval/domain_kid", "domain KID", True),
+    ("eval/domain_clip", "domain CLIP score", False),
+    ("test/loss", "test loss", True),
+)
+LABELS = {
+    "shift_gsample": "alchemist (Shift-Gsample)",
+    "alchemist": "alchemist (Shift-Gsample)",
+    "gsample": "Gsample (no head discard)",
+    "top_k": "top-k",
+    "random": "random",
+    "full": "full data",
+    "bottom_k": "bottom-k",
+    "block": "block",
+}
+
+
+def load_summaries(dirs) -> list[dict]:
+    """Every ``summary.json`` below ``dirs`` (pipeline summaries are skipped: their parts are read)."""
+    out = []
+    for d in dirs:
+        for path in sorted(Path(d).rglob("summary.json")):
+            try:
+                s = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from e
+            if s.get("stage") in ("train", "rate"):
+                s["_path"] = str(path)
+                out.append(s)
+    return out
+
+
+def _key(s: dict) -> tuple[str, float]:
+    method = "shift_gsample" if s["method"] == "alchemist" else s["method"]
+    return method, 1.0 if method == "full" else float(s["keep_ratio"])
+
+
+def mean_std(values) -> tuple[float, float, int]:
+    """(mean, sample std, n) of the values that are not None or NaN; (nan, nan, 0) for none."""
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
+    if len(v) == 0:
+        return float("nan"), float("nan"), 0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
+
+
+def fmt(m: float, s: float, n: int, digits: int) -> str:
+    """``m ± s`` with ``digits`` decimals (``m`` alone for n = 1, a dash for n = 0)."""
+    if n == 0:
+        return "—"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f}"
+
+
+def group_runs(summaries) -> dict:
+    """``{(method, keep_ratio): [train summaries]}``, largest keep_ratio first (full data = 1.0)."""
+    groups = defaultdict(list)
+    for s in summaries:
+        if s["stage"] == "train":
+            groups[_key(s)].append(s)
+    return dict(sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])))
+
+
+def mean_curve(runs, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, mean value) over the runs' ``eval_curve`` at the steps all runs evaluated."""
+    curves = [{p["step"]: p[metric.split("/")[-1]] for p in r["metrics"].get("eval_curve", [])} for r in runs]
+    curves = [c for c in curves if c]
+    if not curves:
+        return np.array([]), np.array([])
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    return np.asarray(steps), np.asarray([np.mean([c[t] for c in curves]) for t in steps])
+
+
+def time_to_match(groups, method, baseline, metric: str = "eval/domain_fid", lower: bool = True) -> dict | None:
+    """Steps ``method`` needs (mean curve, linear interpolation) to reach ``baseline``'s final mean value.
+
+    Returns ``{"target", "baseline_steps", "steps", "ratio"}`` (``steps``/``ratio`` None if never
+    reached within the run), or None when either group or its curves are missing.
+    """
+    if method not in groups or baseline not in groups:
+        return None
+    bs, bv = mean_curve(groups[baseline], metric)
+    ms, mv = mean_curve(groups[method], metric)
+    if len(bs) == 0 or len(ms) == 0:
+        return None
+    target = float(bv[-1])
+    better = (mv <= target) if lower else (mv >= target)
+    hit = None
+    if better.any():
+        j = int(np.argmax(better))
+        if j == 0:
+            hit = float(ms[0])
+        else:  # interpolate between the evaluation points around the crossing
+            v0, v1, s0, s1 = mv[j - 1], mv[j], ms[j - 1], ms[j]
+            hit = float(s0 + (s1 - s0) * (target - v0) / (v1 - v0)) if v1 != v0 else float(s1)
+    return {
+        "target": target,
+        "baseline_steps": int(bs[-1]),
+        "steps": hit,
+        "ratio": None if hit is None else hit / float(bs[-1]),
+    }

@@ -1,0 +1,141 @@
+"""Metrics of generated images: domain FID, domain KID and domain CLIP score, or the standard ones.
+
+- **domain FID / domain KID**: torchmetrics' ``FrechetInceptionDistance`` and
+  ``KernelInceptionDistance`` with the domain encoder's pooled features ([N, 128],
+  :class:`~alchemist_pl.domain_encoder.DomainEncoder`) as the ``feature`` module instead of
+  Inception-v3. Lower is better. Comparable only between runs that use the same encoder (its
+  sha256 is recorded) and the same number of generated images.
+- **domain CLIP score**: ``100 * max(cos(E_img(x), E_txt(c)), 0)`` averaged over generated
+  images, with the encoder's 384-d image embedding and the caption's MiniLM sentence embedding
+  (torchmetrics' CLIPScore convention). Higher is better.
+
+These are not the paper's FID (Inception on MJHQ-30K) or CLIP score: always say "domain".
+``evaluator=standard`` selects torchmetrics' standard FID and CLIPScore for machines that
+have those weights; without them it raises at once with a message instead of hanging.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from .domain_encoder import DomainEncoder, load_domain_encoder
+from .pixels import to_uint8
+
+
+class DomainMetrics:
+    """Domain FID, KID and CLIP score of generated images against a fixed real reference set.
+
+    Args:
+        encoder: a trained :class:`DomainEncoder`.
+        kid_subset_size: KID subset size (at most the number of generated images).
+
+    Use: ``set_reference(real_images)`` once ([N, 3, H, W] in [-1, 1]); then per evaluation
+    ``compute(fake_images, caption_pooled)`` with fake images [M, 3, H, W] in [-1, 1] and the
+    prompts' MiniLM sentence embeddings [M, 384] -> ``{"domain_fid", "domain_kid", "domain_clip"}``.
+    """
+
+    def __init__(self, encoder: DomainEncoder, kid_subset_size: int = 100, info: dict | None = None):
+        self.info = info or {}  # the encoder's path, sha256 and caption retrieval (summaries record it)
+        self.encoder = encoder.eval().requires_grad_(False)
+        # sync_on_compute=False: under DDP one rank evaluates (GenerationEvaluation); no gathering
+        self.fid = FrechetInceptionDistance(feature=self.encoder, reset_real_features=False, sync_on_compute=False)
+        self.kid_subset_size = kid_subset_size
+        self.kid = KernelInceptionDistance(
+            feature=self.encoder, reset_real_features=False, subset_size=kid_subset_size, sync_on_compute=False
+        )
+        self.has_reference = False
+
+    @classmethod
+    def from_cache(cls, encoder: dict, kid_subset_size: int = 100) -> DomainMetrics:
+        """With the cached domain encoder ``encoder`` describes (keyword arguments of
+        :func:`~alchemist_pl.domain_encoder.load_domain_encoder`; trained on first use)."""
+        enc, info = load_domain_encoder(**encoder)
+        return cls(enc, kid_subset_size, info)
+
+    def to(self, device):
+        self.fid.to(device)
+        self.kid.to(device)
+        return self
+
+    @torch.no_grad()
+    def set_reference(self, real_images: torch.Tensor, batch_size: int = 512) -> None:
+        for i in range(0, len(real_images), batch_size):
+            b = real_images[i : i + batch_size].float()
+            self.fid.update(b, real=True)
+            self.kid.update(b, real=True)
+        self.has_reference = True
+
+    @torch.no_grad()
+    def compute(self, fake_images: torch.Tensor, caption_pooled: torch.Tensor) -> dict:
+        if not self.has_reference:
+            raise RuntimeError("DomainMetrics.compute before set_reference")
+        fake = fake_images.float()
+        self.fid.reset()
+        self.kid.reset()
+        self.kid.subset_size = min(self.kid_subset_size, len(fake))
+        self.fid.update(fake, real=False)
+        self.kid.update(fake, real=False)
+        emb = self.encoder.embed(fake)
+        cos = (emb * F.normalize(caption_pooled.float().to(emb.device), dim=-1)).sum(-1)
+        kid_mean, _ = self.kid.compute()
+        return {
+            "domain_fid": float(self.fid.compute()),
+            "domain_kid": float(kid_mean),
+            "domain_clip": float(100 * cos.clamp(min=0).mean()),
+        }
+
+
+class StandardMetrics:
+    """torchmetrics' standard FID (Inception-v3) and CLIPScore, for machines that have those weights.
+
+    Raises:
+        RuntimeError: when the weights (or the packages that load them) are not available; the
+            check runs at construction with a short network timeout, so an offline machine gets
+            the message at once instead of a hang.
+    """
+
+    def __init__(self, clip_model: str = "openai/clip-vit-base-patch16", timeout_s: float = 10.0):
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout_s)
+        try:
+            from torchmetrics.multimodal.clip_score import CLIPScore  # optional: needs transformers' CLIP
+
+            self.fid = FrechetInceptionDistance(
+                feature=2048, reset_real_features=False, normalize=True, sync_on_compute=False
+            )
+            self.clip = CLIPScore(model_name_or_path=clip_model, sync_on_compute=False)
+        except Exception as e:
+            raise RuntimeError(
+                "evaluator=standard needs torchmetrics' Inception-v3 weights (torch-fidelity) and the CLIP "
+                f"model {clip_model!r} on this machine; loading them failed ({type(e).__name__}: {e}). "
+                "This tool never downloads weights at run time: use evaluator=domain (the default), or "
+                "pre-populate the torch/huggingface caches and set HF_HUB_OFFLINE=1."
+            ) from e
+        finally:
+            socket.setdefaulttimeout(old)
+        self.has_reference = False
+        self.info = {"backend": "standard"}
+
+    def to(self, device):
+        self.fid.to(device)
+        self.clip.to(device)
+        return self
+
+    @torch.no_grad()
+    def set_reference(self, real_images: torch.Tensor, batch_size: int = 256) -> None:
+        for i in range(0, len(real_images), batch_size):
+            self.fid.update((real_images[i : i + batch_size].float() + 1) / 2, real=True)
+        self.has_reference = True
+
+    @torch.no_grad()
+    def compute(self, fake_images: torch.Tensor, captions: list[str]) -> dict:
+        self.fid.reset()
+        self.clip.reset()
+        self.fid.update((fake_images.float() + 1) / 2, real=False)
+        self.clip.update(list(to_uint8(fake_images)), captions)
+        return {"fid": float(self.fid.compute()), "clip_score": float(self.clip.compute())}

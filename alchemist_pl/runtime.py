@@ -1,0 +1,183 @@
+"""Plumbing shared by the stages: atomic file writes, process-group and rank-zero checks, the
+Lightning trainer, loggers and callbacks built from the config, the resume path and ``summary.json``.
+
+Nothing here knows the method; every stage in :mod:`alchemist_pl.stages` is written on top of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch.distributed as dist
+from hydra.utils import instantiate
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from . import __version__
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- files
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    The temporary file lives in the same folder (so the rename is atomic) and is removed when the
+    block raises, so a killed or failed write never leaves a half-written ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` then rename ``tmp`` onto ``path`` (:func:`atomic_path`); returns ``Path(path)``."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as indented JSON atomically (values JSON cannot hold are written as ``str``)."""
+    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str)))
+
+
+# ---------------------------------------------------------------- processes
+
+
+def distributed() -> bool:
+    """True when a ``torch.distributed`` process group is initialised in this process."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def process_group() -> tuple[int, int]:
+    """(world size, rank) of the initialised ``torch.distributed`` group, or (1, 0) without one."""
+    if distributed():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def is_global_zero() -> bool:
+    """True on global rank 0 (and in a single process): the rank that writes shared outputs."""
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def barrier(trainer=None) -> None:
+    """Wait for every rank (the outputs rank 0 writes exist after it); no-op outside DDP.
+
+    Through ``trainer.strategy`` when given, else ``torch.distributed`` directly (the process group
+    an earlier stage's DDP fit set up stays initialised for the later stages of a pipeline).
+    """
+    if not distributed():
+        return
+    if trainer is not None:
+        trainer.strategy.barrier("outputs written")
+    else:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------- Lightning from the config
+
+
+def container(cfg) -> dict:
+    """The resolved config as plain Python (dicts, lists, scalars)."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def is_wandb(logger) -> bool:
+    """True for Lightning's ``WandbLogger`` (checked by name: wandb itself is imported lazily)."""
+    return type(logger).__name__ == "WandbLogger"
+
+
+def _instantiate_entries(group) -> list:
+    return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
+def make_loggers(cfg: DictConfig) -> list:
+    """Instantiate ``cfg.logger`` entries (each a ``_target_``), and record the config in each."""
+    loggers = _instantiate_entries(cfg.get("logger"))
+    flat = container(cfg)
+    for lg in loggers:
+        lg.log_hyperparams(flat)
+    return loggers
+
+
+def finish_loggers(loggers: list) -> None:
+    """Flush loggers and end the W&B run (multirun would otherwise reuse a live run)."""
+    for lg in loggers:
+        lg.finalize("success")
+    if any(is_wandb(lg) for lg in loggers):
+        import wandb  # optional and heavy: only when a W&B logger exists
+
+        wandb.finish()
+
+
+@contextmanager
+def loggers_for(cfg: DictConfig):
+    """``with loggers_for(cfg) as loggers:`` the config's loggers, finished on exit (also on error)."""
+    loggers = make_loggers(cfg)
+    try:
+        yield loggers
+    finally:
+        finish_loggers(loggers)
+
+
+def make_trainer(cfg: DictConfig, loggers: list, extra_callbacks: Iterable = (), **overrides):
+    """``cfg.trainer`` instantiated with the loggers, ``cfg.callbacks`` plus ``extra_callbacks``,
+    ``default_root_dir = cfg.paths.output_dir`` and ``overrides`` (e.g. ``max_steps``)."""
+    return instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=_instantiate_entries(cfg.get("callbacks")) + list(extra_callbacks),
+        default_root_dir=cfg.paths.output_dir,
+        **overrides,
+    )
+
+
+def resume_path(output_dir) -> str | None:
+    """``{output_dir}/checkpoints/last.ckpt`` when it exists (a rerun continues there), else None."""
+    ckpt = Path(output_dir) / "checkpoints" / "last.ckpt"
+    if ckpt.exists():
+        log.info("resuming from %s", ckpt)
+        return str(ckpt)
+    return None
+
+
+def scalar_metrics(metrics) -> dict:
+    """The scalar entries of a metrics mapping (e.g. ``trainer.callback_metrics``) as floats."""
+    return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+
+
+def write_summary(cfg: DictConfig, stage: str, started: float, metrics: dict, outputs: dict) -> dict:
+    """The stage's summary (metrics, output paths, wall time since ``started``, resolved config);
+    written to ``{cfg.paths.output_dir}/summary.json`` by global rank 0 and returned on every rank."""
+    summary = {
+        "stage": stage,
+        "task_name": cfg.task_name,
+        "method": cfg.method,
+        "keep_ratio": cfg.keep_ratio,
+        "seed": cfg.seed,
+        "metrics": metrics,
+        "outputs": outputs,
+        "wall_time_s": round(time.time() - started, 2),
+        "version": __version__,
+        "config": container(cfg),
+    }
+    if is_global_zero():  # under DDP every rank runs the stage; rank 0 writes
+        write_json(Path(cfg.paths.output_dir) / "summary.json", summary)
+    return summary

@@ -1,0 +1,80 @@
+"""The pipeline stage: rate -> prune -> train for each entry of ``cfg.pipeline.compare``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+from rich.console import Console
+from rich.table import Table
+
+from ..runtime import is_global_zero, write_summary
+from .prune import prune
+from .rate import rate
+from .train import train
+
+
+def _substage(cfg: DictConfig, stage: str, subdir: str, **values) -> DictConfig:
+    sub = cfg.copy()
+    with open_dict(sub):
+        sub.stage = stage
+        sub.paths.output_dir = str(Path(cfg.paths.output_dir) / subdir)
+        for k, v in values.items():
+            sub[k] = v
+    return sub
+
+
+def _train_config(cfg: DictConfig, name: str, scores_path: str, subset_path: str) -> DictConfig:
+    """The train stage's config for one compared run: full data, a random draw, the pruned subset
+    (``name`` = ``cfg.method`` or ``alchemist``), or another method drawn from the same scores."""
+    if name == "full":
+        return _substage(cfg, "train", "train-full", method="full", keep_ratio=1.0)
+    if name == "random":
+        return _substage(cfg, "train", "train-random", method="random")
+    if name == cfg.method or name == "alchemist":
+        return _substage(cfg, "train", f"train-{name}", subset_path=subset_path)
+    return _substage(cfg, "train", f"train-{name}", method=name, scores_path=scores_path)
+
+
+def pipeline(cfg: DictConfig) -> dict:
+    """rate -> prune -> train on each of ``cfg.pipeline.compare`` (alchemist, random, full, ...)."""
+    started = time.time()
+    results = {"rate": rate(_substage(cfg, "rate", "rate"))}
+    scores_path = results["rate"]["outputs"]["scores"]
+    results["prune"] = prune(_substage(cfg, "prune", "prune", scores_path=scores_path))
+    for name in cfg.pipeline.compare:
+        sub = _train_config(cfg, name, scores_path, results["prune"]["outputs"]["subset"])
+        results[f"train-{name}"] = train(sub)
+    rows = [
+        {
+            "run": k[len("train-") :],
+            "samples": v["metrics"]["train_samples"],
+            "test_loss": v["metrics"]["test/loss"],
+            "domain_fid": v["metrics"].get("eval/domain_fid"),
+            "train_time_s": v["metrics"]["train_time_s"],
+        }
+        for k, v in results.items()
+        if k.startswith("train-")
+    ]
+    if is_global_zero():
+        print_comparison(rows, cfg.keep_ratio, cfg.seed)
+    metrics = {
+        "comparison": rows,
+        "wall_time_s": {k: v["wall_time_s"] for k, v in results.items()},
+        "samples_rated": results["rate"]["metrics"]["samples_rated"],
+        "selected_percentile_histogram": results["prune"]["metrics"]["selected_percentile_histogram"],
+    }
+    outputs = {k: str(Path(cfg.paths.output_dir) / k / "summary.json") for k in results}
+    return write_summary(cfg, "pipeline", started, metrics, outputs)
+
+
+def print_comparison(rows: list[dict], keep_ratio: float, seed: int) -> None:
+    """The compared runs as a table on the console (run, samples, test loss, domain FID, time)."""
+    table = Table(title=f"keep_ratio={keep_ratio}, seed={seed} (lower is better)")
+    for col in ("run", "samples", "test_loss", "domain_fid", "train_time_s"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for r in rows:
+        fid = "—" if r.get("domain_fid") is None else f"{r['domain_fid']:.2f}"
+        table.add_row(r["run"], str(r["samples"]), f"{r['test_loss']:.4f}", fid, f"{r['train_time_s']:.0f}")
+    Console().print(table)

@@ -1,0 +1,74 @@
+"""The prune stage: ``scores.parquet`` -> ``subset.parquet`` (Sec. 3.3) and a percentile histogram."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from ..analysis import subset_quality
+from ..pruning import choose_subset
+from ..runtime import barrier, container, is_global_zero, loggers_for, write_summary
+from ..scores import provenance, read_scores, write_subset
+from .report import ground_truth, plot_percentiles
+
+log = logging.getLogger(__name__)
+
+
+def prune(cfg: DictConfig) -> dict:
+    """Select a subset from ``cfg.scores_path`` with ``cfg.method`` at ``cfg.keep_ratio``
+    (:func:`alchemist_pl.pruning.choose_subset`, parameters ``cfg.pruning``, seed ``cfg.seed``).
+
+    Writes ``subset.parquet`` (sample_id, score, percentile), ``percentiles.png`` and ``summary.json``.
+
+    Raises:
+        ValueError: no ``scores_path``, or a bad method / keep_ratio.
+        ScoresError: a malformed scores file.
+    """
+    if not cfg.scores_path:
+        raise ValueError("prune needs scores: set scores_path=PATH/TO/scores.parquet")
+    started = time.time()
+    out = Path(cfg.paths.output_dir)
+    ids, scores, meta = read_scores(cfg.scores_path)
+    params = container(cfg.pruning)
+    idx, pct = choose_subset(
+        len(scores), scores=scores, keep_ratio=cfg.keep_ratio, method=cfg.method, seed=cfg.seed, **params
+    )
+    subset_path, plot = out / "subset.parquet", out / "percentiles.png"
+    # under DDP (prune inside the pipeline) every rank selects the same subset; rank 0 writes
+    if is_global_zero():
+        subset_meta = {
+            "stage": "prune",
+            "scores_path": str(cfg.scores_path),
+            "method": cfg.method,
+            "keep_ratio": cfg.keep_ratio,
+            "seed": cfg.seed,
+            "params": params,
+            "scores_metadata": meta,
+            "config": container(cfg),
+            **provenance(),
+        }
+        write_subset(subset_path, [ids[i] for i in idx], scores[idx], pct, subset_meta)
+        plot_percentiles(pct, plot, f"{cfg.method}, keep_ratio={cfg.keep_ratio}")
+    hist, edges = np.histogram(pct, bins=10, range=(0.0, 1.0))
+    metrics = {
+        "pool_size": len(scores),
+        "subset_size": int(len(idx)),
+        "selected_percentile_mean": float(pct.mean()),
+        "selected_percentile_histogram": {f"{edges[i]:.1f}-{edges[i + 1]:.1f}": int(h) for i, h in enumerate(hist)},
+    }
+    gt = ground_truth(cfg.data.train_path)
+    if gt:
+        metrics["subset_quality"] = subset_quality(ids, [ids[i] for i in idx], gt)
+    with loggers_for(cfg) as loggers:
+        for lg in loggers:
+            lg.log_metrics({f"prune/{k}": metrics[k] for k in ("subset_size", "selected_percentile_mean")}, step=0)
+            if hasattr(lg, "log_image"):
+                lg.log_image("prune/percentiles", [str(plot)], step=0)
+    log.info("prune: %s kept %d of %d samples -> %s", cfg.method, len(idx), len(scores), subset_path)
+    summary = write_summary(cfg, "prune", started, metrics, {"subset": str(subset_path), "percentiles_plot": str(plot)})
+    barrier()  # the other ranks read the subset file next (pipeline under DDP)
+    return summary

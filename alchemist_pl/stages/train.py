@@ -1,0 +1,129 @@
+"""The train stage: the downstream text-to-image model on the selected data, then its evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from ..analysis import subset_quality
+from ..runtime import barrier, loggers_for, make_trainer, resume_path, write_summary
+from ..scores import provenance, read_subset, write_subset
+from .evaluator import make_evaluation
+from .report import ground_truth
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train the downstream model on the data ``cfg.method`` selects, then evaluate on the test split.
+
+    The subset is the training DataModule's (``cfg.datamodule.training``: a subset file, a draw
+    from scores, random or full); when drawn from scores it is written to ``subset.parquet``.
+    """
+    started = time.time()
+    cfg = _labelled(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    dm = instantiate(cfg.datamodule.training)
+    dm.setup("fit")
+    out = Path(cfg.paths.output_dir)
+    model, extra, eval_info = _model_and_evaluation(cfg, dm, out)
+    with loggers_for(cfg) as loggers:
+        trainer = make_trainer(
+            cfg,
+            loggers,
+            extra,
+            max_steps=int(cfg.train.max_steps),
+            max_epochs=-1,
+            gradient_clip_val=cfg.train.gradient_clip_val,
+        )
+        if cfg.train.get("epochs"):  # equal epochs: steps scale with the subset size; each step takes W batches
+            per_step = cfg.train.batch_size * trainer.world_size
+            trainer.fit_loop.epoch_loop.max_steps = max(1, math.ceil(cfg.train.epochs * len(dm.subset) / per_step))
+        trainer.fit(model, datamodule=dm, ckpt_path=resume_path(out))
+        train_time = time.time() - started
+        train_loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
+        test = trainer.test(model, datamodule=dm, verbose=False)[0]
+        metrics = {
+            **{k: float(v) for k, v in test.items()},
+            "train/loss": train_loss,
+            "train_samples": len(dm.subset),
+            "pool_size": len(dm.train_set),
+            # a ddp_spawn fit does not carry global_step back to this process; it ran to max_steps
+            # (max_epochs=-1, nothing stops it earlier)
+            "steps": int(trainer.global_step or trainer.max_steps),
+            "train_time_s": round(train_time, 2),
+            "world_size": trainer.world_size,
+        }
+        if dm.scores is not None and trainer.is_global_zero:  # the subset drawn from the scores, for reports
+            _write_drawn_subset(cfg, dm, out / "subset.parquet")
+        outputs = {"samples": str(out / "samples.png")}
+        metrics.update(_subset_and_eval_metrics(cfg, dm, extra, eval_info, out, outputs))
+        n, pool, loss = metrics["train_samples"], metrics["pool_size"], metrics.get("test/loss", float("nan"))
+        log.info("train: %s on %d of %d samples, test loss %.4f -> %s", cfg.method, n, pool, loss, out)
+        summary = write_summary(cfg, "train", started, metrics, outputs)
+        barrier(trainer)  # under DDP the next stage or process may read what rank 0 wrote
+        return summary
+
+
+def _model_and_evaluation(cfg: DictConfig, dm, out: Path):
+    """The downstream model (``cfg.model``) given the empty caption and the sample-grid prompts,
+    and the evaluation callback when ``eval.enabled``: (model, [callback] or [], evaluator info)."""
+    extra, eval_info = [], None
+    if cfg.get("eval") and cfg.eval.enabled:
+        evaluator, eval_info = make_evaluation(
+            cfg, dm.test_set, grid_path=out / "eval_samples.png", curve_path=out / "eval_curve.json"
+        )
+        extra.append(evaluator)
+    model = instantiate(cfg.model)
+    model.set_null_caption(*dm.null_caption())
+    model.set_sample_prompts(dm.sample_prompts(model.hparams.num_samples))
+    return model, extra, eval_info
+
+
+def _labelled(cfg: DictConfig) -> DictConfig:
+    """With ``subset_path``: the run labelled with how the subset file was made, not with ``cfg.method``."""
+    if not cfg.subset_path:
+        return cfg
+    _, meta = read_subset(cfg.subset_path)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.method = meta.get("method", "subset_file")
+        cfg.keep_ratio = meta.get("keep_ratio", cfg.keep_ratio)
+    return cfg
+
+
+def _write_drawn_subset(cfg: DictConfig, dm, path: Path) -> None:
+    ids = dm.train_set.sample_ids
+    meta = {
+        "stage": "train",
+        "scores_path": str(cfg.scores_path),
+        "method": cfg.method,
+        "keep_ratio": cfg.keep_ratio,
+        "seed": cfg.seed,
+        **provenance(),
+    }
+    write_subset(path, [ids[i] for i in dm.subset], dm.scores[dm.subset], dm.subset_percentile, meta)
+
+
+def _subset_and_eval_metrics(cfg: DictConfig, dm, extra: list, eval_info, out: Path, outputs: dict) -> dict:
+    """Subset quality on planted noise and the evaluation curve's last point; adds eval outputs."""
+    metrics = {}
+    gt = ground_truth(cfg.data.train_path)
+    if gt:
+        ids = dm.train_set.sample_ids
+        metrics["subset_quality"] = subset_quality(ids, [ids[i] for i in dm.subset], gt)
+    if extra:  # after a ddp_spawn fit the curve is in the file the spawned rank 0 wrote
+        curve = extra[0].curve or json.loads((out / "eval_curve.json").read_text())
+        metrics.update({f"eval/{k}": v for k, v in curve[-1].items() if k != "step"})
+        metrics["eval_curve"] = curve
+        metrics["evaluator"] = eval_info
+        outputs["eval_samples"] = str(out / "eval_samples.png")
+        outputs["eval_curve"] = str(out / "eval_curve.json")
+    return metrics
