@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from lightning.pytorch.callbacks import Callback
 
+from .data import iter_samples
+from .errors import DataError
+from .pruning import check_method
+
 #: trainer settings each stage derives from its own keys; setting them under ``trainer`` is refused
 STAGE_TRAINER_KEYS = {
     "rate": {"max_steps": "rate.max_iterations", "max_epochs": "rate.max_epochs"},
@@ -49,24 +53,24 @@ def check_batches_per_rank(n: int, world_size: int, batch_size: int, what: str, 
     """Full batches of ``batch_size`` per rank (the last partial batch dropped); at least one.
 
     Raises:
-        ValueError: a rank's share is shorter than one batch (names ``what``, the share and ``key``).
+        DataError: a rank's share is shorter than one batch (names ``what``, the share and ``key``).
     """
     share = samples_per_rank(n, world_size)
     if share < batch_size:
         ranks = f"{share} per rank on {world_size} ranks" if world_size > 1 else f"{share}"
-        raise ValueError(
+        raise DataError(
             f"{what} has {n} samples ({ranks}), fewer than one batch of {key}={batch_size}: "
             f"lower {key}, add samples{' or use fewer ranks' if world_size > 1 else ''}"
         )
     return share // batch_size
 
 
-def check_evaluation(num_images: int, kid_subset_size: int, backend: str, test_size: int, test_key: str) -> None:
-    """The evaluation ``eval`` describes can run on a test split of ``test_size`` images.
+def check_evaluation(num_images: int, kid_subset_size: int | None, test_size: int, test_key: str) -> None:
+    """The evaluation ``eval`` and ``evaluator`` describe can run on a test split of ``test_size`` images.
 
     Raises:
-        ValueError: ``eval.num_images`` below FID's minimum or above the test split's size,
-            ``eval.kid_subset_size`` (domain backend) above either side's number of images.
+        ValueError: ``eval.num_images`` below FID's minimum or above the test split's size, or
+            ``evaluator.kid_subset_size`` (None: no KID) above the number of generated images.
     """
     if num_images < MIN_FID_IMAGES:
         raise ValueError(f"eval.num_images={num_images}: FID needs at least {MIN_FID_IMAGES} generated images")
@@ -75,10 +79,10 @@ def check_evaluation(num_images: int, kid_subset_size: int, backend: str, test_s
             f"eval.num_images={num_images} prompts asked for, but the test split {test_key} has {test_size} "
             f"samples: lower eval.num_images or use a larger test split"
         )
-    if backend == "domain" and kid_subset_size > num_images:
+    if kid_subset_size is not None and int(kid_subset_size) > num_images:
         raise ValueError(
-            f"eval.kid_subset_size={kid_subset_size} is more than the eval.num_images={num_images} generated "
-            f"images: KID draws subsets of that size from each side; lower eval.kid_subset_size"
+            f"evaluator.kid_subset_size={kid_subset_size} is more than the eval.num_images={num_images} generated "
+            f"images: KID draws subsets of that size from each side; lower evaluator.kid_subset_size"
         )
 
 
@@ -125,3 +129,62 @@ def check_trained(global_step: int | None, stage: str, keys: str) -> None:
     """
     if global_step is not None and global_step == 0:
         raise RuntimeError(f"the {stage} stage trained 0 steps: no training batch was drawn; check {keys}")
+
+
+def fitted_steps(trainer) -> int | None:
+    """Optimizer steps the fit ran in this process, or None where it cannot say: a fit whose ranks
+    ran in spawned processes (``ddp_spawn``) does not carry ``global_step`` back."""
+    if getattr(trainer.strategy, "_start_method", None) in ("spawn", "fork", "forkserver"):
+        return None
+    return int(trainer.global_step)
+
+
+def check_config(cfg) -> None:
+    """Every check a stage's config allows before any data is trained on: trainer keys the stage
+    sets itself (:func:`check_trainer_keys`), the selection (:func:`check_selection`) and, when
+    the stage trains the downstream model with evaluation, the evaluation against the test
+    split's size (:func:`check_evaluation`). A pipeline checks all of them before rating.
+
+    Raises:
+        ValueError: see those functions.
+        DataError: the test split cannot be read.
+    """
+    stages = ("rate", "prune", "train") if cfg.stage == "pipeline" else (cfg.stage,)
+    for stage in stages:
+        if stage in STAGE_TRAINER_KEYS:
+            check_trainer_keys(cfg.trainer, stage)
+    if cfg.stage == "pipeline":
+        check_selection(cfg.method, cfg.keep_ratio, cfg.pipeline.compare)
+    elif cfg.stage in ("prune", "train") and not cfg.get("subset_path"):
+        check_selection(cfg.method, cfg.keep_ratio)
+    e = cfg.get("eval")
+    if "train" in stages and e is not None and e.enabled:
+        size = count_samples(cfg.data.test_path, cfg.data.get("limit_test"))
+        kid = (cfg.get("evaluator") or {}).get("kid_subset_size")
+        check_evaluation(int(e.num_images), kid, size, f"data.test_path={cfg.data.test_path}")
+
+
+def check_selection(method: str, keep_ratio, compare=()) -> None:
+    """``method``, ``keep_ratio`` and the pipeline's compared runs name a selection that exists.
+
+    Raises:
+        ValueError: an unknown method (also in ``pipeline.compare``), a keep_ratio outside (0, 1].
+    """
+    check_method(method)
+    for name in compare:
+        if name not in ("full", "random", "alchemist"):
+            check_method(name)
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)):
+        raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+
+
+def count_samples(path, limit: int | None = None) -> int:
+    """Samples in a split (at most ``limit``), read without decoding images."""
+    n = 0
+    for _ in iter_samples(path):
+        n += 1
+        if limit is not None and n >= limit:
+            break
+    return n

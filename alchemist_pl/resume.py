@@ -20,11 +20,25 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
+from .runtime import container, is_global_zero, write_summary
+from .scores import dataset_fingerprint
+
 log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "run-identity.json"
-#: config keys that do not change what a run computes: where results are written and how logged
-IGNORED = ("paths", "logger", "callbacks.rich_progress_bar")
+#: config keys a rerun may change: where results go, how they are logged and checkpointed, and how
+#: long training runs (a rerun with a longer length continues the run)
+IGNORED = (
+    "paths",
+    "logger",
+    "callbacks",
+    "train.max_steps",
+    "train.epochs",
+    "rate.max_iterations",
+    "rate.max_epochs",
+)
 
 
 class ResumeError(RuntimeError):
@@ -87,7 +101,7 @@ def resume_checkpoint(output_dir, identity: dict) -> str | None:
         )
     diff = differences(json.loads(record.read_text()), identity)
     if diff:
-        shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+        shown = "; ".join(diff)
         raise ResumeError(
             f"{folder} holds the checkpoint of a different run, which this run would resume and relabel: "
             f"{shown}. Choose another output folder (hydra.run.dir=...) or delete {folder} to start fresh"
@@ -133,3 +147,51 @@ def run_lock(output_dir):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def checkpoint_for(cfg, data: dict[str, list[str]]) -> str | None:
+    """The checkpoint this stage resumes (None: start fresh), after checking it is this run's.
+
+    ``data``: the sample_ids per data role the stage trains and evaluates on (e.g. ``{"train":
+    [...], "test": [...]}``), fingerprinted. A fresh start records the identity (global rank 0).
+
+    Raises:
+        ResumeError: see :func:`resume_checkpoint`.
+    """
+    out = Path(cfg.paths.output_dir)
+    identity = run_identity(container(cfg), {k: dataset_fingerprint(v) for k, v in data.items()})
+    ckpt = resume_checkpoint(out, identity)
+    if ckpt is None and is_global_zero():
+        record_identity(out, identity)
+    return ckpt
+
+
+@contextmanager
+def exclusive(output_dir):
+    """:func:`run_lock` on global rank 0 (the rank that writes); other ranks hold nothing."""
+    if is_global_zero():
+        with run_lock(output_dir):
+            yield
+    else:
+        yield
+
+
+def keep_after_failure(cfg, stage: str, started: float, trainer, model, error: BaseException, metrics: dict) -> dict:
+    """After a failure in or after fitting: keep what finished (global rank 0 writes, no collective call).
+
+    Saves the weights as ``checkpoints/failed-step<N>.pt`` (``state_dict``, ``global_step``,
+    ``config``) when any optimizer step ran, and writes ``summary.json`` with ``status: failed``,
+    the error, the steps trained and ``metrics`` (what finished, e.g. the evaluation curve so far).
+    Returns the summary.
+    """
+    out = Path(cfg.paths.output_dir)
+    step = int(trainer.global_step) if trainer is not None else 0
+    outputs = {}
+    if step > 0 and is_global_zero():
+        path = out / "checkpoints" / f"failed-step{step}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": model.state_dict(), "global_step": step, "config": container(cfg)}, path)
+        outputs["weights"] = str(path)
+        log.error("%s failed after %d optimizer steps; weights kept in %s", stage, step, path)
+    failure = {"status": "failed", "error": f"{type(error).__name__}: {error}", "optimizer_steps": step}
+    return write_summary(cfg, stage, started, {**failure, **metrics}, outputs)
