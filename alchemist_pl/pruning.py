@@ -49,8 +49,10 @@ def percentiles(scores: np.ndarray, order: np.ndarray | None = None) -> np.ndarr
     """
     scores = np.asarray(scores)
     order = _given_or_sorted(scores, order)
+    ranks = tie_ranks(scores, order)
+    ranks /= len(scores)
     r = np.empty(len(scores), dtype=np.float64)
-    r[order] = tie_ranks(scores, order) / len(scores)
+    r[order] = ranks
     return r
 
 
