@@ -8,6 +8,8 @@ or several), and writes to ``OUT`` (default: the first DIR):
   has a ground truth); the rating quality (AUROC per corruption kind) of the rate runs; and the
   time-to-match: the step at which a method's mean curve first reaches a baseline's final value.
 - ``metric_vs_keep_ratio.png``, ``metric_vs_step.png``, ``selected_percentiles.png``.
+- ``wandb-report.json``: the W&B comparison report's specification (:mod:`alchemist_pl.wandb_report`);
+  ``--wandb-report ENTITY/PROJECT`` also creates the report there (online, runs synced).
 
 Only ``train`` summaries enter the table; ``rate`` summaries give the rating-quality section.
 """
@@ -22,6 +24,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from . import wandb_report
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +47,8 @@ LABELS = {
 }
 
 
-def load_summaries(dirs) -> list[dict]:
-    """Every ``summary.json`` below ``dirs`` (pipeline summaries are skipped: their parts are read)."""
+def load_summaries(dirs, stages=("train", "rate")) -> list[dict]:
+    """Every ``summary.json`` of ``stages`` below ``dirs`` (a pipeline's summary: its parts are read)."""
     out = []
     for d in dirs:
         for path in sorted(Path(d).rglob("summary.json")):
@@ -52,7 +56,7 @@ def load_summaries(dirs) -> list[dict]:
                 s = json.loads(path.read_text())
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: not valid JSON ({e})") from e
-            if s.get("stage") in ("train", "rate"):
+            if s.get("stage") in stages:
                 s["_path"] = str(path)
                 out.append(s)
     return out
@@ -351,6 +355,7 @@ def report(dirs, out: str | Path | None = None) -> Path:
     tmp = path.with_name(".report.md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
+    wandb_report.write_spec(load_summaries(dirs, ("train", "rate", "prune")), METRICS, out, path.read_text(), dirs)
     return path
 
 
@@ -358,10 +363,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Compare runs: report.md and plots from their summary.json files.")
     parser.add_argument("dirs", nargs="+", help="multirun or run folders")
     parser.add_argument("--out", default=None, help="output folder (default: the first DIR)")
+    parser.add_argument("--wandb-report", metavar="ENTITY/PROJECT", help="also create the W&B report there (online)")
     args = parser.parse_args(argv)
     path = report(args.dirs, args.out)
     print(path.read_text())
-    print(f"wrote {path}")
+    print(f"wrote {path} and {wandb_report.SPEC_NAME}")
+    if args.wandb_report:
+        spec = json.loads((path.parent / wandb_report.SPEC_NAME).read_text())
+        print(f"saved the W&B report: {wandb_report.save_report(spec, args.wandb_report)}")
 
 
 if __name__ == "__main__":
