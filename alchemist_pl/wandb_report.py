@@ -28,6 +28,7 @@ from .wandb_log import find_run, read_run
 SPEC_NAME = "wandb-report.json"
 STEP = "history:trainer/global_step"  # the x axis Lightning's WandbLogger logs with every metric
 GROUPING = ["config:method", "config:keep_ratio"]
+SEEDS = {"groupby_aggfunc": "mean", "groupby_rangefunc": "stddev"}  # a grouped run set's seeds: mean ± std
 KEY_FIELDS = {  # panel type -> its fields that name logged keys
     "LinePlot": ("x", "y"),
     "BarPlot": ("metrics",),
@@ -76,6 +77,14 @@ def _md_sections(report_md: str) -> dict[str, str]:
     return out
 
 
+def _panel(kind: str, title: str, **fields) -> dict:
+    return {"type": kind, "title": title, **fields}
+
+
+def _section(title: str, text: str, runset: dict, panels: list[dict]) -> dict:
+    return {"title": title, "text": text, "runset": runset, "panels": panels}
+
+
 def _train_sections(summaries: list[dict], metrics, runs: list[dict]) -> list[dict]:
     train = [s for s in summaries if s["stage"] == "train"]
     present = [(k, lab, lo) for k, lab, lo in metrics if any(k in s["metrics"] for s in train)]
@@ -87,46 +96,15 @@ def _train_sections(summaries: list[dict], metrics, runs: list[dict]) -> list[di
     grouped = _runset("training runs", runs, "train", True, [f"summary:{k}" for k, _, _ in present])
     against_kr = []
     for key, label, lower in present:
-        better = "lower" if lower else "higher"
-        against_kr += [
-            {
-                "type": "BarPlot",
-                "title": f"{label} ({better} is better): mean ± std over seeds",
-                "metrics": [f"history:{key}"],
-                "groupby_aggfunc": "mean",
-                "groupby_rangefunc": "stddev",
-            },
-            {
-                "type": "ScatterPlot",
-                "title": f"{label} vs keep_ratio, one point per run",
-                "x": "config:keep_ratio",
-                "y": f"summary:{key}",
-            },
-        ]
-    curve_panels = [
-        {
-            "type": "LinePlot",
-            "title": f"{label} during training, mean ± std over seeds",
-            "x": STEP,
-            "y": [f"history:{key}"],
-            "groupby_aggfunc": "mean",
-            "groupby_rangefunc": "stddev",
-        }
-        for key, label, _ in curves
-    ]
-    curve_panels.append(
-        {
-            "type": "LinePlot",
-            "title": "training loss, mean ± std over seeds",
-            "x": STEP,
-            "y": ["history:train/loss"],
-            "groupby_aggfunc": "mean",
-            "groupby_rangefunc": "stddev",
-            "smoothing_factor": 0.6,
-        }
-    )
+        title = f"{label} ({'lower' if lower else 'higher'} is better): mean ± std over seeds"
+        against_kr.append(_panel("BarPlot", title, metrics=[f"history:{key}"], **SEEDS))
+        against_kr.append(
+            _panel("ScatterPlot", f"{label} vs keep_ratio, every run", x="config:keep_ratio", y=f"summary:{key}")
+        )
+    curves = [_panel("LinePlot", f"{lab} during training", x=STEP, y=[f"history:{k}"], **SEEDS) for k, lab, _ in curves]
+    curves.append(_panel("LinePlot", "training loss", x=STEP, y=["history:train/loss"], smoothing_factor=0.6, **SEEDS))
     grids = [
-        {"type": "MediaBrowser", "title": title, "media_keys": [f"media:{key}"], "gallery_axis": "run"}
+        _panel("MediaBrowser", title, media_keys=[f"media:{key}"], gallery_axis="run")
         for output, key, title in (
             ("eval_samples", "eval/samples", "evaluation samples (fixed captions and seeds)"),
             ("samples", "samples", "samples of the test captions"),
@@ -134,76 +112,37 @@ def _train_sections(summaries: list[dict], metrics, runs: list[dict]) -> list[di
         if any(output in s.get("outputs", {}) for s in train)
     ]
     return [
-        {
-            "title": "Metric vs keep_ratio",
-            "text": "One bar per (method, keep_ratio): mean over seeds, whiskers ± std. The scatter shows every run.",
-            "runset": grouped,
-            "panels": against_kr,
-        },
-        {
-            "title": "Evaluation curves",
-            "text": "One line per (method, keep_ratio), seeds grouped: mean with a ± std band.",
-            "runset": grouped,
-            "panels": curve_panels,
-        },
-        {
-            "title": "Sample grids",
-            "text": "",
-            "runset": _runset("training runs", runs, "train", False),
-            "panels": grids,
-        },
+        _section(
+            "Metric vs keep_ratio", "One bar per (method, keep_ratio), mean ± std over seeds.", grouped, against_kr
+        ),
+        _section(
+            "Evaluation curves", "One line per (method, keep_ratio): mean over seeds, ± std band.", grouped, curves
+        ),
+        _section("Sample grids", "", _runset("training runs", runs, "train", False), grids),
     ]
 
 
 def _selection_and_rating(summaries: list[dict], runs: list[dict], md: dict[str, str]) -> list[dict]:
     out = []
     if any(s["stage"] == "prune" for s in summaries):
-        out.append(
-            {
-                "title": "Selected percentiles",
-                "text": "Rank percentiles (0 = top score) of the samples each prune run kept.",
-                "runset": _runset("prune runs", runs, "prune", False, ["summary:prune/selected_percentile_mean"]),
-                "panels": [
-                    {
-                        "type": "MediaBrowser",
-                        "title": "selected-percentile histogram",
-                        "media_keys": ["media:prune/percentiles"],
-                        "gallery_axis": "run",
-                    },
-                    {
-                        "type": "BarPlot",
-                        "title": "mean selected percentile",
-                        "metrics": ["history:prune/selected_percentile_mean"],
-                    },
-                ],
-            }
-        )
-    rate = [s for s in summaries if s["stage"] == "rate"]
-    if rate:
+        mean = "prune/selected_percentile_mean"
         panels = [
-            {
-                "type": "WeavePanelSummaryTable",
-                "title": "scores of every pool sample",
-                "table_name": "table:rate/scores",
-            },
-            {
-                "type": "MediaBrowser",
-                "title": "ranking: head, middle, tail",
-                "media_keys": ["media:rate/ranking"],
-                "gallery_axis": "run",
-            },
-            {"type": "LinePlot", "title": "rater training: D_val loss", "x": STEP, "y": ["history:rate/val_loss"]},
+            _panel("MediaBrowser", "selected-percentile histogram", media_keys=["media:prune/percentiles"]),
+            _panel("BarPlot", "mean selected percentile", metrics=[f"history:{mean}"]),
         ]
-        if "rating" in md:
-            panels.insert(0, {"type": "MarkdownPanel", "title": "rating quality", "markdown": md["rating"]})
+        runset = _runset("prune runs", runs, "prune", False, [f"summary:{mean}"])
         out.append(
-            {
-                "title": "Rating quality",
-                "text": "",
-                "runset": _runset("rate runs", runs, "rate", False),
-                "panels": panels,
-            }
+            _section("Selected percentiles", "Rank percentiles (0 = top score) of the kept samples.", runset, panels)
         )
+    if any(s["stage"] == "rate" for s in summaries):
+        panels = [
+            _panel("WeavePanelSummaryTable", "scores of every pool sample", table_name="table:rate/scores"),
+            _panel("MediaBrowser", "ranking: head, middle, tail", media_keys=["media:rate/ranking"]),
+            _panel("LinePlot", "rater training: D_val loss", x=STEP, y=["history:rate/val_loss"]),
+        ]
+        if "rating" in md:  # report.md's table: AUROC per corruption kind (from the rate summaries)
+            panels.insert(0, _panel("MarkdownPanel", "rating quality", markdown=md["rating"]))
+        out.append(_section("Rating quality", "", _runset("rate runs", runs, "rate", False), panels))
     return out
 
 
@@ -225,10 +164,9 @@ def report_spec(summaries: list[dict], metrics, report_md: str = "", source=()) 
     sections = [s for s in sections if s["panels"] and s["runset"]["filters"][1]["value"]]
     head = "\n\n".join(md[k] for k in md if k not in ("rating", "plots"))
     missing = [r["summary"] for r in runs if not r["wandb_id"]]
+    tasks = ", ".join(sorted({r["task_name"] for r in runs if r["task_name"]}))
     return {
-        "title": f"alchemist-pl comparison: {', '.join(sorted({r['task_name'] for r in runs if r['task_name']}))}"[
-            :128
-        ],
+        "title": f"alchemist-pl comparison: {tasks}"[:128],  # W&B's limit
         "description": f"{len(runs)} runs under {', '.join(map(str, source))}",
         "markdown": head,
         "projects": sorted({r["project"] for r in runs if r["wandb_id"]}),
