@@ -47,7 +47,7 @@ def logged(tmp_path_factory, emoji_dir):
             run(cfg)
     compare.main([str(out)])
     spec = json.loads((out / wandb_report.SPEC_NAME).read_text())
-    offline = {r.id: r for r in map(wandb_log.read_run, (out).rglob("offline-run-*"))}
+    offline = {r.id: r for r in map(wandb_log.read_run, out.rglob("offline-run-*"))}
     return out, spec, offline
 
 
