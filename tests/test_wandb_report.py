@@ -14,6 +14,8 @@ from alchemist_pl.stages import run
 
 from .conftest import CONF, DATA_DIR
 
+pytestmark = pytest.mark.slow  # a smoke pipeline and two training runs logged to W&B (~45 s CPU)
+
 RUNS = {  # folder -> overrides on top of the smoke settings
     "pipeline": ["+experiment=pipeline", "pipeline.compare=[shift_gsample,random]"],
     "random-s1": ["+experiment=baseline", "method=random", "keep_ratio=0.5", "seed=1"],
