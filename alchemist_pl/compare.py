@@ -15,11 +15,13 @@ Only ``train`` summaries enter the table; ``rate`` summaries give the rating-qua
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from . import wandb_report
 from .compare_plots import plots
 from .compare_stats import LABELS, METRICS, fmt, group_runs, load_summaries, mean_std, time_to_match
 from .runtime import write_atomic
@@ -52,6 +54,7 @@ def report(dirs, out: str | Path | None = None) -> Path:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in written]
     path = out / "report.md"
     write_atomic(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    wandb_report.write_spec(load_summaries(dirs, ("train", "rate", "prune")), METRICS, out, path.read_text(), dirs)
     return path
 
 
@@ -188,10 +191,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Compare runs: report.md and plots from their summary.json files.")
     parser.add_argument("dirs", nargs="+", help="multirun or run folders")
     parser.add_argument("--out", default=None, help="output folder (default: the first DIR)")
+    parser.add_argument("--wandb-report", metavar="ENTITY/PROJECT", help="also create the W&B report there (online)")
     args = parser.parse_args(argv)
     path = report(args.dirs, args.out)
     print(path.read_text())
-    print(f"wrote {path}")
+    print(f"wrote {path} and {wandb_report.SPEC_NAME}")
+    if args.wandb_report:
+        spec = json.loads((path.parent / wandb_report.SPEC_NAME).read_text())
+        print(f"saved the W&B report: {wandb_report.save_report(spec, args.wandb_report)}")
 
 
 if __name__ == "__main__":

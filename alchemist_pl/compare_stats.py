@@ -28,8 +28,8 @@ LABELS = {
 }
 
 
-def load_summaries(dirs) -> list[dict]:
-    """Every ``summary.json`` below ``dirs`` (pipeline summaries are skipped: their parts are read)."""
+def load_summaries(dirs, stages=("train", "rate")) -> list[dict]:
+    """Every ``summary.json`` of ``stages`` below ``dirs`` (pipeline summaries are skipped: their parts are read)."""
     out = []
     for d in dirs:
         for path in sorted(Path(d).rglob("summary.json")):
@@ -37,7 +37,7 @@ def load_summaries(dirs) -> list[dict]:
                 s = json.loads(path.read_text())
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: not valid JSON ({e})") from e
-            if s.get("stage") in ("train", "rate"):
+            if s.get("stage") in stages:
                 s["_path"] = str(path)
                 out.append(s)
     return out

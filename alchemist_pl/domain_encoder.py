@@ -183,23 +183,9 @@ def load_domain_encoder(
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"domain-encoder-{key}.pt"
     if not path.exists():
-        started = time.time()
-        log.info("training the domain evaluator on %s (once; cached as %s)", data_path, path)
         train_set = load_split(data_path, resolution, cache_dir, None, max_tokens)
-        enc = train_domain_encoder(train_set, epochs, batch_size, lr, seed, width, num_features)
-        retrieval = (
-            caption_retrieval(enc, load_split(test_path, resolution, cache_dir, None, max_tokens))
-            if test_path
-            else None
-        )
-        blob = {
-            "state_dict": enc.state_dict(),
-            "params": params,
-            "retrieval": retrieval,
-            "train_time_s": round(time.time() - started, 1),
-        }
-        write_atomic(path, lambda tmp: torch.save(blob, tmp))
-        log.info("domain evaluator: caption retrieval on %s: %s", test_path, retrieval)
+        test_set = load_split(test_path, resolution, cache_dir, None, max_tokens) if test_path else None
+        _train_and_save(path, params, train_set, test_set)
     blob = torch.load(path, weights_only=True)
     enc = DomainEncoder(width, num_features)
     enc.load_state_dict(blob["state_dict"])
@@ -210,3 +196,21 @@ def load_domain_encoder(
         "retrieval": blob.get("retrieval"),
         "train_time_s": blob.get("train_time_s"),
     }
+
+
+def _train_and_save(path: Path, params: dict, train_set, test_set) -> None:
+    """Train the encoder ``params`` describes on ``train_set``, report caption retrieval on
+    ``test_set`` (if any) and save both atomically to ``path``."""
+    started = time.time()
+    log.info("training the domain evaluator (once; cached as %s)", path)
+    keys = ("epochs", "batch_size", "lr", "seed", "width", "num_features")
+    enc = train_domain_encoder(train_set, *(params[k] for k in keys))
+    retrieval = caption_retrieval(enc, test_set) if test_set is not None else None
+    blob = {
+        "state_dict": enc.state_dict(),
+        "params": params,
+        "retrieval": retrieval,
+        "train_time_s": round(time.time() - started, 1),
+    }
+    write_atomic(path, lambda tmp: torch.save(blob, tmp))
+    log.info("domain evaluator: caption retrieval on the test split: %s", retrieval)
