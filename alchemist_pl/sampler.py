@@ -93,7 +93,8 @@ class StreamDistributedSampler(DistributedSampler):
     every sample is drawn as often as every other one, up to one: a budget shorter than a pass
     still never draws a sample twice before all were drawn once, and one longer than a pass
     cycles through the data in fresh orders. Deterministic for (seed, epoch), so a resumed loader
-    replays the same draws.
+    replays the same draws; ``state_dict`` / ``load_state_dict`` carry the epoch and the position
+    in it through a checkpoint (torchdata's ``StatefulDataLoader`` saves and restores them).
 
     Args:
         dataset: the dataset (length N ≥ 1).
@@ -123,6 +124,7 @@ class StreamDistributedSampler(DistributedSampler):
             raise ValueError(f"samples_per_rank must be >= 1, got {samples_per_rank}")
         self.num_samples = int(samples_per_rank)
         self.total_size = self.num_samples * self.num_replicas
+        self.yielded = self._resume_at = 0
 
     def _shuffle(self, j: int) -> np.ndarray:
         return np.random.default_rng([self.seed, j]).permutation(len(self.dataset))
@@ -135,8 +137,19 @@ class StreamDistributedSampler(DistributedSampler):
         for j in range(start // n, (end - 1) // n + 1):
             lo, hi = max(start, j * n) - j * n, min(end, (j + 1) * n) - j * n
             parts.append(self._shuffle(j)[lo:hi])
-        stream = np.concatenate(parts)
-        return iter(stream[self.rank :: self.num_replicas].tolist())
+        mine = np.concatenate(parts)[self.rank :: self.num_replicas].tolist()
+        self.yielded, self._resume_at = self._resume_at, 0
+        for index in mine[self.yielded :]:
+            self.yielded += 1
+            yield index
+
+    def state_dict(self) -> dict:
+        """The epoch and the draws this rank yielded in it (a resumable loader saves it)."""
+        return {"epoch": self.epoch, "yielded": self.yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the saved epoch after its ``yielded`` draws at the next ``iter``."""
+        self.epoch, self._resume_at = int(state["epoch"]), int(state["yielded"])
 
     def __len__(self) -> int:
         return self.num_samples

@@ -157,3 +157,18 @@ def test_rating_budget_in_pool_passes(emoji_dir, cache_dir):
     assert np.bincount(seen, minlength=96).max() == 3 and len(val_seen) == 240 and set(val_seen) == set(range(40))
     with pytest.raises(ValueError, match="rate.pool_passes"):
         RatingDataModule("a", "b", pool_passes=0)
+
+
+def test_stream_sampler_resumes_its_epoch_and_position():
+    whole = StreamDistributedSampler(Sized(30), 12, num_replicas=2, rank=1, seed=3)
+    whole.set_epoch(2)
+    expected = list(whole)
+    cut = StreamDistributedSampler(Sized(30), 12, num_replicas=2, rank=1, seed=3)
+    cut.set_epoch(2)
+    it = iter(cut)
+    head = [next(it) for _ in range(5)]
+    state = cut.state_dict()
+    fresh = StreamDistributedSampler(Sized(30), 12, num_replicas=2, rank=1, seed=3)  # epoch 0 until restored
+    fresh.load_state_dict(state)
+    assert state == {"epoch": 2, "yielded": 5} and head + list(fresh) == expected
+    assert list(fresh) == expected  # the next epoch pass starts from its beginning
