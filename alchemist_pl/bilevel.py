@@ -244,6 +244,10 @@ class BilevelRater(LightningModule):
             return {"score_timestep_spearman": float("nan"), "samples_seen": 0}
         return timestep_correlation(scores, torch.cat(self.seen_index).numpy(), torch.cat(self.seen_t).numpy())
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Clip inside ``opt.step()``: after a GradScaler (16-mixed) unscaled the gradients, before the step."""
+        self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+
     def training_step(self, batch, batch_idx):
         opt_proxy, opt_rater = self.optimizers()
         val, train = batch["val"], batch["train"]
@@ -297,7 +301,6 @@ class BilevelRater(LightningModule):
             if ul < 1.0:
                 proxy_loss = proxy_loss + (1.0 - ul) * (weights.detach() * train_losses).sum()
             self.manual_backward(proxy_loss)
-        self.clip_gradients(opt_proxy, gradient_clip_val=h.grad_clip, gradient_clip_algorithm="norm")
         opt_proxy.step()
 
         # Rater step (Eq. 9-10) on losses at θ_k, centred and scaled by the running mean c_t
@@ -341,7 +344,6 @@ class BilevelRater(LightningModule):
             rater_loss = (weights * signal).sum()
         opt_rater.zero_grad()
         self.manual_backward(rater_loss)
-        self.clip_gradients(opt_rater, gradient_clip_val=h.grad_clip, gradient_clip_algorithm="norm")
         opt_rater.step()
         m = h.baseline_momentum
         for k, value in updates.items():

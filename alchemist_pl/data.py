@@ -7,19 +7,21 @@ names the file and the sample and says what was expected. Nothing is skipped sil
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 
-from .text import CaptionEmbeddings, embed_captions
+from . import shards as shard_reader
+from .errors import DataError
+from .images import decode_image
+from .text import CaptionEmbeddings, embed_captions, token_counts
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +32,6 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 # time.time(), adds one: shards 1.8x larger and tar reading 2.2x slower; measured in
 # benchmarks/results/streaming-scoring.md), and a rebuild with the same content gives the same bytes.
 SHARD_MTIME = 1_700_000_000
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and sample."""
 
 
 @dataclass
@@ -50,56 +48,70 @@ def _shards(path: Path) -> list[Path]:
     return sorted(path.glob("*.tar"))
 
 
-def _read_shard(shard: Path) -> Iterator[dict]:
-    """Samples of one tar shard via webdataset; a broken archive raises DataError naming the shard."""
-    import tarfile
-
-    import webdataset as wds
-
-    try:
-        # one shard, read whole in this process: no splitting by node (DDP) or dataloader worker
-        yield from wds.WebDataset(
-            str(shard), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None
-        )
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise DataError(
-            f"{shard}: not a readable tar archive (expected a webdataset shard; {type(e).__name__}: {e})"
-        ) from e
-
-
 def iter_webdataset(path: Path) -> Iterator[RawSample]:
     """Samples of the ``*.tar`` shards in ``path`` (or one shard), in shard order.
 
-    Expects img2dataset's layout: ``{key}.jpg|jpeg|png|webp`` and ``{key}.txt`` per sample
-    (``{key}.json`` optional and ignored here). The key is the sample_id.
+    Expects img2dataset's layout: ``{key}.jpg|jpeg|png|webp`` and ``{key}.txt`` per sample, the
+    key being a member's name up to the first dot of its file name (:mod:`alchemist_pl.shards`).
+    Other fields (``{key}.json``, ...) are ignored. The key is the sample_id.
+
+    Raises:
+        DataError: naming the shard and key: a truncated or malformed shard (:mod:`alchemist_pl.shards`),
+            no image, several images, no caption, a caption that is not UTF-8.
     """
     for shard in _shards(path):
-        for sample in _read_shard(shard):
-            key = sample["__key__"]
-            image_ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
-            if image_ext is None:
-                raise DataError(
-                    f"{shard}: sample {key!r} has no image (expected one of "
-                    f"{', '.join('.' + e for e in IMAGE_EXTENSIONS)}; found {sorted(k for k in sample if not k.startswith('__'))})"
-                )
-            if "txt" not in sample:
-                raise DataError(f"{shard}: sample {key!r} has no caption (expected {key}.txt)")
+        incomplete = None  # raised at the end of the shard, unless the rest shows the true reason
+        for key, fields in shard_reader.samples(shard):
+            images = [e for e in IMAGE_EXTENSIONS if e in fields]
+            if len(images) > 1:
+                names = ", ".join(fields[e][0] for e in images)
+                raise DataError(f"{shard}: sample {key!r} has several images ({names}); expected one")
+            if not images or "txt" not in fields:
+                # a member of this key later in the shard (not adjacent) is the true reason; see samples()
+                incomplete = incomplete or _missing_field(shard, key, fields, "image" if not images else "caption")
+                continue
             try:
-                caption = sample["txt"].decode("utf-8")
+                caption = fields["txt"][1].decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{shard}: sample {key!r}: caption {key}.txt is not UTF-8 ({e})") from e
-            yield RawSample(key, sample[image_ext], caption, str(shard))
+                raise DataError(f"{shard}: sample {key!r}: caption {fields['txt'][0]} is not UTF-8 ({e})") from e
+            if incomplete is None:
+                yield RawSample(key, fields[images[0]][1], caption, str(shard))
+        if incomplete is not None:
+            raise incomplete
 
 
-def iter_image_folder(path: Path) -> Iterator[RawSample]:
+def _missing_field(shard: Path, key: str, fields: dict, what: str) -> DataError:
+    """The DataError for a sample without an image or caption, with the reason its members show."""
+    wanted = IMAGE_EXTENSIONS if what == "image" else ("txt",)
+    for field, (name, _) in fields.items():
+        if "." in field and field.rsplit(".", 1)[1] in wanted:  # e.g. img.v2.final.png: key 'img'
+            stem, ext = name.rsplit(".", 1)
+            return DataError(
+                f"{shard}: sample {key!r} has no {what}: member {name} is field {field!r} of sample {key!r}, "
+                f"because a key ends at the first dot of the file name (webdataset's rule); use keys "
+                f"without dots (e.g. {stem.replace('.', '_')}.{ext})"
+            )
+    expected = " or ".join(f"{key}.{e}" for e in wanted)
+    found = sorted(name for name, _ in fields.values())
+    return DataError(f"{shard}: sample {key!r} has no {what} (expected {expected}; found {found})")
+
+
+def iter_image_folder(path: Path, counts: Counter | None = None) -> Iterator[RawSample]:
     """Samples listed in ``path/metadata.jsonl`` (one JSON object per line: ``file_name``, ``text``).
 
-    The sample_id is ``file_name`` (relative to ``path``).
+    The sample_id is ``file_name`` (relative to ``path``). Blank lines hold no sample: they are
+    passed over and counted in ``counts["blank_metadata_lines"]``.
+
+    Raises:
+        DataError: naming the line and sample: invalid JSON, no ``file_name``, no string ``text``,
+            a missing image file.
     """
     meta = path / "metadata.jsonl"
+    counts = Counter() if counts is None else counts
     with open(meta, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
+                counts["blank_metadata_lines"] += 1
                 continue
             try:
                 row = json.loads(line)
@@ -116,45 +128,19 @@ def iter_image_folder(path: Path) -> Iterator[RawSample]:
             yield RawSample(name, file.read_bytes(), row["text"], str(meta))
 
 
-def iter_samples(path: str | os.PathLike) -> Iterator[RawSample]:
-    """Dispatch on the layout of ``path``: webdataset shards or an image folder with metadata.jsonl."""
+def iter_samples(path: str | os.PathLike, counts: Counter | None = None) -> Iterator[RawSample]:
+    """Dispatch on the layout of ``path``: webdataset shards or an image folder with metadata.jsonl.
+
+    ``counts``: a Counter that receives what the reader passed over (:func:`iter_image_folder`).
+    """
     p = Path(path)
     if not p.exists():
         raise DataError(f"data path {p} does not exist")
     if p.is_dir() and (p / "metadata.jsonl").is_file():
-        return iter_image_folder(p)
+        return iter_image_folder(p, counts)
     if _shards(p):
         return iter_webdataset(p)
     raise DataError(f"data path {p} holds neither *.tar webdataset shards nor an image folder with metadata.jsonl")
-
-
-def decode_image(raw: RawSample, resolution: int) -> np.ndarray:
-    """Decode to uint8 RGB [3, resolution, resolution]: alpha composited on white, centre crop, resize.
-
-    An image stored at ``resolution`` x ``resolution`` is not resampled, and no conversion runs on
-    an image already in the target mode (the same pixels as resampling it, fewer copies).
-
-    Raises:
-        DataError: the bytes are not a decodable image (names the file and sample).
-    """
-    try:
-        with Image.open(io.BytesIO(raw.image)) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                if im.mode != "RGBA":
-                    im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scale 0..65535 to 0..255
-                arr = np.asarray(im, dtype=np.float32)
-                im = Image.fromarray(np.clip(arr / 257.0, 0, 255).round().astype(np.uint8))
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            if im.size != (resolution, resolution):
-                im = ImageOps.fit(im, (resolution, resolution), Image.Resampling.BICUBIC)
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
-    except Exception as e:  # PIL raises many types for corrupt files
-        raise DataError(f"{raw.source}: sample {raw.sample_id!r}: cannot decode image ({type(e).__name__}: {e})") from e
 
 
 class ImageCaptionDataset(torch.utils.data.Dataset):
@@ -174,6 +160,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         self.text = text
         row = {c: i for i, c in enumerate(text.captions)}
         self.caption_rows = torch.tensor([row[c] for c in captions], dtype=torch.long)
+        self.input_report: dict = {"samples": len(sample_ids)}  # set by load_split
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -215,13 +202,20 @@ def load_split(
         resolution: output side in pixels.
         cache_dir: caption-embedding cache folder (None: no cache).
         limit: keep only the first ``limit`` samples (smoke runs).
+        max_tokens: caption tokens the text encoder keeps; longer captions are cut to their first
+            ``max_tokens`` tokens (counted and logged).
+
+    Returns:
+        the dataset; its ``input_report`` counts what reading passed over or changed:
+        ``samples``, ``blank_metadata_lines``, ``captions_truncated`` (more than ``max_tokens``
+        tokens, special tokens included) and ``max_tokens``.
 
     Raises:
         DataError: missing path, undecodable image, missing/empty/non-UTF-8 caption, duplicate
             sample_id — each naming the file and sample.
     """
-    ids, images, captions, seen = [], [], [], {}
-    for raw in iter_samples(path):
+    ids, images, captions, seen, counts = [], [], [], {}, Counter()
+    for raw in iter_samples(path, counts):
         if limit is not None and len(ids) >= limit:
             break
         if raw.sample_id in seen:
@@ -239,4 +233,32 @@ def load_split(
         raise DataError(f"data path {path} holds no samples")
     text = embed_captions(captions + [""], cache_dir, max_tokens)
     log.info("loaded %d samples (%d distinct captions) from %s", len(ids), len(text.captions) - 1, path)
-    return ImageCaptionDataset(ids, torch.from_numpy(np.stack(images)), captions, text)
+    ds = ImageCaptionDataset(ids, torch.from_numpy(np.stack(images)), captions, text)
+    ds.input_report = _input_report(path, ids, captions, counts, max_tokens)
+    return ds
+
+
+def _input_report(path, ids: list[str], captions: list[str], counts: Counter, max_tokens: int) -> dict:
+    """What reading passed over or changed, counted and logged (see :func:`load_split`)."""
+    tokens = dict(zip(dict.fromkeys(captions), token_counts(list(dict.fromkeys(captions)))))
+    cut = [i for i, c in enumerate(captions) if tokens[c] > max_tokens]
+    if cut:
+        log.warning(
+            "%s: %d of %d captions have more than data.max_tokens=%d tokens and are cut to the first %d "
+            "(first: sample %r, %d tokens)",
+            path,
+            len(cut),
+            len(ids),
+            max_tokens,
+            max_tokens,
+            ids[cut[0]],
+            tokens[captions[cut[0]]],
+        )
+    if counts["blank_metadata_lines"]:
+        log.warning("%s: %d blank lines in metadata.jsonl passed over", path, counts["blank_metadata_lines"])
+    return {
+        "samples": len(ids),
+        "blank_metadata_lines": counts["blank_metadata_lines"],
+        "captions_truncated": len(cut),
+        "max_tokens": max_tokens,
+    }

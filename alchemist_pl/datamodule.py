@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from . import data as data_lib
+from .preflight import check_batches_per_rank
 from .pruning import choose_subset
 from .runtime import process_group
 from .sampler import SubsetDistributedSampler
@@ -144,14 +145,25 @@ class RatingDataModule(_Base):
         if self.pool is None:
             self.pool = self._load(self.train_path, self.limit_train, "data.train_path")
             self.val_set = self._load(self.val_path, self.limit_val, "data.val_path")
-            for name, path, ds, b in (
-                ("training pool", self.train_path, self.pool, self.batch_size),
-                ("D_val", self.val_path, self.val_set, self.val_batch_size),
-            ):
-                if len(ds) < b:
-                    raise data_lib.DataError(f"{name} {path} has {len(ds)} samples, fewer than one batch of {b}")
+        self._check_batches()
+
+    def _check_batches(self) -> None:
+        """Each rank's share of the pool and of D_val holds one batch (shares of the current process
+        group; the whole split outside one).
+
+        Raises:
+            ValueError: naming the split, its share per rank and ``rate.batch_size`` / ``rate.val_batch_size``.
+        """
+        world, _ = process_group()
+        check_batches_per_rank(
+            len(self.pool), world, self.batch_size, f"the training pool {self.train_path}", "rate.batch_size"
+        )
+        check_batches_per_rank(
+            len(self.val_set), world, self.val_batch_size, f"D_val {self.val_path}", "rate.val_batch_size"
+        )
 
     def train_dataloader(self):
+        self._check_batches()  # under DDP the ranks exist now (setup may have run before them)
         return CombinedLoader(
             {
                 "val": self._train_loader(self.val_set, self.val_batch_size, offset=0, shuffle=True, drop_last=True),
@@ -174,7 +186,7 @@ class TrainingDataModule(_Base):
         subset: [k] int64 positions in ``train_set`` of the training subset.
         subset_percentile: [k] rank percentile of each kept sample among the scores (0 = top),
             or None when the subset was not drawn from scores.
-        scores: [N] float32 scores aligned with ``train_set``, or None without ``scores_path``.
+        scores: [N] scores (float32 or float64) aligned with ``train_set``, or None without ``scores_path``.
     """
 
     def __init__(
@@ -224,11 +236,14 @@ class TrainingDataModule(_Base):
         )
         k = len(self.subset)
         if k < self.batch_size:
-            raise data_lib.DataError(f"the subset has {k} samples, fewer than one batch of {self.batch_size}")
+            raise data_lib.DataError(
+                f"the subset has {k} samples, fewer than one batch of train.batch_size={self.batch_size}: "
+                f"lower train.batch_size or raise keep_ratio"
+            )
         log.info("training on %d of %d samples (method=%s)", k, len(self.train_set), self.method)
 
     def _aligned_scores(self) -> np.ndarray:
-        """[N] float32 scores of ``scores_path`` in ``train_set`` order.
+        """[N] scores of ``scores_path`` in ``train_set`` order, in the file's precision (float32 or float64).
 
         Raises:
             ScoresError: the file was made for another dataset.
@@ -242,7 +257,7 @@ class TrainingDataModule(_Base):
             self.train_set.sample_ids,
             f"the training set data.train_path={self.train_path} ({n} samples)",
         )
-        aligned = np.full(n, np.nan, dtype=np.float32)
+        aligned = np.full(n, np.nan, dtype=scores.dtype)  # float64 scores keep their precision
         aligned[self.train_set.index_of(ids, str(self.scores_path))] = scores
         if np.isnan(aligned).any():
             missing = [self.train_set.sample_ids[i] for i in np.flatnonzero(np.isnan(aligned))[:3]]
@@ -284,7 +299,7 @@ class TrainingDataModule(_Base):
         if len(sampler) < self.batch_size:
             raise data_lib.DataError(
                 f"the subset has {len(self.subset)} samples: {len(sampler)} per rank on {world} ranks, "
-                f"fewer than one batch of {self.batch_size} (lower train.batch_size or use fewer ranks)"
+                f"fewer than one batch of train.batch_size={self.batch_size} (lower train.batch_size or use fewer ranks)"
             )
         return self._train_loader(self.train_set, self.batch_size, sampler=sampler, drop_last=True)
 

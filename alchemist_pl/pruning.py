@@ -5,8 +5,11 @@ the sorted int64 indices of ``round(keep_ratio * N)`` distinct samples. Every me
 apart from one sort (O(N log N)), so it scales to 10^8 scores.
 
 Rank percentile: scores are sorted descending and ``r_i = rank_i / N`` in [0, 1), 0 = top score.
-Ties are broken by index (stable sort), so the result is deterministic. A caller that needs both
-the subset and the percentiles sorts once (:func:`descending_order`) and passes ``order=`` to both.
+Equal scores get equal chances: every member of a group of equal scores has the mean of the
+group's ranks (:func:`tie_ranks`; :func:`percentiles` and the Gaussian weights use it), and where
+a method cuts through such a group (the head, the top or bottom k, the block's ends) the members
+on each side are drawn at random with ``seed`` (:func:`shuffle_ties_at`), not taken in file order. A caller that needs both the
+subset and the percentiles sorts once (:func:`descending_order`) and passes ``order=`` to both.
 
 Methods:
     shift_gsample: discard the head ``r < head``, then draw without replacement with probability
@@ -30,6 +33,7 @@ ALIASES = {"alchemist": "shift_gsample"}
 
 DEFAULT_MEAN = 0.5
 DEFAULT_STD = 0.2
+_TIE_STREAM = 0x7135  # seeds the tie shuffle apart from the draw (same seed, independent streams)
 
 
 def auto_head(keep_ratio: float) -> float:
@@ -40,13 +44,83 @@ def auto_head(keep_ratio: float) -> float:
 def percentiles(scores: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
     """Rank percentile r_i in [0, 1) of every score, 0 = highest (float64, shape [N]).
 
+    Equal scores share one percentile: the mean rank of their group over N (ranks 0..N-1).
     ``order``: the scores' :func:`descending_order` if already computed (saves the sort).
     """
     scores = np.asarray(scores)
     order = _given_or_sorted(scores, order)
+    ranks = tie_ranks(scores, order)
+    ranks /= len(scores)
     r = np.empty(len(scores), dtype=np.float64)
-    r[order] = np.arange(len(scores), dtype=np.float64) / len(scores)
+    r[order] = ranks
     return r
+
+
+def tie_ranks(scores: np.ndarray, order: np.ndarray, lo: int = 0, hi: int | None = None, dtype=np.float64):
+    """Rank of the samples at positions ``lo..hi-1`` of ``order``: the position, or for a group of
+    equal scores the mean position of the whole group (also where it reaches past ``lo`` or ``hi``).
+
+    O(hi - lo) after the sort: [hi - lo] of ``dtype``.
+    """
+    n = len(order)
+    hi = n if hi is None else hi
+    if hi <= lo:
+        return np.zeros(0, dtype=dtype)
+    a, b = _group_bounds(scores, order, lo)[0], _group_bounds(scores, order, hi - 1)[1]
+    s = scores[order[a:b]]
+    same = s[1:] == s[:-1]  # position i ties with i + 1 (-0.0 == 0.0)
+    del s
+    ranks = np.arange(a, b, dtype=dtype)
+    if same.any():
+        edge = np.diff(same.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+        first, last = np.flatnonzero(edge == 1), np.flatnonzero(edge == -1)  # a group spans first..last
+        del edge
+        tied = np.zeros(b - a, dtype=bool)
+        tied[:-1] |= same
+        tied[1:] |= same
+        ranks[tied] = np.repeat((a + (first + last) / 2.0).astype(dtype), last - first + 1)
+    return ranks[lo - a : hi - a]
+
+
+def _group_bounds(scores: np.ndarray, order: np.ndarray, c: int) -> tuple[int, int]:
+    """``[a, b)``: the positions of ``order`` whose score equals the one at position ``c``.
+
+    Scans outward from ``c`` in doubling windows: O(group size).
+    """
+    n, s = len(order), scores[order[c]]
+    a, w = c, 64
+    while a > 0:
+        lo = max(0, a - w)
+        differs = np.flatnonzero(scores[order[lo:a]] != s)
+        if len(differs):
+            a = lo + int(differs[-1]) + 1
+            break
+        a, w = lo, 2 * w
+    b, w = c + 1, 64
+    while b < n:
+        hi = min(n, b + w)
+        differs = np.flatnonzero(scores[order[b:hi]] != s)
+        if len(differs):
+            b = b + int(differs[0])
+            break
+        b, w = hi, 2 * w
+    return a, b
+
+
+def shuffle_ties_at(scores: np.ndarray, order: np.ndarray, cuts, rng: np.random.Generator) -> np.ndarray:
+    """``order`` with every group of equal scores that a cut splits (positions ``c - 1`` and ``c``
+    tie) in a random order, so which of its members fall on each side is drawn, not taken from
+    the file: [N] int64, a copy when any group is shuffled, else ``order`` itself. O(group size).
+    """
+    out = order
+    for c in cuts:
+        if not 0 < c < len(order) or scores[out[c - 1]] != scores[out[c]]:
+            continue
+        a, b = _group_bounds(scores, out, c)
+        if out is order:
+            out = order.copy()
+        out[a:b] = rng.permutation(out[a:b])
+    return out
 
 
 def check_method(method: str) -> str:
@@ -70,8 +144,14 @@ def _check(scores: np.ndarray, keep_ratio: float) -> int:
         raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
     if not (0.0 < keep_ratio <= 1.0):
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
-    k = int(round(keep_ratio * len(scores)))
-    return max(k, 1)
+    n = len(scores)
+    k = int(round(keep_ratio * n))
+    if k == 0:
+        raise ValueError(
+            f"keep_ratio={keep_ratio} keeps round({keep_ratio} * {n}) = 0 of {n} samples; "
+            f"use keep_ratio >= 1/{n} = {1 / n:.3g}"
+        )
+    return k
 
 
 def _given_or_sorted(scores: np.ndarray, order) -> np.ndarray:
@@ -116,11 +196,12 @@ _descending_order = descending_order
 
 
 def _gaussian_draw(
-    order: np.ndarray, first: int, k: int, mean: float, std: float, rng: np.random.Generator
+    order: np.ndarray, ranks: np.ndarray, first: int, k: int, mean: float, std: float, rng: np.random.Generator
 ) -> np.ndarray:
     """k of the samples ranked ``first..N-1``, without replacement, P ∝ exp(-(r - mean)^2 / 2 std^2).
 
-    Works in rank space (``r = position / N``), so no per-sample percentile array is built.
+    Works in rank space: ``ranks`` [N - first] float32 are the positions' :func:`tie_ranks` (equal
+    scores, equal rank, equal chances) and ``r = rank / N``; no per-sample percentile array is built.
     Gumbel-top-k: adding Gumbel noise to the log-weights and keeping the k largest is an exact
     sample of successive weighted draws without replacement; the k-th largest key is found with
     a linear-time partition. float32 keys keep memory at 4 bytes per eligible sample.
@@ -133,7 +214,7 @@ def _gaussian_draw(
         raise ValueError(f"cannot keep {k} samples: only {m} remain after discarding the head")
     if k == m:
         return order[first:]
-    keys = np.arange(first, n, dtype=np.float32)
+    keys = ranks
     keys /= np.float32(n)
     keys -= np.float32(mean)
     np.square(keys, out=keys)
@@ -168,7 +249,8 @@ def select(
         scores: [N] scores, higher = better (NumPy array or anything ``np.asarray`` takes).
         keep_ratio: fraction of N to keep, in (0, 1]; the subset has ``round(keep_ratio * N)``.
         method: one of :data:`METHODS` (or ``"alchemist"`` = shift_gsample).
-        seed: seed of the random draw (shift_gsample, gsample, random); same seed, same subset.
+        seed: seed of the random draw (shift_gsample, gsample, random) and of the order of equal
+            scores (every method but random and full); same seed, same subset.
         head: shift_gsample's discarded head fraction in [0, 1), or "auto" (:func:`auto_head`).
         mean, std: centre and width of the Gaussian over rank percentile (shift_gsample, gsample).
         start: first percentile of the window (block); clipped so the window fits.
@@ -179,7 +261,7 @@ def select(
         [k] int64 sorted indices, no duplicates.
 
     Raises:
-        ValueError: unknown method, keep_ratio outside (0, 1], NaN/inf scores, a head too large
+        ValueError: unknown method, keep_ratio outside (0, 1] or keeping 0 samples, NaN/inf scores, a head too large
             to leave k samples, or an ``order`` whose shape is not the scores'.
     """
     method = check_method(method)
@@ -196,13 +278,9 @@ def select(
         out = rng.choice(n, size=k, replace=False)
     elif method in ("top_k", "bottom_k", "block"):
         order = _given_or_sorted(scores, order)
-        if method == "top_k":
-            out = order[:k]
-        elif method == "bottom_k":
-            out = order[n - k :]
-        else:
-            first = min(max(int(round(start * n)), 0), n - k)
-            out = order[first : first + k]
+        first = {"top_k": 0, "bottom_k": n - k}.get(method, min(max(int(round(start * n)), 0), n - k))
+        order = shuffle_ties_at(scores, order, (first, first + k), np.random.default_rng([_TIE_STREAM, seed]))
+        out = order[first : first + k]
     else:
         first = 0
         if method == "shift_gsample":
@@ -210,7 +288,9 @@ def select(
             if not (0.0 <= h < 1.0):
                 raise ValueError(f"head must be in [0, 1), got {h}")
             first = int(np.ceil(h * n))  # positions with r = position / N < h are the head
-        out = _gaussian_draw(_given_or_sorted(scores, order), first, k, mean, std, rng)
+        order = _given_or_sorted(scores, order)
+        order = shuffle_ties_at(scores, order, (first,), np.random.default_rng([_TIE_STREAM, seed]))
+        out = _gaussian_draw(order, tie_ranks(scores, order, first, dtype=np.float32), first, k, mean, std, rng)
     return np.sort(out.astype(np.int64))
 
 

@@ -1,5 +1,6 @@
 """Plumbing shared by the stages: atomic file writes, process-group and rank-zero checks, the
-Lightning trainer, loggers and callbacks built from the config, the resume path and ``summary.json``.
+Lightning trainer, loggers and callbacks built from the config, and ``summary.json``
+(which checkpoint a run resumes: :mod:`alchemist_pl.resume`).
 
 Nothing here knows the method; every stage in :mod:`alchemist_pl.stages` is written on top of it.
 """
@@ -147,15 +148,6 @@ def make_trainer(cfg: DictConfig, loggers: list, extra_callbacks: Iterable = (),
         default_root_dir=cfg.paths.output_dir,
         **overrides,
     )
-
-
-def resume_path(output_dir) -> str | None:
-    """``{output_dir}/checkpoints/last.ckpt`` when it exists (a rerun continues there), else None."""
-    ckpt = Path(output_dir) / "checkpoints" / "last.ckpt"
-    if ckpt.exists():
-        log.info("resuming from %s", ckpt)
-        return str(ckpt)
-    return None
 
 
 def scalar_metrics(metrics) -> dict:

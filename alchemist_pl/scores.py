@@ -1,12 +1,14 @@
 """Per-sample scores and selected subsets as Parquet files keyed by ``sample_id``.
 
-``scores.parquet``: columns ``sample_id`` (string), ``score`` (float32, higher = more useful).
+``scores.parquet``: columns ``sample_id`` (string), ``score`` (float32 or float64, higher = more useful).
 ``subset.parquet``: columns ``sample_id``, ``score``, ``percentile`` (rank percentile, 0 = top).
 Both carry a JSON object under the schema metadata key ``alchemist`` (producing stage, config,
 package version and git commit, and ``dataset_fingerprint``: a hash of the pool's sample_ids).
 A scores file whose recorded fingerprint does not match its own rows, or (when training from it)
-the training set, is refused with an error naming the file (:func:`check_fingerprint`). Any tool can write these files: only the two columns of
-``scores.parquet`` are required to prune or train from them. Writes are atomic (temporary file
+the training set, is refused with an error naming the file (:func:`check_fingerprint`). Any tool can
+write these files: only the two columns of ``scores.parquet`` are required to prune or train from
+them, in one Parquet file or a folder of Parquet files (Spark, Dask, ``pyarrow.dataset``); the
+scores keep the column's precision. Writes are atomic (temporary file
 in the same folder, then rename), so a killed run never leaves a half-written file.
 """
 
@@ -92,15 +94,19 @@ def _write(path: str | os.PathLike, columns: dict, metadata: dict) -> Path:
 
 
 def _read(path: str | os.PathLike, required: tuple[str, ...]):
+    """Read a Parquet file, or a folder of Parquet files (a dataset, as Spark, Dask or
+    ``pyarrow.dataset.write_dataset`` write it; files whose names start with ``_`` or ``.`` are
+    passed over, as pyarrow does), and check its ``sample_id`` column."""
     import pyarrow.parquet as pq
 
     path = Path(path)
-    if not path.is_file():
-        raise ScoresError(f"{path}: file does not exist")
+    if not path.exists():
+        raise ScoresError(f"{path}: file does not exist (expected a Parquet file or a folder of Parquet files)")
     try:
         table = pq.read_table(path)
     except Exception as e:
-        raise ScoresError(f"{path}: not a readable Parquet file ({e})") from e
+        kind = "folder of Parquet files" if path.is_dir() else "Parquet file"
+        raise ScoresError(f"{path}: not a readable {kind} ({e})") from e
     missing = [c for c in required if c not in table.column_names]
     if missing:
         raise ScoresError(f"{path}: missing column(s) {missing}; expected {list(required)}, found {table.column_names}")
@@ -117,9 +123,37 @@ def _read(path: str | os.PathLike, required: tuple[str, ...]):
     return path, table, ids, metadata
 
 
+def _score_dtype(path: Path, col, ids: list[str]) -> np.ndarray:
+    """The score column as float32 (float16/32 columns, integers of up to 16 bits) or float64
+    (float64 columns, wider integers): every value kept exactly.
+
+    Raises:
+        ScoresError: not numeric, or an integer that float64 cannot hold exactly (|v| > 2^53).
+    """
+    import pyarrow.types as pat
+
+    if not (pat.is_floating(col.type) or pat.is_integer(col.type)):
+        raise ScoresError(f"{path}: column 'score' must be numeric (float or int), found {col.type}")
+    values = col.to_numpy()
+    if pat.is_floating(col.type):
+        return values.astype(np.float64 if col.type.bit_width == 64 else np.float32)
+    if col.type.bit_width <= 16:
+        return values.astype(np.float32)
+    out = values.astype(np.float64)
+    inexact = np.abs(values) > 2**53
+    if inexact.any():
+        i = int(np.flatnonzero(inexact)[0])
+        raise ScoresError(
+            f"{path}: {int(inexact.sum())} integer scores are too large for a float64 to hold exactly "
+            f"(|score| > 2^53; first: sample {ids[i]!r} = {values[i]}); rescale them"
+        )
+    return out
+
+
 def write_scores(path, sample_ids: list[str], scores: np.ndarray, metadata: dict) -> Path:
-    """Write ``scores.parquet`` atomically. ``scores``: [N] float, aligned with ``sample_ids``."""
-    scores = np.asarray(scores, dtype=np.float32)
+    """Write ``scores.parquet`` atomically. ``scores``: [N] numbers aligned with ``sample_ids``,
+    stored as float64 when given as float64, else float32."""
+    scores = _float(scores)
     if len(scores) != len(sample_ids):
         raise ValueError(f"{len(scores)} scores for {len(sample_ids)} sample_ids")
     metadata = {**metadata, "dataset_fingerprint": dataset_fingerprint(sample_ids)}
@@ -127,25 +161,24 @@ def write_scores(path, sample_ids: list[str], scores: np.ndarray, metadata: dict
 
 
 def read_scores(path) -> tuple[list[str], np.ndarray, dict]:
-    """Read ``(sample_ids, scores [N] float32, metadata)``.
+    """Read ``(sample_ids, scores [N], metadata)`` from a Parquet file or a folder of them.
+
+    The scores keep the column's precision: float64 for float64 (and 32/64-bit integer) columns,
+    float32 for float16/float32 (and 8/16-bit integer) columns.
 
     Raises:
-        ScoresError: missing file or column, no rows, non-numeric score column, duplicate sample_id,
-            null/NaN/inf score (names the sample), rows that do not match the recorded
-            ``dataset_fingerprint``.
+        ScoresError: missing file or column, no rows, non-numeric score column, an integer score
+            float64 cannot hold exactly, duplicate sample_id, null/NaN/inf score (names the sample),
+            rows that do not match the recorded ``dataset_fingerprint``.
     """
-    import pyarrow.types as pat
-
     path, table, ids, metadata = _read(path, ("sample_id", "score"))
     if not ids:
         raise ScoresError(f"{path}: the file holds no scores (0 rows)")
     col = table.column("score")
-    if not (pat.is_floating(col.type) or pat.is_integer(col.type)):
-        raise ScoresError(f"{path}: column 'score' must be numeric (float or int), found {col.type}")
     if col.null_count:
         i = next(i for i, v in enumerate(col.to_pylist()) if v is None)
         raise ScoresError(f"{path}: sample {ids[i]!r} has no score")
-    scores = col.to_numpy().astype(np.float32)
+    scores = _score_dtype(path, col, ids)
     bad = ~np.isfinite(scores)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -156,13 +189,19 @@ def read_scores(path) -> tuple[list[str], np.ndarray, dict]:
     return ids, scores, metadata
 
 
+def _float(values) -> np.ndarray:
+    """float64 values stay float64; anything else becomes float32."""
+    values = np.asarray(values)
+    return values if values.dtype == np.float64 else values.astype(np.float32)
+
+
 def write_subset(path, sample_ids: list[str], scores: np.ndarray, percentile: np.ndarray, metadata: dict) -> Path:
-    """Write ``subset.parquet`` atomically (the selected samples only)."""
+    """Write ``subset.parquet`` atomically (the selected samples only; scores kept as :func:`write_scores` does)."""
     return _write(
         path,
         {
             "sample_id": list(sample_ids),
-            "score": np.asarray(scores, dtype=np.float32),
+            "score": _float(scores),
             "percentile": np.asarray(percentile, dtype=np.float32),
         },
         metadata,

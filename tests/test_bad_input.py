@@ -2,6 +2,7 @@
 error naming the file (and sample) and what was expected, or handled as documented."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -100,3 +101,34 @@ def test_keep_ratio_outside_range_refused_by_prune(make_cfg, tmp_path, keep_rati
     )
     with pytest.raises(ValueError, match=r"keep_ratio must be in \(0, 1\]"):
         run(cfg)
+
+
+# ---------------------------------------------------------------- what reading passes over is counted
+
+
+def test_long_captions_counted_and_logged(tmp_path, real, caplog):
+    """Captions longer than data.max_tokens are cut by the text encoder: counted and logged, not silent."""
+    long = " ".join(c for _, _, c in real) + " on a sunny afternoon in the park with friends"
+    samples = [{"__key__": k, "png": png, "txt": c} for k, png, c in real]
+    samples[1]["txt"] = long
+    _shard(tmp_path / "s" / "a.tar", samples)
+    with caplog.at_level("WARNING", logger="alchemist_pl.data"):
+        ds = load_split(tmp_path / "s", 16, None, max_tokens=16)
+    assert ds.input_report == {"samples": 4, "blank_metadata_lines": 0, "captions_truncated": 1, "max_tokens": 16}
+    assert (
+        f"1 of 4 captions have more than data.max_tokens=16 tokens and are cut to the first 16 (first: sample '{real[1][0]}'"
+        in caplog.text
+    )
+    assert load_split(tmp_path / "s", 16, None, max_tokens=64).input_report["captions_truncated"] == 0
+
+
+def test_blank_metadata_lines_counted(tmp_path, real, caplog):
+    rows = []
+    for k, png, cap in real:
+        (tmp_path / f"{k}.png").write_bytes(png)
+        rows.append(json.dumps({"file_name": f"{k}.png", "text": cap}))
+    (tmp_path / "metadata.jsonl").write_text(rows[0] + "\n\n" + "\n".join(rows[1:]) + "\n   \n")
+    with caplog.at_level("WARNING", logger="alchemist_pl.data"):
+        ds = load_split(tmp_path, 16, None)
+    assert ds.input_report["blank_metadata_lines"] == 2 and len(ds) == 4
+    assert "2 blank lines in metadata.jsonl passed over" in caplog.text

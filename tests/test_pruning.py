@@ -116,3 +116,55 @@ def test_shared_order_gives_the_same_subset_and_percentiles(scores, method):
 def test_order_of_wrong_shape_rejected(scores):
     with pytest.raises(ValueError, match=r"order must be the scores' descending order, shape \(10000,\)"):
         pruning.select(scores, 0.3, "top_k", order=np.arange(5))
+
+
+# ---------------------------------------------------------------- ties: equal scores, equal chances
+
+RANK_METHODS = ["shift_gsample", "gsample", "top_k", "bottom_k", "block"]
+
+
+@pytest.mark.parametrize("method", RANK_METHODS + ["random"])
+def test_all_tied_scores_keep_every_part_of_the_file(method):
+    """The field report: select(zeros(1000), 0.5) kept none of rows 0-249. With every score equal,
+    each quarter of the file keeps its share (hypergeometric: 125 ± 8)."""
+    idx = pruning.select(np.zeros(1000, np.float32), 0.5, method, seed=0)
+    per_quarter = np.bincount(idx // 250, minlength=4)
+    assert np.all(np.abs(per_quarter - 125) < 40), per_quarter
+
+
+@pytest.mark.parametrize("method", RANK_METHODS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_equal_ratings_equal_chances_wherever_they_are_in_the_file(method, dtype):
+    """Integer ratings 1-5: samples with the same rating are kept at the same rate in the first and
+    the second half of the file (over 5 seeds, ~5,000 draws per half and rating)."""
+    ratings = np.random.default_rng(0).integers(1, 6, size=10_000).astype(dtype)
+    half = np.arange(len(ratings)) >= len(ratings) // 2
+    kept = np.zeros(len(ratings))
+    for seed in range(5):
+        kept[pruning.select(ratings, 0.5, method, seed=seed)] += 1 / 5
+    for value in range(1, 6):
+        first, second = kept[(ratings == value) & ~half].mean(), kept[(ratings == value) & half].mean()
+        assert abs(first - second) < 0.06, (value, first, second)
+
+
+def test_tied_percentiles_are_equal():
+    r = pruning.percentiles(np.array([1.0, 1.0, 0.0, 0.0, 2.0, -0.0]))
+    np.testing.assert_allclose(r, [(1 + 2) / 2 / 6, 1.5 / 6, 4 / 6, 4 / 6, 0.0, 4 / 6])
+    assert np.unique(pruning.percentiles(np.zeros(1000, np.float32))).size == 1
+
+
+def test_ties_broken_by_seed_and_shared_order_agrees():
+    ratings = np.random.default_rng(1).integers(1, 6, size=1000).astype(np.float32)
+    a, b = pruning.select(ratings, 0.3, "top_k", seed=0), pruning.select(ratings, 0.3, "top_k", seed=1)
+    assert not np.array_equal(a, b)  # the boundary rating's members differ by seed
+    np.testing.assert_array_equal(a, pruning.select(ratings, 0.3, "top_k", seed=0))
+    assert ratings[a].min() == ratings[b].min()  # both are a top 30%
+    order = pruning.descending_order(ratings)
+    np.testing.assert_array_equal(pruning.select(ratings, 0.3, "top_k", seed=0, order=order), a)
+
+
+def test_keep_ratio_that_keeps_no_sample_refused():
+    """keep_ratio=0.0004 of 1000 samples rounds to 0: refused, not turned into one sample."""
+    with pytest.raises(ValueError, match=r"keep_ratio=0.0004 keeps round\(0.0004 \* 1000\) = 0 of 1000 samples"):
+        pruning.select(np.arange(1000.0), 0.0004, "top_k")
+    assert len(pruning.select(np.arange(1000.0), 0.001, "top_k")) == 1

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from ..corruption import build_corrupted_pool
 from ..emoji import build_emoji_dataset
+from ..preflight import check_config
 from .pipeline import pipeline
 from .prune import prune
 from .rate import rate
@@ -61,7 +62,8 @@ def run(cfg: DictConfig) -> dict:
     """Run ``cfg.stage``; returns its summary.
 
     Raises:
-        ValueError: unknown ``cfg.stage``.
+        ValueError: unknown ``cfg.stage``, or a config that cannot succeed
+            (:func:`alchemist_pl.preflight.check_config`).
         OSError: ``paths.output_dir`` cannot be created or is not writable.
     """
     if cfg.stage not in STAGES:
@@ -74,4 +76,5 @@ def run(cfg: DictConfig) -> dict:
     if not os.access(out, os.W_OK):
         raise OSError(f"the output directory paths.output_dir={out} is not writable")
     ensure_data(cfg)
+    check_config(cfg)  # what can fail before training fails now
     return STAGES[cfg.stage](cfg)

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from ..evaluation import GenerationEvaluation
 from ..pixels import to_model_range
+from ..preflight import check_evaluation
 
 
 def make_evaluation(cfg: DictConfig, test_set, grid_path=None, curve_path=None):
@@ -18,7 +19,8 @@ def make_evaluation(cfg: DictConfig, test_set, grid_path=None, curve_path=None):
     reference: all of ``test_set``'s images. Returns (callback, info about the evaluator).
     """
     e = cfg.eval
-    m = min(int(e.num_images), len(test_set))
+    m = int(e.num_images)
+    check_evaluation(m, cfg.evaluator.get("kid_subset_size"), len(test_set), f"data.test_path={cfg.data.test_path}")
     rows = test_set.caption_rows[:m]
     prompts = {
         "states": test_set.text.states[rows].float(),

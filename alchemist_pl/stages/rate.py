@@ -11,15 +11,16 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
+from ..preflight import PlannedTraining, check_trained, fitted_steps
+from ..resume import checkpoint_for, exclusive, keep_after_failure
 from ..runtime import (
     barrier,
     container,
     loggers_for,
     make_trainer,
     process_group,
-    resume_path,
     scalar_metrics,
     write_atomic,
     write_summary,
@@ -31,57 +32,119 @@ from .report import rating_report
 
 log = logging.getLogger(__name__)
 
+#: optimizer steps one bilevel iteration takes: a proxy step and a rater step (Lightning's
+#: ``global_step`` counts both); ``rate.max_iterations`` and checkpoint periods count iterations
+OPTIMIZER_STEPS_PER_ITERATION = 2
+BATCH_KEYS = "rate.batch_size, rate.val_batch_size"
+
 
 def rate(cfg: DictConfig) -> dict:
     """Train the rater jointly with the proxy (bilevel), then score every sample of the pool.
 
+    Trains ``rate.max_epochs`` epochs over D_val, capped at ``rate.max_iterations`` bilevel
+    iterations (one D_val batch and one pool batch: one proxy and one rater optimizer step), and
+    resumes ``checkpoints/last.ckpt`` only when it is this run's (:mod:`alchemist_pl.resume`).
     Scoring is in memory (the loaded pool, split across ranks), or with ``rate.streaming=true``
     shard by shard over ``data.train_path`` (:func:`score_streaming`). Both write the same
-    ``scores.parquet``; ``rater.pt`` holds the rater's weights and config.
+    ``scores.parquet``; ``rater.pt`` holds the rater's weights and config. A failure after
+    training started writes ``summary.json`` with ``status: failed`` and keeps the weights
+    (:func:`alchemist_pl.resume.keep_after_failure`).
 
     Raises:
-        ValueError: ``rate.streaming`` is not a boolean, or is true for an image-folder pool.
-        DataError: bad or missing data (see :mod:`alchemist_pl.data`).
+        ValueError: ``rate.streaming`` is not a boolean, or is true for an image-folder pool; a bad
+            ``rate.max_iterations``; a length the data cannot fill (:class:`PlannedTraining`).
+        DataError: bad or missing data (see :mod:`alchemist_pl.data`), or a rank's share of a
+            split shorter than one batch.
+        ResumeError: the output folder holds another run's checkpoint, or another run writes there.
+        RuntimeError: the fit ran no step.
     """
     started = time.time()
     out = Path(cfg.paths.output_dir)
     streaming = check_streaming(cfg.rate.get("streaming", False), cfg.data.train_path)  # fails before training
+    max_steps = _optimizer_steps(cfg.rate.max_iterations)
     L.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.datamodule.rating)
+    dm.setup("fit")  # the samples, fingerprinted for the resume check (per-rank shares checked again in fit)
     model = instantiate(cfg.bilevel)
-    with loggers_for(cfg) as loggers:
-        trainer = make_trainer(cfg, loggers, max_epochs=cfg.rate.max_epochs, max_steps=cfg.rate.max_steps)
-        trainer.fit(model, datamodule=dm, ckpt_path=resume_path(out))
-        fit_metrics = scalar_metrics(trainer.callback_metrics)
-        t0 = time.time()
-        dm.setup("fit")  # after a ddp_spawn fit the main process has not loaded the data yet
-        scores, pool_scores, meta = _save_and_score(cfg, model, trainer, dm.pool, out, streaming)
-        score_time = time.time() - t0
-        # rank 0 alone writes the grid and logs the table (the other ranks have no logger to feed)
-        quality = {}
-        if trainer.is_global_zero:
-            quality = rating_report("rate", cfg.data.train_path, dm.pool, pool_scores, out, loggers)
-        barrier(trainer)
-        metrics = {
-            **fit_metrics,
-            **quality,
-            "samples_rated": len(scores),
-            "scoring": meta["scoring"],
-            "score_mean": float(scores.mean()),
-            "score_std": float(scores.std()),
-            "scoring_time_s": round(score_time, 2),
-            "bilevel_iterations": int(trainer.global_step // 2),
-            **model.timestep_correlation(pool_scores),  # score_timestep_spearman, samples_seen
-        }
-        for lg in loggers:
-            lg.log_metrics({f"rate/{k}": v for k, v in metrics.items() if k.startswith("score")}, trainer.global_step)
-        log.info("rate: scored %d samples -> %s", len(scores), meta["scores_path"])
-        outputs = {
-            "scores": meta["scores_path"],
-            "rater": meta["rater_checkpoint"],
-            "ranking_grid": str(out / "ranking.png"),
-        }
-        return write_summary(cfg, "rate", started, metrics, outputs)
+    with exclusive(out):
+        ckpt = checkpoint_for(cfg, {"data.train_path": dm.pool.sample_ids, "data.val_path": dm.val_set.sample_ids})
+        with loggers_for(cfg) as loggers:
+            planned = PlannedTraining(
+                "rate.max_iterations", "rate.max_epochs", BATCH_KEYS, OPTIMIZER_STEPS_PER_ITERATION
+            )
+            trainer = make_trainer(
+                _checkpoints_per_iteration(cfg), loggers, [planned], max_epochs=cfg.rate.max_epochs, max_steps=max_steps
+            )
+            try:
+                return _fit_and_score(cfg, dm, model, trainer, ckpt, loggers, streaming, started)
+            except Exception as e:
+                keep_after_failure(cfg, "rate", started, trainer, model, e, {"input": _input(dm)})
+                raise
+
+
+def _optimizer_steps(iterations) -> int:
+    """Lightning's ``max_steps`` (optimizer steps) for ``rate.max_iterations`` bilevel iterations (-1: no cap).
+
+    Raises:
+        ValueError: ``rate.max_iterations`` is not a positive integer or -1.
+    """
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations == 0 or iterations < -1:
+        raise ValueError(f"rate.max_iterations must be a positive integer or -1 (no cap), got {iterations!r}")
+    return iterations * OPTIMIZER_STEPS_PER_ITERATION if iterations > 0 else -1
+
+
+def _checkpoints_per_iteration(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with every callback's ``every_n_train_steps`` in optimizer steps: the config counts
+    training iterations (one bilevel iteration here), Lightning counts optimizer steps."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for entry in (cfg.get("callbacks") or {}).values():
+            if entry is not None and entry.get("every_n_train_steps"):
+                entry.every_n_train_steps = int(entry.every_n_train_steps) * OPTIMIZER_STEPS_PER_ITERATION
+    return cfg
+
+
+def _input(dm) -> dict:
+    """What reading each split passed over or changed (:func:`alchemist_pl.data.load_split`)."""
+    return {"data.train_path": dm.pool.input_report, "data.val_path": dm.val_set.input_report}
+
+
+def _fit_and_score(cfg: DictConfig, dm, model, trainer, ckpt, loggers, streaming: bool, started: float) -> dict:
+    """Fit (resuming ``ckpt``), check it trained, score the pool, write the outputs and the summary."""
+    out = Path(cfg.paths.output_dir)
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
+    check_trained(fitted_steps(trainer), "rate", f"{BATCH_KEYS} and rate.max_iterations")
+    fit_metrics = scalar_metrics(trainer.callback_metrics)
+    t0 = time.time()
+    dm.setup("fit")  # after a ddp_spawn fit the main process has not loaded the data yet
+    scores, pool_scores, meta = _save_and_score(cfg, model, trainer, dm.pool, out, streaming)
+    score_time = time.time() - t0
+    # rank 0 alone writes the grid and logs the table (the other ranks have no logger to feed)
+    quality = {}
+    if trainer.is_global_zero:
+        quality = rating_report("rate", cfg.data.train_path, dm.pool, pool_scores, out, loggers)
+    barrier(trainer)
+    metrics = {
+        **fit_metrics,
+        **quality,
+        "samples_rated": len(scores),
+        "scoring": meta["scoring"],
+        "score_mean": float(scores.mean()),
+        "score_std": float(scores.std()),
+        "scoring_time_s": round(score_time, 2),
+        "bilevel_iterations": int(trainer.global_step // OPTIMIZER_STEPS_PER_ITERATION),
+        "input": _input(dm),
+        **model.timestep_correlation(pool_scores),  # score_timestep_spearman, samples_seen
+    }
+    for lg in loggers:
+        lg.log_metrics({f"rate/{k}": v for k, v in metrics.items() if k.startswith("score")}, trainer.global_step)
+    log.info("rate: scored %d samples -> %s", len(scores), meta["scores_path"])
+    outputs = {
+        "scores": meta["scores_path"],
+        "rater": meta["rater_checkpoint"],
+        "ranking_grid": str(out / "ranking.png"),
+    }
+    return write_summary(cfg, "rate", started, metrics, outputs)
 
 
 def _save_and_score(cfg: DictConfig, model, trainer, pool, out: Path, streaming: bool):

@@ -47,6 +47,7 @@ def score(cfg: DictConfig) -> dict:
         "samples_rated": len(scores),
         "score_mean": float(scores.mean()),
         "score_std": float(scores.std()),
+        "input": {"data.train_path": pool.input_report},
     }
     log.info("score: %s scored %d samples -> %s", scorer.name, len(scores), scores_path)
     outputs = {"scores": str(scores_path), "ranking_grid": str(out / "ranking.png")}

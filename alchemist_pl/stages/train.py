@@ -13,7 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from ..analysis import subset_quality
-from ..runtime import barrier, loggers_for, make_trainer, resume_path, write_summary
+from ..preflight import check_trained, fitted_steps
+from ..resume import checkpoint_for, exclusive, keep_after_failure
+from ..runtime import barrier, loggers_for, make_trainer, write_summary
 from ..scores import provenance, read_subset, write_subset
 from .evaluator import make_evaluation
 from .report import ground_truth
@@ -26,6 +28,15 @@ def train(cfg: DictConfig) -> dict:
 
     The subset is the training DataModule's (``cfg.datamodule.training``: a subset file, a draw
     from scores, random or full); when drawn from scores it is written to ``subset.parquet``.
+    ``checkpoints/last.ckpt`` is resumed only when it is this run's (same config and samples:
+    :mod:`alchemist_pl.resume`). A failure after training started (e.g. in the evaluation) writes
+    ``summary.json`` with ``status: failed``, what finished and the kept weights
+    (:func:`alchemist_pl.resume.keep_after_failure`), then raises.
+
+    Raises:
+        ResumeError: the output folder holds another run's checkpoint, or another run writes there.
+        ValueError, DataError: a config or data the run cannot train on (named keys and files).
+        RuntimeError: the fit ran no step.
     """
     started = time.time()
     cfg = _labelled(cfg)
@@ -34,42 +45,66 @@ def train(cfg: DictConfig) -> dict:
     dm.setup("fit")
     out = Path(cfg.paths.output_dir)
     model, extra, eval_info = _model_and_evaluation(cfg, dm, out)
-    with loggers_for(cfg) as loggers:
-        trainer = make_trainer(
-            cfg,
-            loggers,
-            extra,
-            max_steps=int(cfg.train.max_steps),
-            max_epochs=-1,
-            gradient_clip_val=cfg.train.gradient_clip_val,
-        )
-        if cfg.train.get("epochs"):  # equal epochs: steps scale with the subset size; each step takes W batches
-            per_step = cfg.train.batch_size * trainer.world_size
-            trainer.fit_loop.epoch_loop.max_steps = max(1, math.ceil(cfg.train.epochs * len(dm.subset) / per_step))
-        trainer.fit(model, datamodule=dm, ckpt_path=resume_path(out))
-        train_time = time.time() - started
-        train_loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
-        test = trainer.test(model, datamodule=dm, verbose=False)[0]
-        metrics = {
-            **{k: float(v) for k, v in test.items()},
-            "train/loss": train_loss,
-            "train_samples": len(dm.subset),
-            "pool_size": len(dm.train_set),
-            # a ddp_spawn fit does not carry global_step back to this process; it ran to max_steps
-            # (max_epochs=-1, nothing stops it earlier)
-            "steps": int(trainer.global_step or trainer.max_steps),
-            "train_time_s": round(train_time, 2),
-            "world_size": trainer.world_size,
-        }
-        if dm.scores is not None and trainer.is_global_zero:  # the subset drawn from the scores, for reports
-            _write_drawn_subset(cfg, dm, out / "subset.parquet")
-        outputs = {"samples": str(out / "samples.png")}
-        metrics.update(_subset_and_eval_metrics(cfg, dm, extra, eval_info, out, outputs))
-        n, pool, loss = metrics["train_samples"], metrics["pool_size"], metrics.get("test/loss", float("nan"))
-        log.info("train: %s on %d of %d samples, test loss %.4f -> %s", cfg.method, n, pool, loss, out)
-        summary = write_summary(cfg, "train", started, metrics, outputs)
-        barrier(trainer)  # under DDP the next stage or process may read what rank 0 wrote
-        return summary
+    ids = dm.train_set.sample_ids
+    with exclusive(out):
+        data = {"training subset": [ids[i] for i in dm.subset], "data.test_path": dm.test_set.sample_ids}
+        ckpt = checkpoint_for(cfg, data)
+        with loggers_for(cfg) as loggers:
+            trainer = make_trainer(
+                cfg,
+                loggers,
+                extra,
+                max_steps=int(cfg.train.max_steps),
+                max_epochs=-1,
+                gradient_clip_val=cfg.train.gradient_clip_val,
+            )
+            if cfg.train.get("epochs"):  # equal epochs: steps scale with the subset size; each step takes W batches
+                per_step = cfg.train.batch_size * trainer.world_size
+                trainer.fit_loop.epoch_loop.max_steps = max(1, math.ceil(cfg.train.epochs * len(dm.subset) / per_step))
+            try:
+                return _fit_and_evaluate(cfg, dm, model, trainer, ckpt, extra, eval_info, started)
+            except Exception as e:
+                finished = {"train_samples": len(dm.subset), "input": _input(dm)}
+                if extra:
+                    finished["eval_curve"] = extra[0].curve
+                keep_after_failure(cfg, "train", started, trainer, model, e, finished)
+                raise
+
+
+def _input(dm) -> dict:
+    """What reading each split passed over or changed (:func:`alchemist_pl.data.load_split`)."""
+    return {"data.train_path": dm.train_set.input_report, "data.test_path": dm.test_set.input_report}
+
+
+def _fit_and_evaluate(cfg: DictConfig, dm, model, trainer, ckpt, extra: list, eval_info, started: float) -> dict:
+    """Fit (resuming ``ckpt``), check it trained, test, write the drawn subset and the summary."""
+    out = Path(cfg.paths.output_dir)
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
+    check_trained(fitted_steps(trainer), "train", "train.batch_size and train.max_steps")
+    train_time = time.time() - started
+    train_loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
+    test = trainer.test(model, datamodule=dm, verbose=False)[0]
+    metrics = {
+        **{k: float(v) for k, v in test.items()},
+        "train/loss": train_loss,
+        "train_samples": len(dm.subset),
+        "pool_size": len(dm.train_set),
+        # a ddp_spawn fit does not carry global_step back to this process; it ran to max_steps
+        # (max_epochs=-1, nothing stops it earlier)
+        "steps": int(trainer.global_step or trainer.max_steps),
+        "train_time_s": round(train_time, 2),
+        "world_size": trainer.world_size,
+        "input": _input(dm),
+    }
+    if dm.scores is not None and trainer.is_global_zero:  # the subset drawn from the scores, for reports
+        _write_drawn_subset(cfg, dm, out / "subset.parquet")
+    outputs = {"samples": str(out / "samples.png")}
+    metrics.update(_subset_and_eval_metrics(cfg, dm, extra, eval_info, out, outputs))
+    n, pool, loss = metrics["train_samples"], metrics["pool_size"], metrics.get("test/loss", float("nan"))
+    log.info("train: %s on %d of %d samples, test loss %.4f -> %s", cfg.method, n, pool, loss, out)
+    summary = write_summary(cfg, "train", started, metrics, outputs)
+    barrier(trainer)  # under DDP the next stage or process may read what rank 0 wrote
+    return summary
 
 
 def _model_and_evaluation(cfg: DictConfig, dm, out: Path):

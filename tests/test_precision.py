@@ -1,0 +1,61 @@
+"""Mixed precision in the bilevel loop's manual optimization: gradients are clipped after the
+GradScaler unscales them, so fp16 runs take the steps fp32 runs take (on CPU, with Lightning's
+``MixedPrecision("16-mixed", "cpu", GradScaler("cpu"))``)."""
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from lightning import Callback, Trainer, seed_everything
+from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader
+
+
+class _NormAtStep(Callback):
+    """The gradient norm each optimizer steps with: read inside ``optimizer.step`` (after the
+    precision plugin's unscaling and the module's clipping)."""
+
+    def __init__(self):
+        self.norms = []
+
+    def on_train_start(self, trainer, module):
+        for i, opt in enumerate(trainer.optimizers):
+            opt.register_step_pre_hook(lambda o, args, kwargs, i=i: self.norms.append((i, _norm(o))))
+
+
+def _norm(opt) -> float:
+    grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+
+def _first_steps(make_cfg, split, plugin, iterations=2):
+    cfg = make_cfg("data.resolution=16")
+    seed_everything(0)
+    model = instantiate(cfg.bilevel)
+    loader = DataLoader(split, batch_size=16, shuffle=False, drop_last=True)
+    track = _NormAtStep()
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=2 * iterations,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[track],
+        plugins=[plugin] if plugin else None,
+    )
+    trainer.fit(model, train_dataloaders=CombinedLoader({"val": loader, "train": loader}, "min_size"))
+    return track.norms, float(model.hparams.grad_clip)
+
+
+def test_fp16_mixed_clips_unscaled_gradients(make_cfg, small_split):
+    """The first proxy and rater steps of a 16-mixed run use the fp32 run's clipped gradient norms
+    (within fp16 rounding), not norms shrunk by the loss scale (2^16)."""
+    from torch.amp import GradScaler
+
+    fp32, clip = _first_steps(make_cfg, small_split, None)
+    fp16, _ = _first_steps(make_cfg, small_split, MixedPrecision("16-mixed", "cpu", GradScaler("cpu")))
+    assert [i for i, _ in fp16[:2]] == [0, 1]  # proxy step, then rater step
+    for (i, a), (_, b) in zip(fp32[:2], fp16[:2]):
+        assert a <= clip * (1 + 1e-4) and b <= clip * (1 + 1e-3)
+        assert b == pytest.approx(a, rel=0.05), f"optimizer {i}: fp16 step norm {b:.3g}, fp32 {a:.3g}"
