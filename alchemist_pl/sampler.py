@@ -81,3 +81,75 @@ class SubsetDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class StreamDistributedSampler(DistributedSampler):
+    """A fixed number of draws per epoch from an endless stream of shuffles of the dataset, sharded
+    across replicas.
+
+    The stream is shuffle 0, shuffle 1, ... of the N dataset positions (shuffle j is seeded with
+    ``(seed, j)``). Epoch e takes the stream's items ``[e * L, (e + 1) * L)``, ``L = samples_per_rank
+    * num_replicas``, and rank r every ``num_replicas``-th of them from the r-th on. Over any run
+    every sample is drawn as often as every other one, up to one: a budget shorter than a pass
+    still never draws a sample twice before all were drawn once, and one longer than a pass
+    cycles through the data in fresh orders. Deterministic for (seed, epoch), so a resumed loader
+    replays the same draws; ``state_dict`` / ``load_state_dict`` carry the epoch and the position
+    in it through a checkpoint (torchdata's ``StatefulDataLoader`` saves and restores them).
+
+    Args:
+        dataset: the dataset (length N ≥ 1).
+        samples_per_rank: draws per epoch and rank (the loader's length in samples).
+        num_replicas, rank: default to the process group, or 1 and 0 outside one.
+        seed: seed of the shuffles.
+
+    Raises:
+        ValueError: an empty dataset or ``samples_per_rank`` < 1.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        samples_per_rank: int,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        world, own_rank = process_group()
+        num_replicas = world if num_replicas is None else num_replicas
+        rank = own_rank if rank is None else rank
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        if len(dataset) == 0:
+            raise ValueError("the dataset is empty")
+        if samples_per_rank < 1:
+            raise ValueError(f"samples_per_rank must be >= 1, got {samples_per_rank}")
+        self.num_samples = int(samples_per_rank)
+        self.total_size = self.num_samples * self.num_replicas
+        self.yielded = self._resume_at = 0
+
+    def _shuffle(self, j: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, j]).permutation(len(self.dataset))
+
+    def __iter__(self) -> Iterator[int]:
+        n = len(self.dataset)
+        start = self.epoch * self.total_size
+        end = start + self.total_size
+        parts = []
+        for j in range(start // n, (end - 1) // n + 1):
+            lo, hi = max(start, j * n) - j * n, min(end, (j + 1) * n) - j * n
+            parts.append(self._shuffle(j)[lo:hi])
+        mine = np.concatenate(parts)[self.rank :: self.num_replicas].tolist()
+        self.yielded, self._resume_at = self._resume_at, 0
+        for index in mine[self.yielded :]:
+            self.yielded += 1
+            yield index
+
+    def state_dict(self) -> dict:
+        """The epoch and the draws this rank yielded in it (a resumable loader saves it)."""
+        return {"epoch": self.epoch, "yielded": self.yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the saved epoch after its ``yielded`` draws at the next ``iter``."""
+        self.epoch, self._resume_at = int(state["epoch"]), int(state["yielded"])
+
+    def __len__(self) -> int:
+        return self.num_samples

@@ -24,13 +24,15 @@ from alchemist_pl.scoring import score_dataset
 
 from .conftest import DATA_DIR, ROOT
 
-# 64 pool samples, D_val 32: with 2 ranks and batches of 8, two bilevel iterations per epoch per rank
+# 64 pool samples, D_val 32: with 2 ranks, batches of 8 and one pass over the pool in 2 epochs, two
+# bilevel iterations per epoch per rank (the rating budget's stream sampler, sharded across the ranks)
 TINY = [
     "debug=smoke",
     "data.limit_train=64",
     "data.limit_val=32",
     "rate.batch_size=8",
     "rate.val_batch_size=8",
+    "rate.pool_passes=1.0",
     "rate.score_batch_size=16",
     "+callbacks.probe._target_=tests.probe.Probe",
 ]

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from alchemist_pl import pruning
 from alchemist_pl.scores import read_scores, read_subset
 from alchemist_pl.stages import run
+from alchemist_pl.stages.rate import _views
 
 from .conftest import CONF, DATA_DIR, ROOT
 
@@ -299,3 +301,16 @@ def test_equal_epochs_sets_the_steps(make_cfg):
     )
     metrics = run(cfg)["metrics"]
     assert (metrics["train_samples"], metrics["world_size"], metrics["steps"]) == (32, 1, 6)
+
+
+def test_rating_reports_how_often_the_rater_saw_the_pool(rated, caplog):
+    """debug=smoke rates with rate.pool_passes=0.25: ceil(0.25 * 512 / 32) = 4 iterations in the one
+    epoch, an average pool sample seen 0.25 times, D_val's 64 samples twice; below 0.5 it warns."""
+    out, _ = rated
+    m = json.loads((out / "rate" / "summary.json").read_text())["metrics"]
+    assert m["bilevel_iterations"] == 4
+    assert m["pool_views_per_sample"] == 0.25 and m["val_views_per_sample"] == 2.0
+    dm = SimpleNamespace(batch_size=32, val_batch_size=32, pool=range(512), val_set=range(64), pool_passes=0.25)
+    with caplog.at_level("WARNING"):
+        _views(dm, SimpleNamespace(global_step=8, world_size=1))
+    assert "rate.pool_passes" in caplog.text

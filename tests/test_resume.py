@@ -14,8 +14,8 @@ from alchemist_pl.scores import read_scores
 
 from .conftest import DATA_DIR, ROOT
 
-# 64 pool samples, D_val 16, batches of 4: 4 bilevel iterations per epoch, 2 epochs; a checkpoint
-# after every iteration
+# 64 pool samples, D_val 16, batches of 4, half a pass over the pool: 4 bilevel iterations per
+# epoch (the rating budget's stream sampler, D_val cycled), 2 epochs; a checkpoint after every iteration
 TINY = [
     "+experiment=rate",
     "debug=smoke",
@@ -24,6 +24,7 @@ TINY = [
     "data.limit_val=16",
     "rate.batch_size=4",
     "rate.val_batch_size=4",
+    "rate.pool_passes=0.5",
     "rate.score_batch_size=16",
     "callbacks.model_checkpoint.every_n_train_steps=1",
     "+callbacks.probe._target_=tests.probe.Probe",

@@ -139,12 +139,12 @@ def test_ddp_rank_share_shorter_than_a_batch_fails(tmp_path):
 
 
 def test_length_the_data_cannot_fill_fails_before_training(make_cfg, tmp_path):
-    """rate.max_iterations=50 with one epoch of 2 iterations (64 D_val samples, batches of 32) would
-    stop at 2: refused at the start, naming both keys."""
+    """rate.max_iterations=50 with one epoch of 2 iterations (one pass over the 64-sample pool,
+    batches of 32) would stop at 2: refused at the start, naming both keys."""
     with pytest.raises(
         ValueError, match=r"rate.max_iterations=50 cannot be reached: rate.max_epochs=1 epochs of 2 batches"
     ):
-        run(make_cfg(*QUICK_RATE, "rate.max_iterations=50"))
+        run(make_cfg(*QUICK_RATE, "rate.pool_passes=1.0", "rate.max_iterations=50"))
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 

@@ -3,7 +3,8 @@ import pytest
 from torch.utils.data import DistributedSampler
 
 from alchemist_pl import pruning
-from alchemist_pl.sampler import SubsetDistributedSampler
+from alchemist_pl.datamodule import RatingDataModule
+from alchemist_pl.sampler import StreamDistributedSampler, SubsetDistributedSampler
 
 
 class Sized:
@@ -95,3 +96,79 @@ def test_choose_subset_bad_input(kw, match):
 def test_sampler_bad_indices(indices, match):
     with pytest.raises(ValueError, match=match):
         SubsetDistributedSampler(Sized(1000), indices=indices)
+
+
+def _stream(n, per_rank, replicas, epochs, seed=0):
+    """[epoch][rank] -> the draws of StreamDistributedSampler."""
+    out = []
+    for e in range(epochs):
+        row = []
+        for r in range(replicas):
+            s = StreamDistributedSampler(Sized(n), per_rank, num_replicas=replicas, rank=r, seed=seed)
+            s.set_epoch(e)
+            row.append(list(s))
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("n,per_rank,replicas,epochs", [(10, 3, 1, 7), (10, 4, 2, 5), (7, 5, 3, 4), (100, 6, 2, 3)])
+def test_stream_sampler_covers_evenly(n, per_rank, replicas, epochs):
+    draws = _stream(n, per_rank, replicas, epochs)
+    assert all(len(d) == per_rank for row in draws for d in row)
+    # the ranks' draws of each epoch interleave into one stream; over the run it is shuffle after
+    # shuffle: every sample drawn as often as any other, up to one, and never twice before all once
+    stream = [row[r][i] for row in draws for i in range(per_rank) for r in range(replicas)]
+    counts = np.bincount(stream, minlength=n)
+    assert counts.max() - counts.min() <= 1 and len(stream) == per_rank * replicas * epochs
+    for j in range(len(stream) // n):
+        assert sorted(stream[j * n : (j + 1) * n]) == list(range(n))
+    rest = stream[len(stream) // n * n :]
+    assert len(set(rest)) == len(rest)
+
+
+def test_stream_sampler_is_seeded_and_a_distributed_sampler():
+    a, b, c = (_stream(50, 20, 2, 3, seed=s) for s in (1, 1, 2))
+    assert a == b and a != c
+    assert a[0] != a[1]  # each epoch continues the stream
+    assert isinstance(StreamDistributedSampler(Sized(5), 3), DistributedSampler)
+    with pytest.raises(ValueError, match="samples_per_rank"):
+        StreamDistributedSampler(Sized(5), 0)
+
+
+def test_rating_budget_in_pool_passes(emoji_dir, cache_dir):
+    """rate.pool_passes: the pool batches of all epochs cover the pool that many times, evenly,
+    with D_val cycled to as many batches, whatever D_val's size."""
+    dm = RatingDataModule(
+        emoji_dir / "val", emoji_dir / "test", batch_size=16, val_batch_size=16, limit_train=96, limit_val=40,
+        pool_passes=2.5, epochs=3, resolution=16, cache_dir=cache_dir,
+    )  # fmt: skip
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    iter(loader)
+    assert dm.iterations_per_epoch() == 5 and len(loader) == 5  # ceil(2.5 * 96 / (16 * 3)); D_val alone gives 2
+    seen, val_seen = [], []
+    for epoch in range(3):
+        for sub in loader.flattened:
+            sub.sampler.set_epoch(epoch)
+        for batch, _, _ in iter(loader):
+            seen += batch["train"]["index"].tolist()
+            val_seen += batch["val"]["index"].tolist()
+    assert len(seen) == 240 and np.bincount(seen, minlength=96).min() >= 2  # 2.5 passes: each sample 2 or 3 times
+    assert np.bincount(seen, minlength=96).max() == 3 and len(val_seen) == 240 and set(val_seen) == set(range(40))
+    with pytest.raises(ValueError, match="rate.pool_passes"):
+        RatingDataModule("a", "b", pool_passes=0)
+
+
+def test_stream_sampler_resumes_its_epoch_and_position():
+    whole = StreamDistributedSampler(Sized(30), 12, num_replicas=2, rank=1, seed=3)
+    whole.set_epoch(2)
+    expected = list(whole)
+    cut = StreamDistributedSampler(Sized(30), 12, num_replicas=2, rank=1, seed=3)
+    cut.set_epoch(2)
+    it = iter(cut)
+    head = [next(it) for _ in range(5)]
+    state = cut.state_dict()
+    fresh = StreamDistributedSampler(Sized(30), 12, num_replicas=2, rank=1, seed=3)  # epoch 0 until restored
+    fresh.load_state_dict(state)
+    assert state == {"epoch": 2, "yielded": 5} and head + list(fresh) == expected
+    assert list(fresh) == expected  # the next epoch pass starts from its beginning

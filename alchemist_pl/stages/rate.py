@@ -104,6 +104,26 @@ def _checkpoints_per_iteration(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+#: below this many views of an average pool sample the rate stage warns: the rater has not seen
+#: most of the pool and must generalise to it
+FEW_VIEWS = 0.5
+
+
+def _views(dm, trainer) -> dict:
+    """How often the bilevel loop drew an average pool and D_val sample (all ranks together); logs a
+    warning naming ``rate.pool_passes`` when the pool's is below :data:`FEW_VIEWS`."""
+    iterations = trainer.global_step // OPTIMIZER_STEPS_PER_ITERATION
+    pool = iterations * dm.batch_size * trainer.world_size / len(dm.pool)
+    val = iterations * dm.val_batch_size * trainer.world_size / len(dm.val_set)
+    if pool < FEW_VIEWS:
+        log.warning(
+            "rate: the rater saw an average pool sample %.2f times (%d iterations of %d over %d samples); "
+            "raise rate.pool_passes (now %s) for a rater that has seen the pool",
+            pool, iterations, dm.batch_size * trainer.world_size, len(dm.pool), dm.pool_passes,
+        )  # fmt: skip
+    return {"pool_views_per_sample": round(pool, 3), "val_views_per_sample": round(val, 3)}
+
+
 def _input(dm) -> dict:
     """What reading each split passed over or changed (:func:`alchemist_pl.data.load_split`)."""
     return {"data.train_path": dm.pool.input_report, "data.val_path": dm.val_set.input_report}
@@ -133,6 +153,7 @@ def _fit_and_score(cfg: DictConfig, dm, model, trainer, ckpt, loggers, streaming
         "score_std": float(scores.std()),
         "scoring_time_s": round(score_time, 2),
         "bilevel_iterations": int(trainer.global_step // OPTIMIZER_STEPS_PER_ITERATION),
+        **_views(dm, trainer),
         "input": _input(dm),
         **model.timestep_correlation(pool_scores),  # score_timestep_spearman, samples_seen
     }
