@@ -26,12 +26,16 @@ target) per sample, the paper's ``ℓ_i``.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .analysis import auroc
 from .corruption import CLEAN
+
+log = logging.getLogger(__name__)
 
 SIGNALS = ("loss", "value_gap", "contrast", "null_gap")
 # (model, caption) pairs scored: every signal above is a difference of two of them
@@ -172,6 +176,7 @@ def score_losses(
                     states, mask, pooled = _conditioning(dataset, captions[caption_name][sl])
                     loss = denoising_loss(models[model_name], scheduler, images, states, mask, pooled, tt, noise[sl])
                     out[(model_name, caption_name)][ti, sl] += loss.double().numpy() / draws
+        log.info("scored t=%d (%d/%d)", t, ti + 1, len(timesteps))
     return out
 
 

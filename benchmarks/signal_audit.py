@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -103,6 +104,7 @@ def run_one(cfg, variant: str, seed: int, out: Path, steps: int | None, draws: i
             unet, scheduler, data, idx, steps, int(batch), opt, cfg.bilevel.grad_clip, dropout, gen
         )
         train_s[name], models[name] = time.time() - t0, unet
+        logging.info("trained θ_%s: %d steps, %.0f s", name, steps, train_s[name])
     captions = {
         "own": pool.caption_rows,
         "other": audit.mismatched_rows(pool, torch.Generator().manual_seed(seed + 7)),
@@ -193,6 +195,7 @@ def main() -> None:
     cfg = load_config(Path(args.data_dir).resolve())
     if args.run:
         torch.set_num_threads(1)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         v, s = args.run[0], int(args.run[1])
         run_one(cfg, v, s, out / v / f"seed{s}", args.steps, args.draws)
         return
