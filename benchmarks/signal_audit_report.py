@@ -8,22 +8,42 @@ from alchemist_pl import audit
 from alchemist_pl.corruption import CLEAN, KINDS
 
 # timestep bands: keep-scores are summed per-t z-scores over the band's grid points
-BANDS = {"50-200": (50, 100, 200), "100-300": (100, 200, 300), "300-500": (300, 400, 500), "600-800": (600, 800)}
-VF_BAND, CAPTION_BAND = "100-300", "300-500"
+BANDS = {
+    "50-100": (50, 100),
+    "50-200": (50, 100, 200),
+    "100-300": (100, 200, 300),
+    "300-500": (300, 400, 500),
+    "600-800": (600, 800),
+}
 LAMBDAS = (0.25, 0.5, 1.0, 2.0)
+# z(value_gap@vf_band) + λ·z(caption signal@band): (vf band, caption signal, its band, λ)
+MIXES = (
+    *(("50-200", "contrast", "50-200", lam) for lam in LAMBDAS),
+    *(("100-300", "contrast", "300-500", lam) for lam in LAMBDAS),
+    *(("50-200", "null_gap", "50-200", lam) for lam in (0.5, 1.0)),
+)
 COLUMNS = ("all", *KINDS, "top50_corrupted_share")
+
+
+def mix_name(vf_band: str, cap: str, cap_band: str, lam: float) -> str:
+    return f"value_gap@{vf_band}+{lam:g}·{cap}@{cap_band}"
+
+
 HEADLINE = (
+    "loss@50-200",
     "loss@100-300",
     "loss@300-500",
+    "value_gap@50-100",
     "value_gap@50-200",
     "value_gap@100-300",
     "value_gap@300-500",
     "value_gap@600-800",
+    "contrast@50-200",
     "contrast@100-300",
     "contrast@300-500",
+    "null_gap@50-200",
     "null_gap@300-500",
-    *(f"value_gap+{lam:g}·contrast" for lam in LAMBDAS),
-    *(f"value_gap+{lam:g}·null_gap" for lam in (0.5, 1.0)),
+    *(mix_name(*m) for m in MIXES),
 )
 
 
@@ -37,10 +57,8 @@ def keep_score_table(run: dict) -> dict:
             out[f"{sig}@t{t}"] = s[i]
         for band, grid in BANDS.items():
             out[f"{sig}@{band}"] = audit.band_score(s, [ts.index(t) for t in grid])
-    vf = out[f"value_gap@{VF_BAND}"]
-    for cap, lams in (("contrast", LAMBDAS), ("null_gap", (0.5, 1.0))):
-        for lam in lams:
-            out[f"value_gap+{lam:g}·{cap}"] = vf + lam * out[f"{cap}@{CAPTION_BAND}"]
+    for vf_band, cap, cap_band, lam in MIXES:
+        out[mix_name(vf_band, cap, cap_band, lam)] = out[f"value_gap@{vf_band}"] + lam * out[f"{cap}@{cap_band}"]
     return out
 
 
@@ -137,7 +155,7 @@ def _variant(name: str, desc: str, per_seed: dict, meta: dict) -> list[str]:
     lines += [
         "### Best timestep or band per kind and signal (mean AUROC on half B ± std; half A in brackets)",
         "",
-        "Chosen on the same data it is reported on (max over 12 bands and timesteps): optimistic by the choice.",
+        "Chosen on the same data it is reported on (max over the bands and timesteps): optimistic by the choice.",
         "",
     ]
     lines += _best(ns) + [""]
@@ -189,7 +207,7 @@ def render(context: dict, numbers: dict) -> str:
         "Keep-scores (higher = keep): `loss` = −ℓ(θ_val; c); `value_gap` = ℓ(θ′; c) − ℓ(θ_val; c); "
         "`contrast` = ℓ(θ_val; c_other) − ℓ(θ_val; c), c_other = another pool sample's (different) caption; "
         "`null_gap` = ℓ(θ_val; ∅) − ℓ(θ_val; c). `signal@a-b`: sum of per-t z-scores over the band's grid "
-        f"points {BANDS}. `value_gap+λ·X`: z(value_gap@{VF_BAND}) + λ·z(X@{CAPTION_BAND}). "
+        f"points {BANDS}. `value_gap@a-b+λ·X@c-d`: z(value_gap@a-b) + λ·z(X@c-d). "
         "AUROC = P(clean scores above corrupted), per kind clean vs that kind; top-50% corrupted = corrupted "
         "share of the half's top 50% by the signal (pool share 0.30). Cells: mean ± std over seeds (sample std).",
         "",
