@@ -192,7 +192,7 @@ def main() -> None:
     parser.add_argument("--run", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out).resolve()
-    cfg = load_config(Path(args.data_dir).resolve())
+    cfg = load_config(Path(args.data_dir).absolute())
     if args.run:
         torch.set_num_threads(1)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
