@@ -101,7 +101,7 @@ def test_descending_order_matches_stable_argsort(dtype):
     x[1000:1010] = 0.0
     x[1010:1020] = -0.0
     x[1020:1025] = [np.finfo(dtype).max, -np.finfo(dtype).max, np.finfo(dtype).tiny, -np.finfo(dtype).tiny, 1e-45]
-    np.testing.assert_array_equal(pruning._descending_order(x), np.argsort(-x, kind="stable"))
+    np.testing.assert_array_equal(pruning.descending_order(x), np.argsort(-x, kind="stable"))
 
 
 @pytest.mark.parametrize("method", ["shift_gsample", "gsample", "top_k", "bottom_k", "block"])
