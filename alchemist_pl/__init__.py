@@ -2,14 +2,19 @@
 
 The parts, from the data up (each imports only those above it):
 
+    errors, images, shards          DataError; decoding images as a viewer shows them; reading
+                                    webdataset shards (key rule, truncation, layout errors)
     data, text, emoji, corruption   datasets (webdataset shards or image folders) with cached
                                     caption embeddings; the embedded emoji data and planted noise
     pixels, runtime                 uint8 <-> [-1, 1]; plumbing (atomic writes, process group,
                                     trainer/loggers/callbacks from the config, summary.json)
     scores                          scores.parquet / subset.parquet keyed by sample_id
-    pruning                         rank percentiles, Shift-Gsample and the other selections;
-                                    choose_subset, the one place a training subset is chosen
-    sampler, datamodule             SubsetDistributedSampler; the rating and training DataModules
+    ranking, pruning                rank percentiles with ties; Shift-Gsample and the other
+                                    selections; choose_subset, the one place a subset is chosen
+    preflight, resume               checks before training (lengths, batches, evaluation);
+                                    resuming only the same run's checkpoint
+    sampler, datamodule             the DistributedSampler subclasses (subset shards, the rating
+                                    budget's stream); the rating and training DataModules
     diffusion, sampling             denoising loss and timesteps; CFG sampling and image grids
     rater, metagrad, bilevel        the Group-MLP rater, meta-gradients, the bilevel LightningModule
     t2i                             the downstream text-to-image LightningModule
@@ -17,7 +22,10 @@ The parts, from the data up (each imports only those above it):
     evaluation                      callback that evaluates during training
     scoring, heuristics, streaming  scoring a pool: rater inference, CLIP-score and image heuristics,
                                     shard-by-shard scoring of large pools
-    analysis, compare               rating and subset quality on planted noise; reports over runs
+    analysis, audit                 rating and subset quality on planted noise; the offline signal
+                                    audit (value gap, caption contrast per timestep)
+    compare, wandb_log,             reports over runs: report.md and plots, offline W&B run
+    wandb_report                    records, the W&B comparison report
     stages                          rate, score, prune, train, pipeline, and run(cfg) for train.py
 """
 
