@@ -205,12 +205,12 @@ class BilevelRater(LightningModule):
         h, ul = self.hparams, self.upper_level_weight()
         raw = batch["train"]
         val, train = self._condition(batch["val"]), self._condition(raw)  # caption dropout, proxy terms only
+        val_t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(val["image"]),))
+        val_draw = (val_t.to(self.device), torch.randn_like(val["image"]))
         draw = self._draw(train)  # shared by θ and θ′
         self._record(raw, draw)
         s, b = self.rater(raw["image"], raw["pooled"])
         weights = sample_weights(s, b)  # Eq. 7, [B]
-        val_t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(val["image"]),))
-        val_draw = (val_t.to(self.device), torch.randn_like(val["image"]))
         val_loss = self._losses(self.proxy, val, *val_draw).mean()
         with torch.set_grad_enabled(ul < 1.0):  # warm-up: the proxy fits D_val only
             losses = draw.loss_weights * self._losses(self.proxy, draw.item, draw.t, draw.noise)  # ℓ(θ_k), [K·B]
