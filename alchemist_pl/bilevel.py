@@ -103,6 +103,9 @@ class BilevelRater(LightningModule):
         caption_contrast_weight: λ ≥ 0 of the mismatched-caption contrast.
         contrast_timesteps: [low, high) of the contrast's timestep.
         draws_per_sample: K (t, ε) draws per training sample; signals are averaged over them.
+        logit_anchor: λ ≥ 0 of ``λ · mean_B(a)²`` in the rater's loss, ``a`` the instance logits. The
+            batch softmax leaves the logits' common level free; without an anchor Adam can drift it
+            until the instance head's sigmoid saturates and the head stops learning.
 
     Raises:
         ValueError: an unknown option or an invalid value (:func:`check_options`); at fit start,
@@ -143,6 +146,7 @@ class BilevelRater(LightningModule):
         caption_contrast_weight: float = 0.0,
         contrast_timesteps: tuple[int, int] = (300, 500),
         draws_per_sample: int = 1,
+        logit_anchor: float = 0.0,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -248,7 +252,8 @@ class BilevelRater(LightningModule):
         z_ref = self.z_mean.clone()  # ... to the usual batch (running mean over every iteration)
         self.z_mean.mul_(h.baseline_momentum).add_((1 - h.baseline_momentum) * z)
         # instance head: Σ_i softmax(s)_i · b · signal_i (b held fixed); batch head: b · (z − E[z]).
-        return (torch.softmax(s, 0) * b.detach() * signal).sum() + b * (z - z_ref), logs
+        anchor = self.hparams.logit_anchor * torch.logit(s, eps=1e-6).mean().pow(2)
+        return (torch.softmax(s, 0) * b.detach() * signal).sum() + b * (z - z_ref) + anchor, logs
 
     def _relative_loss(self, losses, s, t):
         """``(ℓ_i − c_t) / c_t`` [K·B], with ``c_t`` the running softmax-weighted mean of the bucket."""
@@ -267,7 +272,7 @@ class BilevelRater(LightningModule):
         return (losses - c) / c, {}
 
     def _value_gap(self, losses, prime, t):
-        """``d = ℓ(θ) − ℓ(θ′)`` [K·B] in z-units of its running per-bucket statistics."""
+        """``d = ℓ(θ) − ℓ(θ′)`` [K·B] in units of its running standard deviation per timestep bucket."""
         d = losses.float() - prime.float()
         signal = self.value_moments.normalise(d, t, centre=self.hparams.signal_centring)
         self.value_moments.update(d, t)

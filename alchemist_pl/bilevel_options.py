@@ -50,6 +50,8 @@ def check_options(h, noise_scheduler) -> tuple[tuple[int, int], tuple[int, int]]
         raise ValueError(f"lookahead_lr must be > 0, got {h.lookahead_lr}")
     if not 0 <= h.caption_dropout < 1:
         raise ValueError(f"caption_dropout must be in [0, 1), got {h.caption_dropout}")
+    if h.logit_anchor < 0:
+        raise ValueError(f"logit_anchor must be >= 0, got {h.logit_anchor}")
     if h.caption_contrast_weight < 0:
         raise ValueError(f"caption_contrast_weight must be >= 0, got {h.caption_contrast_weight}")
     if h.inner_steps < 1 or h.draws_per_sample < 1:
