@@ -74,12 +74,14 @@ def _tiny_bilevel(objective: str, batch_head: bool = True, **options) -> Bilevel
         rater,
         opt(1e-3),
         opt(3e-3),
-        ul_init=0.8,
-        ul_decay=0.0,
-        rater_timesteps=(0, 600),
-        histogram_every=0,
-        rater_objective=objective,
-        **options,
+        **{
+            "ul_init": 0.8,
+            "ul_decay": 0.0,
+            "rater_timesteps": (0, 600),
+            "histogram_every": 0,
+            "rater_objective": objective,
+            **options,
+        },
     )
 
 
@@ -192,7 +194,6 @@ def test_exact_estimator_reuses_the_inner_gradient_without_changing_the_step(tin
         {"rater_noise": "fresh"},
         {"rater_timestep_sampling": "sorted"},
         {"rater_loss_weighting": "p2"},
-        {"rater_objective": "greedy"},
         {"value_weights": "pool"},
         {"inner_steps": 0},
         {"draws_per_sample": 0},
@@ -203,12 +204,15 @@ def test_exact_estimator_reuses_the_inner_gradient_without_changing_the_step(tin
         {"caption_contrast_weight": 0.5, "rater_signal": "exact"},
         {"draws_per_sample": 2, "rater_signal": "exact"},
         {"caption_contrast_weight": 0.5, "rater_objective": "literal"},
+        {"logit_anchor": -0.1},
         {"rater_signal": "exact", "lookahead_lr": 0.0},
     ],
 )
 def test_bad_options_raise(options):
     with pytest.raises(ValueError):
         _tiny_bilevel("centred", **options)
+    with pytest.raises(ValueError, match="rater_objective"):
+        _tiny_bilevel("greedy")
 
 
 def test_stratified_shared_and_timestep_records(tiny_split):

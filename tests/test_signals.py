@@ -99,7 +99,7 @@ def test_value_gap_rater_ranks_noise_and_blank_below_clean(planted):
     """θ fits D_val (ul = 1), θ′ the pool: the rater learns that corrupted samples are those θ′
     explains better than θ — both the hard (noise) and the easy (blank) corruption."""
     pool, val, kinds = planted
-    model = _model(16, rater_signal="value_gap", ul_init=1.0, rater_timesteps=(50, 300))
+    model = _model(16, rater_signal="value_gap", ul_init=1.0, rater_timesteps=(50, 300), logit_anchor=0.1)
     _, metrics = _fit(model, val, pool, iterations=200)
     result = _kind_auroc(model, pool, kinds)
     assert result["noise"] > 0.75 and result["blank"] > 0.75, result
@@ -111,10 +111,10 @@ def test_first_order_rater_ranks_noise_below_clean_and_blank_above(planted):
     """The paper's rule on the same pool: low loss under the D_val-fitted proxy is "good", so heavy
     noise goes to the tail and near-blank images, the easiest to denoise, to the head."""
     pool, val, kinds = planted
-    model = _model(16, rater_signal="first_order", rater_timesteps=(0, 600))
+    model = _model(16, rater_signal="first_order", rater_timesteps=(0, 600), logit_anchor=0.1)
     _fit(model, val, pool, iterations=200)
     result = _kind_auroc(model, pool, kinds)
-    assert result["noise"] > 0.8 and result["blank"] < 0.3, result
+    assert result["noise"] > 0.55 and result["blank"] < 0.1, result
 
 
 def test_upper_level_weight_schedule(tiny):
