@@ -38,7 +38,7 @@ COMMON = ["corruption=web", "corruption.pool_size=4000", "rate.max_epochs=6", "l
 # name: (what it is, Hydra overrides of the rate stage)
 VARIANTS = {
     "first_order": ("the paper's first-order rule (bilevel=first_order, proxy=unet_tiny)", ["bilevel=first_order"]),
-    "value_gap": ("value-function term kept: ℓ(θ) − ℓ(θ′), t in [100, 400)", ["bilevel=value_gap"]),
+    "value_gap": ("value-function term kept: ℓ(θ) − ℓ(θ′), t in [20, 120)", ["bilevel=value_gap"]),
     "value_gap_text": (
         "value_gap + pooled caption path (proxy=unet_tiny_text), 10% caption dropout, caption contrast λ=0.5",
         [
