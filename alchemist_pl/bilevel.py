@@ -74,6 +74,9 @@ class BilevelRater(RaterLosses, LightningModule):
         rater_loss_weighting, min_snr_gamma: "none" or "min_snr" weights on the per-sample losses.
         value_weights: θ′'s data weights: "uniform" or "rater" (``softmax_B(s)``, detached).
         inner_steps: θ′ steps per iteration (later steps draw fresh (t, ε) on the same batch).
+        value_timesteps: "signal": θ′ steps on the signal's draw (t in ``rater_timesteps``);
+            "uniform": on a fresh draw with t uniform over all timesteps, as θ sees D_val (then ℓ(θ′)
+            of the signal is one extra forward without gradient).
         signal_centring: subtract the running mean of ``d`` per bucket (``value_gap``).
         caption_dropout: probability of the empty caption in both proxy terms and for θ′.
         null_caption: ``{"states": [T, D], "mask": [T], "pooled": [D]}`` of the empty caption
@@ -125,6 +128,7 @@ class BilevelRater(RaterLosses, LightningModule):
         contrast_timesteps: tuple[int, int] = (300, 500),
         draws_per_sample: int = 1,
         logit_anchor: float = 0.0,
+        value_timesteps: str = "signal",
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -198,7 +202,8 @@ class BilevelRater(RaterLosses, LightningModule):
             losses = draw.loss_weights * self._losses(self.proxy, draw.item, draw.t, draw.noise)  # ℓ(θ_k), [K·B]
         prime = None
         if self.value_proxy is not None:  # ℓ(θ′_k) at the same (t, ε), before either step
-            prime = draw.loss_weights * self._losses(self.value_proxy, draw.item, draw.t, draw.noise)
+            with torch.set_grad_enabled(h.value_timesteps == "signal"):  # "signal": θ′ steps on this draw
+                prime = draw.loss_weights * self._losses(self.value_proxy, draw.item, draw.t, draw.noise)
         inner = None
         if h.rater_signal == "exact":
             rater_loss, logs, inner = self._exact_loss(ul, val, val_draw, draw, weights)
@@ -235,8 +240,8 @@ class BilevelRater(RaterLosses, LightningModule):
         w = torch.full_like(s, 1.0 / len(s)) if h.value_weights == "uniform" else torch.softmax(s.detach(), 0)
         w = w.detach().repeat(h.draws_per_sample) / h.draws_per_sample
         for step in range(h.inner_steps):
-            if step > 0:  # later steps: fresh (t, ε) on the same batch
-                draw = self._draw(train)
+            if step > 0 or h.value_timesteps == "uniform":  # fresh (t, ε) on the same batch
+                draw = self._draw(train, (0, self.noise_scheduler.config.num_train_timesteps))
                 prime = draw.loss_weights * self._losses(self.value_proxy, draw.item, draw.t, draw.noise)
             opt.zero_grad()
             self.manual_backward((w * prime).sum())
@@ -260,14 +265,11 @@ class BilevelRater(RaterLosses, LightningModule):
             item, _ = drop_captions(item, self.null_caption, self.hparams.caption_dropout)
         return item
 
-    def _draw(self, train: dict) -> Draw:
+    def _draw(self, train: dict, band: tuple[int, int] | None = None) -> Draw:
         h, b = self.hparams, len(train["image"])
-        t = torch.cat(
-            [
-                draw_timesteps(h.rater_timestep_sampling, b, *self.rater_t, device=self.device)
-                for _ in range(h.draws_per_sample)
-            ]
-        )
+        uniform = band is not None and h.value_timesteps == "uniform"  # θ′'s own step: per-sample t over band
+        mode, band = ("uniform", band) if uniform else (h.rater_timestep_sampling, self.rater_t)
+        t = torch.cat([draw_timesteps(mode, b, *band, device=self.device) for _ in range(h.draws_per_sample)])
         noise = torch.cat([self._train_noise(train["image"]) for _ in range(h.draws_per_sample)])
         w = torch.ones(len(t), device=self.device)
         if h.rater_loss_weighting == "min_snr":

@@ -43,6 +43,7 @@ def check_options(h, noise_scheduler) -> tuple[tuple[int, int], tuple[int, int]]
         ("rater_loss_weighting", LOSS_WEIGHTINGS),
         ("rater_timestep_sampling", TIMESTEP_MODES),
         ("value_weights", VALUE_WEIGHTS),
+        ("value_timesteps", ("signal", "uniform")),
     ):
         if h[name] not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {h[name]!r}")

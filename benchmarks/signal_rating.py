@@ -63,6 +63,7 @@ COST_ONLY = {
 }
 METHODS = ("shift_gsample", "gsample", "top_k")
 KINDS = ("blur", "noise", "blank", "caption_swap", "near_duplicate", "collage")
+GROUND_TRUTH = "corruptions.parquet"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_SILENT": "true"}
 
 
@@ -167,6 +168,16 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text())["metrics"] if path.exists() else None
 
 
+def _quality(scores_path: Path) -> dict:
+    """What the rate stage reports as ``rating_quality``, from a scores file and the pool's ground truth."""
+    from alchemist_pl.analysis import rating_quality
+    from alchemist_pl.corruption import read_ground_truth
+    from alchemist_pl.scores import read_scores
+
+    ids, scores, _ = read_scores(scores_path)
+    return rating_quality(ids, scores, read_ground_truth(ROOT / "data" / "emoji-web-f0.3-n4000-s0" / GROUND_TRUTH))
+
+
 def collect(out: Path, seeds: list[int], variants: list[str]) -> dict:
     rows = {}
     for name in variants:
@@ -176,7 +187,7 @@ def collect(out: Path, seeds: list[int], variants: list[str]) -> dict:
             m = _load(d / "summary.json")
             if m is None:
                 continue
-            q = m["rating_quality"]
+            q = m.get("rating_quality") or _quality(d / "scores.parquet")
             run = {"seed": seed, "auroc": q["auroc"], **{k: q["per_kind"][k]["auroc"] for k in KINDS}}
             run["wall_s"] = json.loads((d / "summary.json").read_text()).get("wall_time_s")
             run["iterations"] = m.get("bilevel_iterations")
