@@ -234,3 +234,24 @@ def test_bucket_moments_scale_each_bucket_to_unit_variance():
     fresh = BucketMoments(0, 100, num_buckets=2)
     assert torch.equal(fresh.normalise(torch.zeros(3), torch.tensor([10] * 3)), torch.zeros(3))  # constant: no scale
     assert not bool(fresh.seen[0])
+
+
+def test_value_proxy_steps_at_every_timestep_when_uniform(tiny):
+    """value_timesteps=uniform: θ′'s signal forward shares θ's (t, ε); its training forward draws t
+    over all timesteps (θ sees D_val at every t), on the training batch's images."""
+    model = _model(rater_signal="value_gap", value_timesteps="uniform", rater_timesteps=(20, 120))
+    calls = {"proxy": [], "value_proxy": []}
+    for name in calls:
+        getattr(model, name).register_forward_pre_hook(
+            lambda m, args, kw, name=name: calls[name].append((args[0].detach().clone(), args[1].detach().clone())),
+            with_kwargs=True,
+        )
+    _fit(model, tiny, tiny, iterations=3, shuffle=False)
+    assert len(calls["value_proxy"]) == 6  # per iteration: the signal, then one step
+    for i in range(3):
+        signal, step = calls["value_proxy"][2 * i : 2 * i + 2]
+        train = calls["proxy"][2 * i + 1]  # θ's calls: D_val, then the training batch
+        assert torch.equal(signal[0], train[0]) and torch.equal(signal[1], train[1])
+        assert ((train[1] >= 20) & (train[1] < 120)).all()
+    steps_t = torch.cat([calls["value_proxy"][2 * i + 1][1] for i in range(3)])
+    assert steps_t.max() >= 120 and steps_t.unique().numel() > 10  # per-sample t over [0, 1000)
