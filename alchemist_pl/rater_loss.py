@@ -17,10 +17,17 @@ Signals (``rater_signal``):
   of the weighted pool — RHO-LOSS's reducible loss, Mindermann et al. 2022), scaled by its running
   standard deviation per timestep bucket and centred by its running mean (``signal_centring``),
   with the same two-head loss as ``centred``. θ′ (``value_proxy``) is a copy of θ at construction
-  (same architecture, same initial weights) with its own optimizer.
+  (same architecture, same initial weights) with its own optimizer; with ``value_timesteps="uniform"``
+  it learns the pool at every timestep, as θ learns D_val, so that the gap at the signal's low
+  timesteps does not just measure which model specialised there.
 - ``exact``: the exact one-step meta-gradient ``dL_val(θ′)/dμ``, ``θ′ = θ − η ∇_θ Σ_i W_i ℓ_i(θ)``
   (:mod:`alchemist_pl.metagrad`, one forward-mode JVP); the lookahead's inner gradient doubles as
   the training part of the proxy step (single process without a gradient scaler).
+
+Both ``first_order`` (centred) and ``value_gap`` centre the batch head's term by the running mean
+of the batch signal ``z`` (without it b drifts to 0 or 1 as the signal's level moves during
+training). ``logit_anchor = λ`` adds ``λ · mean_B(a)²``: the batch softmax leaves the instance
+logits' common level free, and Adam otherwise drifts it until the sigmoid saturates.
 
 Captions: ``caption_dropout`` replaces a share of captions (token states, mask and pooled) by the
 empty caption's in both proxy terms and for θ′ (needs ``null_caption``). A proxy with a projection
