@@ -246,6 +246,14 @@ def report(out: Path, results: Path, seeds: list[int], variants: list[str], info
         lines += ["| variant | median s / iteration | × first_order | iterations timed |", "|---|---|---|---|"]
         for name, c in info["cost"].items():
             lines.append(f"| {name} | {c['median_s']:.3f} | {c['ratio']:.2f} | {c['n']} |")
+    if info.get("tried"):
+        lines += ["", "## Earlier value_gap settings (same protocol; rating quality from their scores)", ""]
+        lines += ["| setting | n | AUROC | " + " | ".join(KINDS) + " |", "|---" * (3 + len(KINDS)) + "|"]
+        for label, runs in info["tried"].items():
+            cells = [_ms([r["auroc"] for r in runs])] + [_ms([r[k] for r in runs], 2) for k in KINDS]
+            lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+    if info.get("notes"):
+        lines += ["", "## Reading", "", *info["notes"]]
     lines += ["", "## Variants", ""] + [f"- `{n}`: {VARIANTS[n][0]}; `{' '.join(VARIANTS[n][1])}`" for n in variants]
     text = "\n".join(lines) + "\n"
     results.mkdir(parents=True, exist_ok=True)
