@@ -21,7 +21,7 @@ def test_models_instantiate(make_cfg):
     cfg = make_cfg()
     model = instantiate(cfg.bilevel)
     assert model.automatic_optimization is False
-    assert len(model.configure_optimizers()) == 3  # bilevel=value_gap: proxy θ, rater μ, train-only proxy θ′
+    assert len(model.configure_optimizers()) == 2
     assert instantiate(cfg.model).unet.config.sample_size == cfg.data.resolution
 
 
