@@ -22,6 +22,7 @@ def per_sample_loss(
     mask: torch.Tensor | None,
     timesteps: torch.Tensor,
     noise: torch.Tensor | None = None,
+    class_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Denoising loss of each sample.
 
@@ -32,6 +33,9 @@ def per_sample_loss(
         states: [B, T, D] caption token states; mask: [B, T] bool (True = real token) or None.
         timesteps: [B] int64 in [0, num_train_timesteps).
         noise: [B, C, H, W] Gaussian noise (drawn if None).
+        class_labels: [B, D] pooled caption embeddings for a UNet with a projection class
+            embedding (``class_embed_type="projection"``: the caption is added to the time
+            embedding); None for a UNet without one.
 
     Returns:
         [B] MSE between the UNet's prediction and its target (epsilon, v or sample): float32, or
@@ -40,7 +44,10 @@ def per_sample_loss(
     if noise is None:
         noise = torch.randn_like(images)
     noisy = scheduler.add_noise(images, noise, timesteps)
-    pred = unet(noisy, timesteps, encoder_hidden_states=states.to(images.dtype), encoder_attention_mask=mask).sample
+    extra = {} if class_labels is None else {"class_labels": class_labels.to(images.dtype)}
+    pred = unet(
+        noisy, timesteps, encoder_hidden_states=states.to(images.dtype), encoder_attention_mask=mask, **extra
+    ).sample
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         target = noise

@@ -47,22 +47,27 @@ def detached_params(module: torch.nn.Module) -> Params:
 
 
 def proxy_loss_fn(
-    proxy, scheduler, batch: dict, timesteps: torch.Tensor, noise: torch.Tensor
+    proxy, scheduler, batch: dict, timesteps: torch.Tensor, noise: torch.Tensor, pooled: bool = False
 ) -> Callable[[Params], torch.Tensor]:
     """``params -> [B]`` per-sample denoising losses of ``proxy`` at fixed timesteps and noise.
 
     Args:
         proxy: diffusers ``UNet2DConditionModel`` (or any module with its call signature).
         scheduler: diffusers ``DDPMScheduler``.
-        batch: dict with ``image`` [B, C, H, W], ``states`` [B, T, D], ``mask`` [B, T].
+        batch: dict with ``image`` [B, C, H, W], ``states`` [B, T, D], ``mask`` [B, T] (and
+            ``pooled`` [B, D] when ``pooled``).
         timesteps: [B] int64; noise: [B, C, H, W].
+        pooled: pass ``batch["pooled"]`` as the UNet's ``class_labels`` (a projection class embedding).
     """
+    labels = batch["pooled"] if pooled else None
 
     def fn(params: Params) -> torch.Tensor:
         def unet(*args, **kwargs):
             return functional_call(proxy, params, args, kwargs)
 
-        return per_sample_loss(unet, scheduler, batch["image"], batch["states"], batch["mask"], timesteps, noise)
+        return per_sample_loss(
+            unet, scheduler, batch["image"], batch["states"], batch["mask"], timesteps, noise, labels
+        )
 
     return fn
 

@@ -74,12 +74,14 @@ def _tiny_bilevel(objective: str, batch_head: bool = True, **options) -> Bilevel
         rater,
         opt(1e-3),
         opt(3e-3),
-        ul_init=0.8,
-        ul_decay=0.0,
-        rater_timesteps=(0, 600),
-        histogram_every=0,
-        rater_objective=objective,
-        **options,
+        **{
+            "ul_init": 0.8,
+            "ul_decay": 0.0,
+            "rater_timesteps": (0, 600),
+            "histogram_every": 0,
+            "rater_objective": objective,
+            **options,
+        },
     )
 
 
@@ -135,7 +137,7 @@ def test_literal_rater_loss_collapses_the_batch_weight(tiny_split):
     assert b[-1] < 0.05 < b[0]
 
 
-# ---------------------------------------------------------------- method options (issue 4)
+# ---------------------------------------------------------------- method options
 
 
 def test_instance_head_only_rater(tiny_split):
@@ -153,7 +155,7 @@ def test_instance_head_only_rater(tiny_split):
 
 def test_exact_estimator_trains_the_rater(tiny_split):
     """The exact one-step meta-gradient drives the rater through the real loop on real data."""
-    b, scores = _run(tiny_split, "centred", iterations=100, estimator="exact", lookahead_lr=0.1)
+    b, scores = _run(tiny_split, "centred", iterations=100, rater_signal="exact", lookahead_lr=0.1)
     model, trainer = _run.last
     assert len(b) == 100 and np.isfinite(b).all()
     assert float(trainer.callback_metrics["rate/meta_grad_std"]) > 0
@@ -166,7 +168,7 @@ def test_exact_estimator_reuses_the_inner_gradient_without_changing_the_step(tin
     """Sharing ∇Σ W_i ℓ_i between the lookahead and the proxy step leaves the proxy's gradient as it was."""
     grads = []
     for share in (True, False):
-        model = _tiny_bilevel("centred", estimator="exact", lookahead_lr=0.1)
+        model = _tiny_bilevel("centred", rater_signal="exact", lookahead_lr=0.1)
         model.share_inner_grad = share
         torch.manual_seed(1)
         loader = CombinedLoader(
@@ -188,18 +190,29 @@ def test_exact_estimator_reuses_the_inner_gradient_without_changing_the_step(tin
 @pytest.mark.parametrize(
     "options",
     [
-        {"estimator": "second_order"},
+        {"rater_signal": "second_order"},
         {"rater_noise": "fresh"},
         {"rater_timestep_sampling": "sorted"},
         {"rater_loss_weighting": "p2"},
-        {"caption_gap_weight": -1.0},
-        {"caption_gap_weight": 0.5, "estimator": "exact"},
-        {"estimator": "exact", "lookahead_lr": 0.0},
+        {"value_weights": "pool"},
+        {"inner_steps": 0},
+        {"draws_per_sample": 0},
+        {"caption_dropout": 1.0},
+        {"contrast_timesteps": (500, 300)},
+        {"rater_timesteps": (0, 1001)},
+        {"caption_contrast_weight": -1.0},
+        {"caption_contrast_weight": 0.5, "rater_signal": "exact"},
+        {"draws_per_sample": 2, "rater_signal": "exact"},
+        {"caption_contrast_weight": 0.5, "rater_objective": "literal"},
+        {"logit_anchor": -0.1},
+        {"rater_signal": "exact", "lookahead_lr": 0.0},
     ],
 )
 def test_bad_options_raise(options):
     with pytest.raises(ValueError):
         _tiny_bilevel("centred", **options)
+    with pytest.raises(ValueError, match="rater_objective"):
+        _tiny_bilevel("greedy")
 
 
 def test_stratified_shared_and_timestep_records(tiny_split):
@@ -301,33 +314,6 @@ def test_caption_gap(tiny_split):
     assert float(other[0]) == 0.0 and not torch.allclose(other, gap)  # the "null" argument is what is used
 
 
-def test_caption_gap_in_the_loop(tiny_split):
-    """λ > 0 needs the empty caption; with it the loop logs a finite mean gap."""
-    loader = CombinedLoader(
-        {k: DataLoader(tiny_split, batch_size=16, shuffle=True, drop_last=True) for k in ("val", "train")}, "min_size"
-    )
-
-    def fit(model):
-        trainer = Trainer(
-            accelerator="cpu",
-            max_steps=6,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        trainer.fit(model, train_dataloaders=loader)
-        return trainer
-
-    with pytest.raises(ValueError, match="empty caption"):
-        fit(_tiny_bilevel("centred", caption_gap_weight=0.5))
-    model = _tiny_bilevel("centred", caption_gap_weight=0.5)
-    r = tiny_split.text.captions.index("")
-    model.set_null_caption(tiny_split.text.states[r].float(), tiny_split.text.mask[r])
-    trainer = fit(model)
-    assert np.isfinite(float(trainer.callback_metrics["rate/caption_gap"]))
-
-
 def test_pixart_proxy_config_runs_the_exact_loop(make_cfg, tiny_split):
     """proxy=pixart_tiny bilevel=exact composes, instantiates and trains (at 8 px) through the real loop."""
     from hydra.utils import instantiate
@@ -336,7 +322,7 @@ def test_pixart_proxy_config_runs_the_exact_loop(make_cfg, tiny_split):
         "proxy=pixart_tiny", "bilevel=exact", "data.resolution=8", "bilevel.histogram_every=0", "bilevel.ul_init=0.9"
     )
     model = instantiate(cfg.bilevel)
-    assert type(model.proxy).__name__ == "PixArtProxy" and model.hparams.estimator == "exact"
+    assert type(model.proxy).__name__ == "PixArtProxy" and model.hparams.rater_signal == "exact"
     loader = CombinedLoader(
         {k: DataLoader(tiny_split, batch_size=16, shuffle=True, drop_last=True) for k in ("val", "train")}, "min_size"
     )
