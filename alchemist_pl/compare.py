@@ -125,33 +125,35 @@ def _kept_kinds(groups: dict) -> list[str]:
 
 
 def _time_to_match(groups: dict, present: list) -> list[str]:
-    lines = []
+    """Steps each score-based subset (every method but random and full) needs to match random and full."""
     ttm_rows = []
+    selections = sorted({m for m, _ in groups if m not in ("random", "full")})
     for kr in sorted({kr for _, kr in groups if kr < 1.0}):
-        for key, label, lower in present[:3]:
-            for base in (("random", kr), ("full", 1.0)):
-                t = time_to_match(groups, ("shift_gsample", kr), base, key, lower)
-                if t:
-                    ttm_rows.append((kr, label, base, t))
-    if ttm_rows:
-        lines += [
-            "",
-            "## Time to match",
-            "",
-            "Steps the alchemist subset's mean curve needs to reach the baseline's final mean value "
-            "(linear interpolation between evaluation points; ratio = those steps / the baseline's steps).",
-            "",
-            "| keep_ratio | metric | baseline | baseline final | steps to match | ratio |",
-            "|---|---|---|---|---|---|",
-        ]
-        for kr, label, base, t in ttm_rows:
-            steps = "not reached" if t["steps"] is None else f"{t['steps']:.0f}"
-            ratio = "—" if t["ratio"] is None else f"{t['ratio']:.2f}"
-            lines.append(
-                f"| {kr:g} | {label} | {LABELS.get(base[0], base[0])} @{base[1]:g} ({t['baseline_steps']} steps) "
-                f"| {t['target']:.4g} | {steps} | {ratio} |"
-            )
-
+        for method in selections:
+            for key, label, lower in present[:3]:
+                for base in (("random", kr), ("full", 1.0)):
+                    t = time_to_match(groups, (method, kr), base, key, lower)
+                    if t:
+                        ttm_rows.append((method, kr, label, base, t))
+    if not ttm_rows:
+        return []
+    lines = [
+        "",
+        "## Time to match",
+        "",
+        "Steps a score-based subset's mean curve needs to reach the baseline's final mean value "
+        "(linear interpolation between evaluation points; ratio = those steps / the baseline's steps).",
+        "",
+        "| subset | keep_ratio | metric | baseline | baseline final | steps to match | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, kr, label, base, t in ttm_rows:
+        steps = "not reached" if t["steps"] is None else f"{t['steps']:.0f}"
+        ratio = "—" if t["ratio"] is None else f"{t['ratio']:.2f}"
+        lines.append(
+            f"| {LABELS.get(method, method)} | {kr:g} | {label} | {LABELS.get(base[0], base[0])} @{base[1]:g} "
+            f"({t['baseline_steps']} steps) | {t['target']:.4g} | {steps} | {ratio} |"
+        )
     return lines
 
 

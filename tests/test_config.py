@@ -12,7 +12,7 @@ def test_models_instantiate(make_cfg):
     cfg = make_cfg()
     model = instantiate(cfg.bilevel)
     assert model.automatic_optimization is False
-    assert len(model.configure_optimizers()) == 2
+    assert len(model.configure_optimizers()) == 3  # proxy θ, rater μ and the value-gap signal's train-only proxy θ′
     assert instantiate(cfg.model).unet.config.sample_size == cfg.data.resolution
 
 

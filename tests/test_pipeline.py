@@ -54,8 +54,8 @@ def test_smoke_pipeline_outputs(smoke):
     out, summary = smoke
     assert json.loads((out / "summary.json").read_text())["stage"] == "pipeline"
     rows = {r["run"]: r for r in summary["metrics"]["comparison"]}
-    assert set(rows) == {"shift_gsample", "random", "full"}
-    assert rows["full"]["samples"] == 512 and rows["shift_gsample"]["samples"] == rows["random"]["samples"] == 256
+    assert set(rows) == {"top_k", "random", "full"}  # the default: the value-gap rater's scores, top-k
+    assert rows["full"]["samples"] == 512 and rows["top_k"]["samples"] == rows["random"]["samples"] == 256
     assert all(np.isfinite(r["test_loss"]) and r["test_loss"] > 0 for r in rows.values())
 
     ids, scores, meta = read_scores(out / "rate" / "scores.parquet")
@@ -65,13 +65,13 @@ def test_smoke_pipeline_outputs(smoke):
     subset, smeta = read_subset(out / "prune" / "subset.parquet")
     assert len(subset) == 256 and set(subset) <= set(ids)
     # the subset is exactly what select() draws from those scores
-    expected = pruning.select(scores, 0.5, "shift_gsample", seed=0)
+    expected = pruning.select(scores, 0.5, "top_k", seed=0)
     assert sorted(subset) == sorted(ids[i] for i in expected)
-    assert smeta["method"] == "shift_gsample"
+    assert smeta["method"] == "top_k"
     hist = summary["metrics"]["selected_percentile_histogram"]
-    assert hist["0.0-0.1"] == hist["0.1-0.2"] == 0 and sum(hist.values()) == 256  # head 0.25 discarded
+    assert sum(v for k, v in hist.items() if float(k.split("-")[0]) >= 0.5) == 0 and sum(hist.values()) == 256
 
-    for run_dir in ("rate", "prune", "train-shift_gsample", "train-random", "train-full"):
+    for run_dir in ("rate", "prune", "train-top_k", "train-random", "train-full"):
         s = json.loads((out / run_dir / "summary.json").read_text())
         assert s["config"]["stage"] == run_dir.split("-")[0]
         if run_dir.startswith("train"):
@@ -89,7 +89,7 @@ def test_smoke_evidence_on_planted_noise(smoke):
     assert set(quality["per_kind"]) == {"clean", "caption_swap", "blur", "noise", "blank", "collage", "near_duplicate"}
     assert 0 <= quality["auroc"] <= 1 and sum(k["count"] for k in quality["per_kind"].values()) == 512
     assert (out / "rate" / "ranking.png").stat().st_size > 0
-    for name in ("shift_gsample", "random", "full"):
+    for name in ("top_k", "random", "full"):
         m = json.loads((out / f"train-{name}" / "summary.json").read_text())["metrics"]
         assert m["subset_quality"]["subset_size"] == m["train_samples"]
         assert m["eval_curve"][-1]["step"] == 4 and np.isfinite(m["eval/domain_fid"]) and m["eval/domain_fid"] > 0
@@ -113,9 +113,9 @@ def test_compare_report_from_the_runs(smoke, tmp_path):
     text = path.read_text()
     fid = {
         n: json.loads((out / f"train-{n}" / "summary.json").read_text())["metrics"]["eval/domain_fid"]
-        for n in ("shift_gsample", "random", "full")
+        for n in ("top_k", "random", "full")
     }
-    for label, name in (("alchemist (Shift-Gsample)", "shift_gsample"), ("random", "random"), ("full data", "full")):
+    for label, name in (("top-k", "top_k"), ("random", "random"), ("full data", "full")):
         row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
         assert f"{fid[name]:.2f}" in row  # one seed: the value itself, no spread
     assert "Rating quality (1 rate runs)" in text and "corrupted share of subset" in text
@@ -281,7 +281,7 @@ def test_subset_file_run_is_labelled_by_the_file(rated, make_cfg):
         "model.num_samples=0",
     )
     summary = run(cfg)
-    assert (summary["method"], summary["keep_ratio"]) == ("shift_gsample", 0.5)
+    assert (summary["method"], summary["keep_ratio"]) == ("top_k", 0.5)  # the prune stage's default
     assert summary["metrics"]["train_samples"] == 256
 
 

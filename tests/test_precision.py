@@ -29,7 +29,7 @@ def _norm(opt) -> float:
 
 
 def _first_steps(make_cfg, split, plugin, iterations=2):
-    cfg = make_cfg("data.resolution=16")
+    cfg = make_cfg("data.resolution=16", "bilevel=first_order")  # value_gap refuses a gradient scaler
     seed_everything(0)
     model = instantiate(cfg.bilevel)
     loader = DataLoader(split, batch_size=16, shuffle=False, drop_last=True)

@@ -14,7 +14,7 @@ from alchemist_pl.bilevel import BilevelRater
 from alchemist_pl.corruption import build_corrupted_pool, read_ground_truth
 from alchemist_pl.data import load_split
 from alchemist_pl.rater import ConvBackbone, Rater
-from alchemist_pl.scores import score_dataset
+from alchemist_pl.scoring import score_dataset
 from alchemist_pl.signals import BucketMoments, drop_captions, roll_captions
 
 
