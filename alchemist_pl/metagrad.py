@@ -1,6 +1,6 @@
 """Exact one-step meta-gradient of the validation loss with respect to the per-sample weights.
 
-One-step lookahead (method.md, "Exact meta-gradient"; DataRater, Calian et al. 2025)::
+One-step lookahead (DataRater, Calian et al. 2025)::
 
     θ'(w) = θ − η ∇_θ Σ_i w_i ℓ_i(θ)
     ∂L_val(θ')/∂w_i = −η ∇_θ L_val(θ') · ∇_θ ℓ_i(θ)
