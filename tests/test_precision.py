@@ -49,13 +49,15 @@ def _first_steps(make_cfg, split, plugin, iterations=2):
 
 
 def test_fp16_mixed_clips_unscaled_gradients(make_cfg, small_split):
-    """The first proxy and rater steps of a 16-mixed run use the fp32 run's clipped gradient norms
-    (within fp16 rounding), not norms shrunk by the loss scale (2^16)."""
+    """The proxy and rater steps of a 16-mixed run use the fp32 run's clipped gradient norms (within
+    fp16 rounding), not norms shrunk by the loss scale (2^16). The GradScaler may skip a step whose
+    scaled gradients overflow (here the rater's first), as it is designed to; the steps it takes match."""
     from torch.amp import GradScaler
 
     fp32, clip = _first_steps(make_cfg, small_split, None)
     fp16, _ = _first_steps(make_cfg, small_split, MixedPrecision("16-mixed", "cpu", GradScaler("cpu")))
-    assert [i for i, _ in fp16[:2]] == [0, 1]  # proxy step, then rater step
-    for (i, a), (_, b) in zip(fp32[:2], fp16[:2]):
-        assert a <= clip * (1 + 1e-4) and b <= clip * (1 + 1e-3)
-        assert b == pytest.approx(a, rel=0.05), f"optimizer {i}: fp16 step norm {b:.3g}, fp32 {a:.3g}"
+    assert all(n <= clip * (1 + 1e-3) for _, n in fp32 + fp16)
+    proxy32, proxy16 = ([n for i, n in steps if i == 0] for steps in (fp32, fp16))
+    assert len(proxy16) == len(proxy32) == 2 and proxy16 == pytest.approx(proxy32, rel=0.05)
+    rater32, rater16 = ([n for i, n in steps if i == 1] for steps in (fp32, fp16))
+    assert rater16 and rater16[-1] == pytest.approx(rater32[-1], rel=0.25)  # the same iteration's rater step
