@@ -256,7 +256,7 @@ def test_pipeline_on_two_ranks(tmp_path, emoji_dir):
         "data.limit_test=32",
         "train.batch_size=8",
         "train.max_steps=2",
-        "pipeline.compare=[shift_gsample]",
+        "pipeline.compare=[top_k]",
         "eval.enabled=false",
         f"+callbacks.probe.out={tmp_path}/probe",
         f"hydra.run.dir={tmp_path}",
@@ -264,7 +264,7 @@ def test_pipeline_on_two_ranks(tmp_path, emoji_dir):
     subset, _ = read_subset(tmp_path / "prune" / "subset.parquet")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["metrics"]["comparison"][0]["samples"] == len(subset) == 32
-    train = json.loads((tmp_path / "train-shift_gsample" / "summary.json").read_text())["metrics"]
+    train = json.loads((tmp_path / "train-top_k" / "summary.json").read_text())["metrics"]
     assert train["world_size"] == 2 and train["steps"] == 2
     ranks = probes(tmp_path / "probe")  # the last fit: the downstream model
     assert ranks[0]["weights"] == ranks[1]["weights"]
@@ -272,7 +272,7 @@ def test_pipeline_on_two_ranks(tmp_path, emoji_dir):
     seen = sum(ranks[0]["batches"] + ranks[1]["batches"], [])
     assert sorted(seen) == sorted(ids.index(s) for s in subset)  # one epoch of the subset, split in two
     assert (tmp_path / "prune" / "percentiles.png").stat().st_size > 0
-    assert (tmp_path / "train-shift_gsample" / "samples.png").stat().st_size > 0
+    assert (tmp_path / "train-top_k" / "samples.png").stat().st_size > 0
 
 
 @pytest.mark.slow
