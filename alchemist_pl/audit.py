@@ -30,10 +30,10 @@ import logging
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .analysis import auroc
 from .corruption import CLEAN
+from .diffusion import per_sample_loss
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +43,15 @@ LOSS_TERMS = (("val", "own"), ("pool", "own"), ("val", "other"), ("val", "null")
 
 
 def denoising_loss(unet, scheduler, images, states, mask, pooled, timesteps, noise) -> torch.Tensor:
-    """Per-sample denoising MSE [B] of a ``UNet2DConditionModel``; the pooled caption [B, 384] goes in as
-    ``class_labels`` when the UNet has a class embedding (``class_embed_type="projection"``), else unused.
+    """Per-sample denoising MSE [B] (:func:`alchemist_pl.diffusion.per_sample_loss`); the pooled caption
+    [B, 384] goes in as ``class_labels`` when the UNet has a class embedding
+    (``class_embed_type="projection"``), else unused.
 
     Args: images [B, C, H, W] in [-1, 1]; states [B, T, D]; mask [B, T] bool; timesteps [B] int64;
     noise [B, C, H, W]. Raises ValueError for a prediction type other than epsilon / v / sample.
     """
     labels = pooled if unet.config.class_embed_type is not None else None
-    noisy = scheduler.add_noise(images, noise, timesteps)
-    pred = unet(noisy, timesteps, encoder_hidden_states=states, encoder_attention_mask=mask, class_labels=labels).sample
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        target = noise
-    elif kind == "v_prediction":
-        target = scheduler.get_velocity(images, noise, timesteps)
-    elif kind == "sample":
-        target = images
-    else:
-        raise ValueError(f"unsupported prediction_type {kind!r}")
-    return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return per_sample_loss(unet, scheduler, images, states, mask, timesteps, noise, class_labels=labels)
 
 
 def null_row(dataset) -> int:
