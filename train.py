@@ -3,6 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
+import alchemist_pl  # noqa: F401  (registers the config's resolvers: ${alchemist.if:...})
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:

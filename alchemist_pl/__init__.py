@@ -6,9 +6,11 @@ The parts, from the data up (each imports only those above it):
                                     webdataset shards (key rule, truncation, layout errors)
     data, text, emoji, corruption   datasets (webdataset shards or image folders) with cached
                                     caption embeddings; the embedded emoji data and planted noise
+    resolvers                       the config's OmegaConf resolvers (registered on import)
     pixels, runtime                 uint8 <-> [-1, 1]; plumbing (atomic writes, process group,
                                     trainer/loggers/callbacks from the config, summary.json)
     scores                          scores.parquet / subset.parquet keyed by sample_id
+    autoencoder, latents            the small AutoencoderKL; pixels <-> VAE latents, cached per split
     ranking, pruning                rank percentiles with ties; Shift-Gsample and the other
                                     selections; choose_subset, the one place a subset is chosen
     preflight, resume               checks before training (lengths, batches, evaluation);
@@ -29,4 +31,8 @@ The parts, from the data up (each imports only those above it):
     stages                          rate, score, prune, train, pipeline, and run(cfg) for train.py
 """
 
+from .resolvers import register_resolvers
+
 __version__ = "0.1.0"
+
+register_resolvers()

@@ -148,7 +148,8 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
 
     Item ``i`` is a dict:
         ``index``: int, position in this dataset;
-        ``image``: [3, H, W] float32 in [-1, 1];
+        ``image``: [3, H, W] float32 in [-1, 1], or, when ``latents`` is set
+        (:func:`alchemist_pl.latents.latent_dataset`), the sample's latent [C, h, w] float32;
         ``states``: [T, 384] float32 caption token states; ``mask``: [T] bool;
         ``pooled``: [384] float32 sentence embedding.
     """
@@ -156,6 +157,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     def __init__(self, sample_ids: list[str], images: torch.Tensor, captions: list[str], text: CaptionEmbeddings):
         self.sample_ids = sample_ids
         self.images = images  # [N, 3, H, W] uint8
+        self.latents: torch.Tensor | None = None  # [N, C, h, w] float32, served as "image" when set
         self.captions = captions
         self.text = text
         row = {c: i for i, c in enumerate(text.captions)}
@@ -169,7 +171,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         r = self.caption_rows[i]
         return {
             "index": i,
-            "image": self.images[i].float() / 127.5 - 1.0,
+            "image": self.images[i].float() / 127.5 - 1.0 if self.latents is None else self.latents[i],
             "states": self.text.states[r].float(),
             "mask": self.text.mask[r],
             "pooled": self.text.pooled[r],

@@ -37,6 +37,8 @@ class GenerationEvaluation(Callback):
         seed: seed of the initial noise.
         batch_size: images generated per forward batch.
         grid_path: where a grid of the last evaluation's first 32 images is saved (None: nowhere).
+        decode: for a model over VAE latents, latents -> pixels [B, 3, H, W] in [-1, 1]
+            (:meth:`alchemist_pl.latents.LatentCodec.decode`): the metrics and the grid see pixels.
         curve_path: where ``curve`` is written as JSON after each evaluation (None: nowhere); a
             ``ddp_spawn`` fit runs the callback in child processes, so the main process reads it there.
     """
@@ -52,8 +54,10 @@ class GenerationEvaluation(Callback):
         batch_size: int = 256,
         grid_path=None,
         curve_path=None,
+        decode=None,
     ):
         self.metrics = metrics
+        self.decode = decode
         self.prompts = prompts
         self.every_n_steps = int(every_n_steps)
         self.sample_steps = sample_steps
@@ -66,7 +70,8 @@ class GenerationEvaluation(Callback):
 
     @torch.no_grad()
     def generate(self, pl_module) -> torch.Tensor:
-        """[M, 3, H, W] images in [-1, 1] for the prompt set (:func:`alchemist_pl.sampling.generate`)."""
+        """[M, 3, H, W] pixels in [-1, 1] for the prompt set (:func:`alchemist_pl.sampling.generate`;
+        generated latents are decoded with ``decode``)."""
         return generate(
             pl_module.unet,
             pl_module.sampling_scheduler,
@@ -78,6 +83,7 @@ class GenerationEvaluation(Callback):
             self.guidance_scale,
             seed=self.seed,
             batch_size=self.batch_size,
+            decode=self.decode,
         )
 
     def evaluate(self, trainer, pl_module) -> dict:

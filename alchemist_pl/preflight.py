@@ -157,11 +157,38 @@ def check_config(cfg) -> None:
         check_selection(cfg.method, cfg.keep_ratio, cfg.pipeline.compare)
     elif cfg.stage in ("prune", "train") and not cfg.get("subset_path"):
         check_selection(cfg.method, cfg.keep_ratio)
+    if cfg.get("data") is not None and cfg.data.get("latents"):
+        check_latent_space(cfg, stages)
     e = cfg.get("eval")
     if "train" in stages and e is not None and e.enabled:
         size = count_samples(cfg.data.test_path, cfg.data.get("limit_test"))
         kid = (cfg.get("evaluator") or {}).get("kid_subset_size")
         check_evaluation(int(e.num_images), kid, size, f"data.test_path={cfg.data.test_path}")
+
+
+def check_latent_space(cfg, stages) -> None:
+    """With ``data.latents=true``: the latent side ``data.image_size`` halves evenly through each UNet's
+    downsampling blocks (``proxy.unet``, ``model.unet``), and the rate stage does not stream pixels.
+
+    Raises:
+        ValueError: naming the UNet's key, its blocks and the latent size; or ``rate.streaming=true``.
+    """
+    size = int(cfg.data.image_size)
+    nets = {"rate": ("proxy.unet", cfg.get("proxy")), "train": ("model.unet", cfg.get("model"))}
+    for stage, (key, node) in nets.items():
+        unet = node.get("unet") if stage in stages and node is not None else None
+        blocks = None if unet is None else unet.get("block_out_channels")
+        if blocks is not None and size % 2 ** (len(blocks) - 1):
+            raise ValueError(
+                f"{key} downsamples {len(blocks) - 1} times, but the latents are {size} x {size} "
+                f"(data.image_size, from data.resolution / vae.downsample_factor): use a UNet with fewer "
+                f"blocks or a larger data.resolution"
+            )
+    if "rate" in stages and cfg.get("rate") is not None and cfg.rate.get("streaming"):
+        raise ValueError(
+            "rate.streaming=true scores decoded pixels shard by shard, but with data.latents=true the rater "
+            "takes VAE latents: set rate.streaming=false"
+        )
 
 
 def check_selection(method: str, keep_ratio, compare=()) -> None:

@@ -6,6 +6,8 @@ fixed per-batch seeds, so two runs with the same settings start from the same no
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from PIL import Image
 
@@ -24,6 +26,7 @@ def generate(
     guidance_scale: float,
     seed: int,
     batch_size: int = 256,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Images for M prompts with classifier-free guidance, ``batch_size`` at a time, on the UNet's device.
 
@@ -36,9 +39,12 @@ def generate(
         states, mask: [M, T, D] / [M, T] caption conditioning (any device).
         null_states, null_mask: [T, D] / [T] the empty caption, on the UNet's device.
         num_inference_steps, guidance_scale: the scheduler's steps and the CFG scale.
+        decode: for a UNet over VAE latents, latents [B, C, h, w] -> pixels [B, 3, H, W] in [-1, 1]
+            (:meth:`alchemist_pl.latents.LatentCodec.decode`); the latents are decoded unclamped.
+            None: the UNet works on pixels.
 
     Returns:
-        [M, C, H, W] float32 images in [-1, 1], on the CPU.
+        [M, 3, H, W] float32 images in [-1, 1] (pixels, decoded when ``decode`` is given), on the CPU.
     """
     c = unet.config
     device = null_states.device
@@ -48,16 +54,17 @@ def generate(
         g = torch.Generator().manual_seed(seed * 1_000_003 + start)
         noise = torch.randn((len(states[sl]), c.in_channels, c.sample_size, c.sample_size), generator=g).to(device)
         cond = (states[sl].to(device), None if mask is None else mask[sl].to(device))
-        images = _denoise(
+        x = _denoise(
             unet, sampling_scheduler, noise, cond, (null_states, null_mask), num_inference_steps, guidance_scale
         )
+        images = x.clamp(-1, 1) if decode is None else decode(x).clamp(-1, 1)
         out.append(images.float().cpu())
     return torch.cat(out)
 
 
 def _denoise(unet, scheduler, x, cond, null, num_inference_steps: int, guidance_scale: float) -> torch.Tensor:
     """The scheduler's sampling loop from noise ``x`` [B, C, H, W] with classifier-free guidance:
-    ``uncond + guidance_scale * (cond - uncond)`` at every step; returns images clamped to [-1, 1]."""
+    ``uncond + guidance_scale * (cond - uncond)`` at every step; returns the last sample, unclamped."""
     (states, mask), (null_states, null_mask) = cond, null
     b = x.shape[0]
     scheduler.set_timesteps(num_inference_steps)
@@ -69,7 +76,7 @@ def _denoise(unet, scheduler, x, cond, null, num_inference_steps: int, guidance_
         out = unet(inp, t, encoder_hidden_states=both, encoder_attention_mask=both_mask).sample
         uncond, text = out.chunk(2)
         x = scheduler.step(uncond + guidance_scale * (text - uncond), t, x).prev_sample
-    return x.clamp(-1, 1)
+    return x
 
 
 def image_grid(images: torch.Tensor, cols: int = 8) -> Image.Image:

@@ -17,7 +17,9 @@ Evaluation (``trainer.test``):
   with :meth:`TextToImageModule.set_sample_prompts` (else the first test batch's captions).
 
 The module never reads the datamodule: the empty caption for guidance is given with
-:meth:`TextToImageModule.set_null_caption` (it is saved with the weights).
+:meth:`TextToImageModule.set_null_caption` (it is saved with the weights). A model trained on VAE
+latents is given the decoder of its latents with :meth:`TextToImageModule.set_decoder`; its sample
+grid shows decoded pixels.
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ class TextToImageModule(LightningModule):
         self.register_buffer("null_mask", torch.zeros(max_tokens, dtype=torch.bool))
         self._sample_batch = None
         self._sample_prompts = None
+        self.decode = None
+
+    def set_decoder(self, decode) -> None:
+        """Latents [B, C, h, w] -> pixels [B, 3, H, W] in [-1, 1] for a UNet over VAE latents
+        (:meth:`alchemist_pl.latents.LatentCodec.decode`; not saved with the weights); None: pixels."""
+        self.decode = decode
 
     def set_null_caption(self, states: torch.Tensor, mask: torch.Tensor) -> None:
         """The empty caption's conditioning (states [T, D], mask [T]) for caption dropout and CFG."""
@@ -148,6 +156,7 @@ class TextToImageModule(LightningModule):
             self.hparams.guidance_scale,
             seed=self.hparams.eval_seed,
             batch_size=m,
+            decode=self.decode,
         )
         grid = image_grid(images)
         out = Path(self.trainer.default_root_dir)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .. import data as data_lib
+from ..latents import LatentCodec, latent_dataset, load_codec
 
 
 @functools.lru_cache(maxsize=4)
@@ -38,7 +39,12 @@ def load_split(path, resolution: int, cache_dir=None, limit=None, max_tokens: in
 
 
 class BaseDataModule(LightningDataModule):
-    """Settings, split loading, loaders and the RNG-state checkpoint hooks of both DataModules."""
+    """Settings, split loading, loaders and the RNG-state checkpoint hooks of both DataModules.
+
+    With ``latents=True`` every loaded split serves VAE latents as ``image`` ([C, h, w] float32,
+    :func:`alchemist_pl.latents.latent_dataset`) from the codec ``vae`` describes (keyword
+    arguments of :func:`alchemist_pl.latents.load_codec`); the splits' ``images`` stay uint8 pixels.
+    """
 
     def __init__(
         self,
@@ -48,8 +54,13 @@ class BaseDataModule(LightningDataModule):
         cache_dir: str | os.PathLike | None = None,
         max_tokens: int = 16,
         seed: int = 0,
+        latents: bool = False,
+        vae: dict | None = None,
     ):
         super().__init__()
+        if not isinstance(latents, bool):
+            raise ValueError(f"data.latents must be true or false, got {latents!r}")
+        self.latents, self.vae = latents, dict(vae or {})
         self.resolution = resolution
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -64,7 +75,13 @@ class BaseDataModule(LightningDataModule):
                 f"{key}={path} does not exist (expected a folder of *.tar webdataset "
                 f"shards, one shard, or an image folder with metadata.jsonl)"
             )
-        return load_split(path, self.resolution, self.cache_dir, limit, self.max_tokens)
+        split = load_split(path, self.resolution, self.cache_dir, limit, self.max_tokens)
+        return latent_dataset(split, self.codec, self.cache_dir) if self.latents else split
+
+    @property
+    def codec(self) -> LatentCodec | None:
+        """The pixel <-> latent codec (``latents=True``), else None."""
+        return load_codec(**self.vae) if self.latents else None
 
     def _loader(self, dataset, batch_size, **kw):
         return DataLoader(

@@ -11,12 +11,13 @@ from ..pixels import to_model_range
 from ..preflight import check_evaluation
 
 
-def make_evaluation(cfg: DictConfig, test_set, grid_path=None, curve_path=None):
+def make_evaluation(cfg: DictConfig, test_set, grid_path=None, curve_path=None, decode=None):
     """The :class:`~alchemist_pl.evaluation.GenerationEvaluation` callback ``cfg.eval`` and
     ``cfg.evaluator`` describe.
 
     Prompts: the first ``eval.num_images`` samples of ``test_set`` (captions unseen in training);
-    reference: all of ``test_set``'s images. Returns (callback, info about the evaluator).
+    reference: all of ``test_set``'s images (pixels). ``decode``: latents -> pixels for a model over
+    VAE latents (None: pixels). Returns (callback, info about the evaluator).
     """
     e = cfg.eval
     m = int(e.num_images)
@@ -40,5 +41,6 @@ def make_evaluation(cfg: DictConfig, test_set, grid_path=None, curve_path=None):
         batch_size=e.batch_size,
         grid_path=grid_path,
         curve_path=curve_path,
+        decode=decode,
     )
     return callback, {**metrics.info, "num_images": m, "reference_images": len(test_set)}

@@ -108,16 +108,19 @@ def _fit_and_evaluate(cfg: DictConfig, dm, model, trainer, ckpt, extra: list, ev
 
 
 def _model_and_evaluation(cfg: DictConfig, dm, out: Path):
-    """The downstream model (``cfg.model``) given the empty caption and the sample-grid prompts,
-    and the evaluation callback when ``eval.enabled``: (model, [callback] or [], evaluator info)."""
+    """The downstream model (``cfg.model``) given the empty caption, the sample-grid prompts and,
+    on VAE latents, their decoder, and the evaluation callback when ``eval.enabled``: (model,
+    [callback] or [], evaluator info)."""
     extra, eval_info = [], None
+    decode = dm.codec.decode if dm.codec is not None else None
     if cfg.get("eval") and cfg.eval.enabled:
         evaluator, eval_info = make_evaluation(
-            cfg, dm.test_set, grid_path=out / "eval_samples.png", curve_path=out / "eval_curve.json"
+            cfg, dm.test_set, grid_path=out / "eval_samples.png", curve_path=out / "eval_curve.json", decode=decode
         )
         extra.append(evaluator)
     model = instantiate(cfg.model)
     model.set_null_caption(*dm.null_caption())
+    model.set_decoder(decode)
     model.set_sample_prompts(dm.sample_prompts(model.hparams.num_samples))
     return model, extra, eval_info
 
