@@ -17,6 +17,7 @@ from alchemist_pl.data import iter_samples, load_split
 from alchemist_pl.evaluation import GenerationEvaluation
 from alchemist_pl.latents import load_codec
 from alchemist_pl.pixels import to_model_range
+from alchemist_pl.preflight import check_config
 from alchemist_pl.stages import run
 
 # a quick autoencoder: enough steps for the scaling factor to be estimated, not for good reconstructions
@@ -170,3 +171,11 @@ def test_smoke_pipeline_on_latents(tmp_path, make_cfg, fresh_codecs):
         assert Image.open(out / f"train-{name}" / "eval_samples.png").size[0] == 8 * 32  # decoded 32 px images
         assert Image.open(out / f"train-{name}" / "samples.png").size[0] == 8 * 32
     shutil.rmtree(out)
+
+
+def test_preflight_refuses_what_latents_cannot_run(make_cfg):
+    # 36 px -> 18 x 18 latents: unet_tiny's two downsamplings do not divide 18
+    with pytest.raises(ValueError, match=r"proxy.unet downsamples 2 times, but the latents are 18 x 18"):
+        check_config(make_cfg("+experiment=rate", "data.latents=true", "data.resolution=36"))
+    with pytest.raises(ValueError, match="rate.streaming=true"):
+        check_config(make_cfg("+experiment=rate", "data.latents=true", "rate.streaming=true"))
