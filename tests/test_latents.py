@@ -95,7 +95,7 @@ def test_default_autoencoder_reconstructs_unseen_images(make_cfg, emoji_dir):
     x = to_model_range(images)
     err = float(((codec.decode(codec.encode(images)) - x) ** 2).mean())
     constant = float(((x - x.mean(0)) ** 2).mean())
-    assert err < 0.1 * constant
+    assert err < 0.2 * constant  # measured: 0.027 vs 0.290
 
 
 def test_latent_datamodules_serve_latents(make_cfg, tmp_path, fresh_codecs):
