@@ -22,7 +22,13 @@ from alchemist_pl.stages import run
 
 # a quick autoencoder: enough steps for the scaling factor to be estimated, not for good reconstructions
 QUICK = {"block_out_channels": [16, 32], "steps": 8, "batch_size": 16, "lr": 2e-3, "kl_weight": 1e-4, "seed": 0}
-LATENT = ("data.latents=true", "vae.data_paths=[${data.val_path}]", "vae.steps=8", "vae.batch_size=16")
+LATENT = (
+    "data.latents=true",
+    "vae.data_paths=[${data.val_path}]",
+    "vae.test_path=null",
+    "vae.steps=8",
+    "vae.batch_size=16",
+)
 
 
 def _folder(root, samples):
@@ -98,8 +104,8 @@ def test_default_autoencoder_reconstructs_unseen_images(make_cfg, emoji_dir):
     assert err < 0.2 * constant  # measured: 0.027 vs 0.290
 
 
-def test_latent_datamodules_serve_latents(make_cfg, tmp_path, fresh_codecs):
-    cfg = make_cfg(*LATENT, f"data.cache_dir={tmp_path}", "data.limit_train=64", "data.limit_val=32")
+def test_latent_datamodules_serve_latents(make_cfg, fresh_codecs):
+    cfg = make_cfg(*LATENT, "data.limit_train=64", "data.limit_val=32")
     assert (cfg.data.image_channels, cfg.data.image_size) == (4, 16)
     assert (cfg.proxy.unet.in_channels, cfg.proxy.unet.sample_size, cfg.rater.backbone.in_channels) == (4, 16, 4)
     rating = instantiate(cfg.datamodule.rating)
@@ -135,7 +141,7 @@ class Recorder:
 
 
 def test_evaluation_decodes_generated_latents(make_cfg, tmp_path, emoji_dir, fresh_codecs):
-    cfg = make_cfg(*LATENT, f"data.cache_dir={tmp_path}", "model=unet_tiny")
+    cfg = make_cfg(*LATENT, "model=unet_tiny")
     model = instantiate(cfg.model)
     codec = load_codec(**OmegaConf.to_container(cfg.vae, resolve=True))
     test = load_split(emoji_dir / "test", 32, cfg.data.cache_dir, limit=4)
