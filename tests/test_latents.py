@@ -185,3 +185,15 @@ def test_preflight_refuses_what_latents_cannot_run(make_cfg):
         check_config(make_cfg("+experiment=rate", "data.latents=true", "data.resolution=36"))
     with pytest.raises(ValueError, match="rate.streaming=true"):
         check_config(make_cfg("+experiment=rate", "data.latents=true", "rate.streaming=true"))
+
+
+def test_pretrained_autoencoder_from_a_local_folder(tmp_path, emoji_dir, fresh_codecs):
+    trained = load_codec(data_paths=[emoji_dir / "val"], resolution=32, cache_dir=tmp_path, **QUICK)
+    trained.vae.save_pretrained(tmp_path / "vae")
+    local = load_codec(path=str(tmp_path / "vae"), latent_channels=4, downsample_factor=2)
+    images = load_split(emoji_dir / "val", 32, None, limit=8).images
+    assert torch.allclose(local.encode(images), trained.encode(images), atol=1e-5)  # its config's scaling factor
+    with pytest.raises(ValueError, match="vae.downsample_factor=8"):
+        load_codec(path=str(tmp_path / "vae"), latent_channels=4, downsample_factor=8)
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        load_codec(path=str(tmp_path / "missing"))
