@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -61,17 +62,21 @@ def commit() -> str:
     return out.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
 
 
+def _dirname(space: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", space)
+
+
 def rate_runs(out: Path, seeds: list[int]) -> None:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         for space, overrides in SPACES.items():
-            d = out / space / f"seed{seed}"
+            d = out / _dirname(space) / f"seed{seed}"
             if (d / "summary.json").exists():
                 continue
             args = [sys.executable, "train.py", "+experiment=rate", *COMMON, *overrides, f"seed={seed}"]
             args.append(f"hydra.run.dir={d}")
             print("+", " ".join(args), flush=True)
-            with open(out / "logs" / f"rate-{space}-{seed}.log", "w") as log:
+            with open(out / "logs" / f"rate-{d.parent.name}-{seed}.log", "w") as log:
                 proc = subprocess.run(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=ENV)
             if proc.returncode != 0:
                 raise SystemExit(f"failed ({proc.returncode}): {' '.join(args)}")
@@ -140,7 +145,7 @@ def collect(out: Path, seeds: list[int]) -> dict:
     for space in SPACES:
         runs = []
         for seed in seeds:
-            path = out / space / f"seed{seed}" / "summary.json"
+            path = out / _dirname(space) / f"seed{seed}" / "summary.json"
             if not path.exists():
                 continue
             summary = json.loads(path.read_text())
@@ -182,7 +187,9 @@ def report(header: dict, cost: dict, rows: dict) -> str:
     ]
     shapes = {"pixels": "[32, 3, 32, 32]", "latents": "[32, 4, 16, 16]"}
     for s, c in cost["iteration"].items():
-        lines.append(f"| {s} | {shapes[s]} | {c['median_s']:.3f} | {c['ratio']:.2f} | {c['n']} |")
+        lines.append(
+            f"| {s} | {shapes.get(s, shapes['latents'])} | {c['median_s']:.3f} | {c['ratio']:.2f} | {c['n']} |"
+        )
     lines += [
         "",
         f"One-time encoding of the pool and D_val ({cost['encoded_samples']} images): {cost['encode_s']:.1f} s "
@@ -225,7 +232,12 @@ def main() -> None:
     parser.add_argument("--cost-iterations", type=int, default=8)
     parser.add_argument("--cost-repeats", type=int, default=3)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--latent-overrides", default="", help="space-separated overrides of a further latent run, e.g. a timestep band"
+    )
     args = parser.parse_args()
+    if args.latent_overrides:
+        SPACES[f"latents {args.latent_overrides}"] = ["data.latents=true", *args.latent_overrides.split()]
     out, results = Path(args.out), Path(args.results)
     seeds = [int(s) for s in args.seeds.split(",")]
     results.mkdir(parents=True, exist_ok=True)
