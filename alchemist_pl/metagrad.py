@@ -90,6 +90,21 @@ def _lookahead(params: Params, grads, lr: float) -> Params:
     return {n: p - lr * g for (n, p), g in zip(params.items(), grads)}
 
 
+def _val_grad_after_lookahead(train_losses, val_loss, params: Params, w: torch.Tensor, lr: float, inner_grad):
+    """``(∇L_val(θ'), L_val(θ'))`` at ``θ' = θ − η ∇_θ Σ_i w_i ℓ_i(θ)``; gradients in ``params`` order
+    (None where L_val does not depend on a tensor), the inner gradient computed unless given."""
+    names = list(params)
+    with torch.enable_grad():
+        if inner_grad is None:
+            theta, losses = _losses_at(train_losses, params, w)
+            inner_grad = torch.autograd.grad((w * losses).sum(), [theta[n] for n in names], allow_unused=True)
+        inner_grad = [torch.zeros_like(params[n]) if g is None else g.detach() for n, g in zip(names, inner_grad)]
+        ahead = {n: p.detach().requires_grad_(True) for n, p in _lookahead(params, inner_grad, lr).items()}
+        after = val_loss(ahead)
+        v = torch.autograd.grad(after, [ahead[n] for n in names], allow_unused=True)
+    return v, after
+
+
 def exact_meta_gradient(
     train_losses: Callable[[Params], torch.Tensor],
     val_loss: Callable[[Params], torch.Tensor],
@@ -122,14 +137,7 @@ def exact_meta_gradient(
     _check_lr(lr)
     w = weights.detach()
     names = list(params)
-    with torch.enable_grad():
-        if inner_grad is None:
-            theta, losses = _losses_at(train_losses, params, w)
-            inner_grad = torch.autograd.grad((w * losses).sum(), [theta[n] for n in names], allow_unused=True)
-        inner_grad = [torch.zeros_like(params[n]) if g is None else g.detach() for n, g in zip(names, inner_grad)]
-        ahead = {n: p.detach().requires_grad_(True) for n, p in _lookahead(params, inner_grad, lr).items()}
-        after = val_loss(ahead)
-        v = torch.autograd.grad(after, [ahead[n] for n in names], allow_unused=True)
+    v, after = _val_grad_after_lookahead(train_losses, val_loss, params, w, lr, inner_grad)
     # One forward pass with dual numbers θ + ε v: the tangent of the losses is [B] ∇ℓ_i(θ) · v.
     # (torch.autograd.forward_ad rather than torch.func.jvp: the same numbers, ~15% faster here.)
     with torch.no_grad(), fwAD.dual_level():
