@@ -57,6 +57,7 @@ def test_custom_downstream_model_trains_and_is_evaluated(tmp_path, emoji_dir):
     assert (tmp_path / "eval_samples.png").stat().st_size > 0 and (tmp_path / "samples.png").stat().st_size > 0
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert any(k.startswith("net.") for k in ckpt["state_dict"])  # the example's own network was trained
+    assert ckpt["state_dict"]["null_caption"].abs().sum() > 0  # set_null_caption got the empty caption's states
 
 
 def test_proxy_breaking_the_hook_contract_fails_the_rate_stage_by_name(tmp_path, emoji_dir):
