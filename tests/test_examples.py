@@ -1,6 +1,6 @@
-"""The examples/ models end to end, wired by config overrides only (README "Extending"): the custom
-proxy through the rate stage, the custom downstream model through the train stage with evaluation,
-and a proxy that breaks the hook's contract failing the rate stage with its name."""
+"""The examples/ models wired by config overrides only (README "Extending"): the custom proxy through
+the rate stage, the custom downstream model through the train stage with evaluation, a proxy that
+breaks the hook's contract failing the rate stage with its name, and the custom rater backbone."""
 
 import json
 
@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
+from alchemist_pl.rater import sample_weights
 from alchemist_pl.scores import read_scores
 from alchemist_pl.stages import run
+from examples.tiny_backbone import ThumbnailBackbone
 from examples.tiny_proxy import TinyConvProxy
 
 from .conftest import CONF, DATA_DIR, ROOT
@@ -66,3 +69,19 @@ def test_proxy_breaking_the_hook_contract_fails_the_rate_stage_by_name(tmp_path,
         ValueError, match=r"FlatLossProxy\.per_sample_loss must return .*shape \[B\] = \(32,\).*shape \(\)"
     ):
         run(cfg)
+
+
+def test_custom_rater_backbone_scores_each_sample_alone(tmp_path, small_split):
+    """rater=thumbnail_mlp (examples/conf/rater): the Group MLP on ThumbnailBackbone's features; a
+    sample's score does not depend on the batch it is scored in, and the weights train the backbone."""
+    torch.manual_seed(0)
+    rater = instantiate(_compose(tmp_path, "rater=thumbnail_mlp").rater)
+    assert isinstance(rater.backbone, ThumbnailBackbone)
+    images = torch.stack([small_split[i]["image"] for i in range(8)])
+    pooled = torch.stack([small_split[i]["pooled"] for i in range(8)])
+    s, b = rater(images, pooled)
+    assert s.shape == (8,) and b.shape == ()
+    alone = torch.cat([rater.score(images[i : i + 1], pooled[i : i + 1]) for i in range(8)])
+    torch.testing.assert_close(rater.score(images, pooled), alone)
+    (sample_weights(s, b) * torch.arange(8.0)).sum().backward()
+    assert rater.backbone.mlp[0].weight.grad.abs().sum() > 0
