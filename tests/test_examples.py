@@ -3,6 +3,7 @@ the rate stage, the custom downstream model through the train stage with evaluat
 breaks the hook's contract failing the rate stage with its name, and the custom rater backbone."""
 
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -85,3 +86,20 @@ def test_custom_rater_backbone_scores_each_sample_alone(tmp_path, small_split):
     torch.testing.assert_close(rater.score(images, pooled), alone)
     (sample_weights(s, b) * torch.arange(8.0)).sum().backward()
     assert rater.backbone.mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_readme_extending_commands_select_the_examples(tmp_path):
+    """The commands of README "Extending" compose to the examples' classes."""
+    block = (ROOT / "README.md").read_text().split("## Extending")[1].split("```bash")[1].split("```")[0]
+    commands = [shlex.split(line)[2:] for line in block.splitlines() if line.startswith("python train.py")]
+    chosen = set()
+    for args in commands:
+        args = [a.replace("file://examples/conf", f"file://{ROOT / 'examples' / 'conf'}") for a in args]
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            cfg = compose("config", overrides=[f"paths.data_dir={DATA_DIR}", f"paths.output_dir={tmp_path}", *args])
+        chosen |= {cfg.proxy.unet._target_, cfg.model._target_, cfg.rater.backbone._target_}
+    assert {
+        "examples.tiny_proxy.TinyConvProxy",
+        "examples.tiny_downstream.TinyTextToImage",
+        "examples.tiny_backbone.ThumbnailBackbone",
+    } <= chosen
