@@ -26,6 +26,7 @@ import weakref
 from typing import Protocol, runtime_checkable
 
 import torch
+from lightning import LightningModule
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from .diffusion import per_sample_loss
@@ -180,6 +181,8 @@ def prepare_downstream(model, datamodule, evaluate: bool) -> None:
             ``evaluate`` (``eval.enabled``) and it can generate no images (:func:`generate_images`).
     """
     name = module_name(model)
+    if not isinstance(model, LightningModule):
+        raise TypeError(f"the downstream model {name} must be a LightningModule")
     missing = [m for m in ("training_step", "test_step") if not is_overridden(m, model)]
     if missing:
         raise TypeError(f"the downstream model {name} must define {' and '.join(missing)} (a LightningModule)")

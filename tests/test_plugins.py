@@ -145,6 +145,10 @@ class NoImages(NoTestStep):
 
 
 def test_downstream_model_without_test_step_or_images_is_named():
+    with pytest.raises(
+        TypeError, match=r"downstream model examples\.tiny_proxy\.TinyConvProxy must be a LightningModule"
+    ):
+        prepare_downstream(TinyConvProxy(), None, evaluate=False)
     with pytest.raises(TypeError, match=r"test_plugins\.NoTestStep must define test_step"):
         prepare_downstream(NoTestStep(), None, evaluate=False)
     with pytest.raises(
