@@ -16,6 +16,8 @@ The parts, from the data up (each imports only those above it):
     sampler, datamodule             the DistributedSampler subclasses (subset shards, the rating
                                     budget's stream); the rating and training DataModules
     diffusion, sampling             denoising loss and timesteps; CFG sampling and image grids
+    plugins                         the contracts of a user's own proxy (per-sample loss hook) and
+                                    downstream model
     rater, metagrad, draws,         the Group-MLP rater, meta-gradients, the (t, ε) draws θ and θ′
     bilevel                         share, the bilevel LightningModule
     t2i                             the downstream text-to-image LightningModule

@@ -33,8 +33,8 @@ import torch
 from lightning import LightningModule
 
 from .bilevel_options import check_options
-from .diffusion import per_sample_loss
 from .draws import Draw, draw_batch
+from .plugins import proxy_loss
 from .rater import sample_weights
 from .rater_loss import RaterLosses
 from .runtime import log_histogram
@@ -48,7 +48,8 @@ class BilevelRater(RaterLosses, LightningModule):
     """LightningModule with manual optimization of the proxy θ, the rater μ and (``value_gap``) θ′.
 
     Args:
-        proxy: diffusers ``UNet2DConditionModel`` (or a module with its call signature), from scratch.
+        proxy: a module with the per-sample loss hook (:class:`alchemist_pl.plugins.ProxyLoss`) or
+            with diffusers ``UNet2DConditionModel``'s call signature, from scratch.
         noise_scheduler: diffusers ``DDPMScheduler``.
         rater: :class:`alchemist_pl.rater.Rater` (μ).
         proxy_optimizer, rater_optimizer: partial optimizer constructors (``params -> Optimizer``).
@@ -131,7 +132,6 @@ class BilevelRater(RaterLosses, LightningModule):
         self.proxy_optimizer, self.rater_optimizer = proxy_optimizer, rater_optimizer
         self.value_optimizer = value_optimizer or proxy_optimizer
         self.value_proxy = copy.deepcopy(proxy) if rater_signal == "value_gap" else None
-        self.pooled_path = getattr(proxy, "class_embedding", None) is not None
         self.null_caption = null_caption
         self.share_inner_grad = True  # exact: reuse the proxy step's training gradient (tests turn it off)
         self.seen_index: list[torch.Tensor] = []  # pool positions of the training batches ...
@@ -267,10 +267,7 @@ class BilevelRater(RaterLosses, LightningModule):
         return draw_batch(train, h.draws_per_sample, mode, band, self.device, shared, self.noise_scheduler, gamma)
 
     def _losses(self, model, item, t, noise):
-        labels = item["pooled"] if self.pooled_path else None
-        return per_sample_loss(
-            model, self.noise_scheduler, item["image"], item["states"], item["mask"], t, noise, labels
-        )
+        return proxy_loss(model, self.noise_scheduler, item, t, noise)  # the proxy's hook at the caller's (t, ε)
 
     def _record(self, raw: dict, draw: Draw) -> None:
         if "index" in raw:

@@ -26,7 +26,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.func import functional_call
 
-from .diffusion import per_sample_loss
+from .plugins import LossCall
 
 Params = dict[str, torch.Tensor]
 
@@ -47,27 +47,22 @@ def detached_params(module: torch.nn.Module) -> Params:
 
 
 def proxy_loss_fn(
-    proxy, scheduler, batch: dict, timesteps: torch.Tensor, noise: torch.Tensor, pooled: bool = False
+    proxy, scheduler, batch: dict, timesteps: torch.Tensor, noise: torch.Tensor
 ) -> Callable[[Params], torch.Tensor]:
-    """``params -> [B]`` per-sample denoising losses of ``proxy`` at fixed timesteps and noise.
+    """``params -> [B]`` per-sample losses of ``proxy`` at fixed timesteps and noise.
 
     Args:
-        proxy: diffusers ``UNet2DConditionModel`` (or any module with its call signature).
+        proxy: a module with the per-sample loss hook or ``UNet2DConditionModel``'s call signature
+            (:func:`alchemist_pl.plugins.proxy_loss`).
         scheduler: diffusers ``DDPMScheduler``.
-        batch: dict with ``image`` [B, C, H, W], ``states`` [B, T, D], ``mask`` [B, T] (and
-            ``pooled`` [B, D] when ``pooled``).
+        batch: dict with ``image`` [B, C, H, W], ``states`` [B, T, D], ``mask`` [B, T], ``pooled`` [B, D].
         timesteps: [B] int64; noise: [B, C, H, W].
-        pooled: pass ``batch["pooled"]`` as the UNet's ``class_labels`` (a projection class embedding).
     """
-    labels = batch["pooled"] if pooled else None
+    call = LossCall(proxy, scheduler)
 
     def fn(params: Params) -> torch.Tensor:
-        def unet(*args, **kwargs):
-            return functional_call(proxy, params, args, kwargs)
-
-        return per_sample_loss(
-            unet, scheduler, batch["image"], batch["states"], batch["mask"], timesteps, noise, labels
-        )
+        named = {f"proxy.{n}": p for n, p in params.items()}
+        return functional_call(call, named, (batch, timesteps, noise))
 
     return fn
 
