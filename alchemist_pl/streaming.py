@@ -144,7 +144,7 @@ class PooledCaptions:
         self.pooled = torch.zeros(0, EMBED_DIM)
         path = None if cache_dir is None else Path(cache_dir) / f"captions-{MODEL_NAME}-T{max_tokens}.pt"
         if path is not None and path.exists():
-            cached = torch.load(path, weights_only=True)
+            cached = torch.load(path, weights_only=True, mmap=True)  # only the pooled rows are read
             self.rows = {c: i for i, c in enumerate(cached["captions"])}
             self.pooled = cached["pooled"].float()
 
