@@ -156,3 +156,33 @@ def test_rate_streaming_cache_config_errors(make_cfg, tmp_path):
             )
         )
     assert not (tmp_path / "a" / "checkpoints").exists() and not (tmp_path / "b" / "checkpoints").exists()
+
+
+def test_rate_stage_streaming_cache(make_cfg, pool, cache_dir, tmp_path):
+    """rate.streaming_cache=true: the rate stage writes one cache entry per shard in data.cache_dir and
+    its scores equal those of the uncached streaming run."""
+    import shutil
+
+    from alchemist_pl.stages import run
+
+    from .test_streaming import RATE_TINY
+
+    own_cache = tmp_path / "cache"  # the shared caption cache, copied: the decoded entries stay in tmp_path
+    own_cache.mkdir()
+    for f in cache_dir.glob("captions-*.pt"):
+        shutil.copy(f, own_cache / f.name)
+    for cached in ("false", "true"):
+        run(
+            make_cfg(
+                *RATE_TINY,
+                f"data.train_path={pool}",
+                f"data.cache_dir={own_cache}",
+                "rate.streaming=true",
+                f"rate.streaming_cache={cached}",
+                output_dir=tmp_path / cached,
+            )
+        )
+    plain, cached = (read_scores(tmp_path / s / "scores.parquet") for s in ("false", "true"))
+    assert cached[0] == plain[0] and len(plain[0]) == 60
+    np.testing.assert_array_equal(cached[1], plain[1])
+    assert all(decoded_cache.has(own_cache, s, 32) for s in shard_list(pool))
