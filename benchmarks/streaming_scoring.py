@@ -105,8 +105,7 @@ if mode == "rounds":  # every mode once per round, in one process; a forward run
 else:  # one end-to-end pass in a fresh process, for its peak memory: mode = uncached | build | cached
     decoded = None if mode == "uncached" else tmp / "decoded"
     w = 0 if mode == "cached" else workers[-1]
-    timed(mode, lambda: score(tmp / f"parts-{mode}", w, decoded),
-          peak_gb=0, worker_peak_gb=0)
+    timed(mode, lambda: score(tmp / f"parts-{mode}", w, decoded))
     print(json.dumps({"peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                       "worker_peak_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20}))
 """
