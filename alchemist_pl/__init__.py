@@ -23,8 +23,9 @@ The parts, from the data up (each imports only those above it):
     t2i                             the downstream text-to-image LightningModule
     domain_encoder, metrics,        the domain evaluator, domain FID/KID/CLIP score, and the
     evaluation                      callback that evaluates during training
-    scoring, heuristics, streaming  scoring a pool: rater inference, CLIP-score and image heuristics,
-                                    shard-by-shard scoring of large pools
+    scoring, heuristics,            scoring a pool: rater inference, CLIP-score and image heuristics,
+    decoded_cache, streaming        shards' decoded pixels cached once (memory-mapped), shard-by-shard
+                                    scoring of large pools
     analysis, audit                 rating and subset quality on planted noise; the offline signal
                                     audit (value gap, caption contrast per timestep)
     compare, wandb_log,             reports over runs: report.md and plots, offline W&B run
