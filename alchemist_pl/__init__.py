@@ -18,12 +18,16 @@ The parts, from the data up (each imports only those above it):
     sampler, datamodule             the DistributedSampler subclasses (subset shards, the rating
                                     budget's stream); the rating and training DataModules
     diffusion, sampling             denoising loss and timesteps; CFG sampling and image grids
-    rater, metagrad, bilevel        the Group-MLP rater, meta-gradients, the bilevel LightningModule
+    plugins                         the contracts of a user's own proxy (per-sample loss hook) and
+                                    downstream model
+    rater, metagrad, draws,         the Group-MLP rater, meta-gradients, the (t, ε) draws θ and θ′
+    bilevel                         share, the bilevel LightningModule
     t2i                             the downstream text-to-image LightningModule
     domain_encoder, metrics,        the domain evaluator, domain FID/KID/CLIP score, and the
     evaluation                      callback that evaluates during training
-    scoring, heuristics, streaming  scoring a pool: rater inference, CLIP-score and image heuristics,
-                                    shard-by-shard scoring of large pools
+    scoring, heuristics,            scoring a pool: rater inference, CLIP-score and image heuristics,
+    decoded_cache, streaming        shards' decoded pixels cached once (memory-mapped), shard-by-shard
+                                    scoring of large pools
     analysis, audit                 rating and subset quality on planted noise; the offline signal
                                     audit (value gap, caption contrast per timestep)
     compare, wandb_log,             reports over runs: report.md and plots, offline W&B run

@@ -12,8 +12,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from .metrics import StandardMetrics
+from .plugins import generate_images
 from .runtime import is_wandb, write_atomic
-from .sampling import generate, image_grid
+from .sampling import image_grid
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +71,17 @@ class GenerationEvaluation(Callback):
 
     @torch.no_grad()
     def generate(self, pl_module) -> torch.Tensor:
-        """[M, 3, H, W] pixels in [-1, 1] for the prompt set (:func:`alchemist_pl.sampling.generate`;
+        """[M, 3, H, W] pixels in [-1, 1] for the prompt set (:func:`alchemist_pl.plugins.generate_images`;
         generated latents are decoded with ``decode``)."""
-        return generate(
-            pl_module.unet,
-            pl_module.sampling_scheduler,
-            self.prompts["states"],
-            self.prompts["mask"],
-            pl_module.null_states,
-            pl_module.null_mask,
+        p = self.prompts
+        return generate_images(
+            pl_module,
+            p["states"],
+            p["mask"],
             self.sample_steps,
             self.guidance_scale,
-            seed=self.seed,
-            batch_size=self.batch_size,
+            self.seed,
+            self.batch_size,
             decode=self.decode,
         )
 

@@ -7,6 +7,8 @@ finished, its scores are written atomically to ``{parts_dir}/{shard name}.parque
 bounded by a batch per worker plus the caption-embedding table, not by the number of shards.
 A rerun skips every shard whose part exists (resume at shard granularity). :func:`merge_parts`
 then writes ``scores.parquet`` (same schema and metadata as the in-memory path) from the parts.
+With a decoded-image cache (:mod:`alchemist_pl.decoded_cache`), the first pass writes each
+shard's uint8 pixels once and later passes read them memory-mapped instead of decoding again.
 
 Bad input follows :mod:`alchemist_pl.data`: an undecodable image, a missing/empty/non-UTF-8
 caption or a broken shard raises ``DataError`` naming the shard and sample; a sample_id seen in
@@ -15,6 +17,8 @@ two shards is refused by :func:`merge_parts`.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
 from collections.abc import Iterator
@@ -24,9 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import data as data_lib
+from . import decoded_cache
 from .pixels import to_model_range
 from .scores import ScoresError, _write, dataset_fingerprint
 from .text import EMBED_DIM, MODEL_NAME, embed_captions
@@ -61,12 +66,18 @@ class ShardBatches(IterableDataset):
     ``image`` ([B, 3, H, W] uint8), ``shard_done`` (bool: the last batch of that shard),
     ``shard_size`` (int, samples in the shard; set on the last batch). B ≤ ``batch_size``.
     A shard with no samples yields one empty batch with ``shard_done`` set.
+
+    ``decoded_dir``: a folder for :mod:`alchemist_pl.decoded_cache` (None: decode every time).
+    A shard with an up-to-date entry there is read from it (memory-mapped, no decoding); any other
+    shard is decoded and its entry written once the whole shard decoded without error.
     """
 
-    def __init__(self, shards, resolution: int, batch_size: int = 256, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, shards, resolution: int, batch_size: int = 256, rank: int = 0, world_size: int = 1, decoded_dir=None
+    ):
         super().__init__()
         self.shards = [Path(s) for s in shards][rank::world_size]
-        self.resolution, self.batch_size = resolution, batch_size
+        self.resolution, self.batch_size, self.decoded_dir = resolution, batch_size, decoded_dir
 
     def _mine(self) -> list[Path]:
         info = get_worker_info()
@@ -74,6 +85,20 @@ class ShardBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         for shard in self._mine():
+            entry = None if self.decoded_dir is None else decoded_cache.load(self.decoded_dir, shard, self.resolution)
+            yield from (self._decode(shard) if entry is None else self._read(shard, entry))
+
+    def _read(self, shard: Path, entry: decoded_cache.DecodedShard) -> Iterator[dict]:
+        n, b = len(entry.sample_ids), self.batch_size
+        for start in range(0, max(n, 1), b):
+            end = min(start + b, n)
+            images = torch.from_numpy(np.array(entry.images[start:end]))
+            yield self._batch(shard, entry.sample_ids[start:end], entry.captions[start:end], images, end == n, end)
+
+    def _decode(self, shard: Path) -> Iterator[dict]:
+        cache = self.decoded_dir
+        write = contextlib.nullcontext(None) if cache is None else decoded_cache.writer(cache, shard, self.resolution)
+        with write as append:
             ids, captions, images, seen = [], [], [], 0
             for raw in data_lib.iter_samples(shard):
                 caption = raw.caption.strip()
@@ -84,14 +109,19 @@ class ShardBatches(IterableDataset):
                 images.append(data_lib.decode_image(raw, self.resolution))
                 if len(ids) == self.batch_size:
                     seen += len(ids)
-                    yield self._batch(shard, ids, captions, images, False, seen)
+                    yield self._batch(shard, ids, captions, self._stack(images), False, seen, append)
                     ids, captions, images = [], [], []
             seen += len(ids)
-            yield self._batch(shard, ids, captions, images, True, seen)
+            last = self._batch(shard, ids, captions, self._stack(images), True, seen, append)
+        yield last  # after the entry is committed
 
-    def _batch(self, shard, ids, captions, images, done, seen) -> dict:
+    def _stack(self, images: list) -> torch.Tensor:
         r = self.resolution
-        image = torch.from_numpy(np.stack(images)) if images else torch.zeros(0, 3, r, r, dtype=torch.uint8)
+        return torch.from_numpy(np.stack(images)) if images else torch.zeros(0, 3, r, r, dtype=torch.uint8)
+
+    def _batch(self, shard, ids, captions, image, done, seen, append=None) -> dict:
+        if append is not None:
+            append(ids, captions, image.numpy())
         return {
             "shard": shard.name,
             "sample_id": ids,
@@ -114,7 +144,7 @@ class PooledCaptions:
         self.pooled = torch.zeros(0, EMBED_DIM)
         path = None if cache_dir is None else Path(cache_dir) / f"captions-{MODEL_NAME}-T{max_tokens}.pt"
         if path is not None and path.exists():
-            cached = torch.load(path, weights_only=True)
+            cached = torch.load(path, weights_only=True, mmap=True)  # only the pooled rows are read
             self.rows = {c: i for i, c in enumerate(cached["captions"])}
             self.pooled = cached["pooled"].float()
 
@@ -133,7 +163,6 @@ def part_path(parts_dir: str | os.PathLike, shard_name: str) -> Path:
     return Path(parts_dir) / f"{shard_name}.parquet"
 
 
-@torch.no_grad()
 def score_shards(
     rater,
     shards,
@@ -146,6 +175,7 @@ def score_shards(
     rank: int = 0,
     world_size: int = 1,
     device="cpu",
+    decoded_dir=None,
 ) -> list[Path]:
     """Score every sample of ``shards`` into one Parquet part per shard, skipping finished shards.
 
@@ -158,6 +188,9 @@ def score_shards(
         cache_dir, max_tokens: the caption-embedding cache (:mod:`alchemist_pl.text`).
         batch_size: samples per forward pass. num_workers: dataloader processes decoding shards.
         rank, world_size: this process's share of the shards (shard ``i`` → rank ``i % world_size``).
+        decoded_dir: decoded-image cache folder (:mod:`alchemist_pl.decoded_cache`; None: none).
+            Shards already in it are read memory-mapped in this process; the others are decoded
+            by the workers, which add them to it.
 
     Returns:
         The part files this call wrote (shards already done are skipped and not returned).
@@ -165,39 +198,52 @@ def score_shards(
     Raises:
         DataError: bad input, naming the shard and sample (see :mod:`alchemist_pl.data`).
     """
-    parts_dir = Path(parts_dir)
-    parts_dir.mkdir(parents=True, exist_ok=True)
+    todo = _unscored(shards, parts_dir, rank, world_size)
+    cached = [s for s in todo if decoded_dir is not None and decoded_cache.has(decoded_dir, s, resolution)]
+    to_decode = [s for s in todo if s not in cached]
+    decoding = ShardBatches(to_decode, resolution, batch_size, decoded_dir=decoded_dir)
+    batches = itertools.chain(
+        ShardBatches(cached, resolution, batch_size, decoded_dir=decoded_dir),
+        DataLoader(decoding, batch_size=None, num_workers=num_workers if to_decode else 0),
+    )
+    was_training = rater.training
+    rater.eval()
+    try:
+        scored = _score_batches(rater, batches, PooledCaptions(cache_dir, max_tokens), device)
+        return [_write_part(parts_dir, shard, ids, scores) for shard, ids, scores in scored]
+    finally:
+        rater.train(was_training)
+
+
+def _unscored(shards, parts_dir, rank: int, world_size: int) -> list[Path]:
+    """This rank's shards (``rank::world_size``) that have no part in ``parts_dir`` (created) yet."""
+    Path(parts_dir).mkdir(parents=True, exist_ok=True)
     mine = [Path(s) for s in shards][rank::world_size]  # split before skipping: the same split on every rank
     todo = [s for s in mine if not part_path(parts_dir, s.name).exists()]
     if len(todo) < len(mine):
         log.info("streaming scores: %d of %d shards already done in %s", len(mine) - len(todo), len(mine), parts_dir)
-    loader = torch.utils.data.DataLoader(
-        ShardBatches(todo, resolution, batch_size), batch_size=None, num_workers=num_workers, persistent_workers=False
-    )
-    captions = PooledCaptions(cache_dir, max_tokens)
-    was_training = rater.training
-    rater.eval()
+    return todo
+
+
+@torch.no_grad()
+def _score_batches(rater, batches, captions: PooledCaptions, device) -> Iterator[tuple[str, list[str], np.ndarray]]:
+    """``(shard name, sample_ids [N], scores [N] float32)`` for each shard, when its last batch is scored."""
     pending: dict[str, tuple[list, list]] = {}
-    written = []
-    for batch in loader:
+    for batch in batches:
         ids, scores = pending.setdefault(batch["shard"], ([], []))
         if batch["sample_id"]:
             images = to_model_range(batch["image"].to(device))
-            s = rater.score(images, captions(batch["caption"]).to(device))
+            scores.append(rater.score(images, captions(batch["caption"]).to(device)).float().cpu().numpy())
             ids.extend(batch["sample_id"])
-            scores.append(s.float().cpu().numpy())
         if batch["shard_done"]:
             del pending[batch["shard"]]
-            values = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-            written.append(
-                _write(
-                    part_path(parts_dir, batch["shard"]),
-                    {"sample_id": pa.array(ids, pa.string()), "score": values},
-                    {"shard": batch["shard"], "samples": len(ids)},
-                )
-            )
-    rater.train(was_training)
-    return written
+            yield batch["shard"], ids, np.concatenate(scores) if scores else np.zeros(0, np.float32)
+
+
+def _write_part(parts_dir, shard: str, ids: list[str], scores: np.ndarray) -> Path:
+    """Write one shard's part atomically (:func:`part_path`)."""
+    columns = {"sample_id": pa.array(ids, pa.string()), "score": scores}
+    return _write(part_path(parts_dir, shard), columns, {"shard": shard, "samples": len(ids)})
 
 
 def merge_parts(shards, parts_dir, out_path, metadata: dict) -> Path:

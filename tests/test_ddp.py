@@ -324,7 +324,8 @@ def test_sampler_takes_its_shard_from_the_process_group(world):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = mp.Manager().dict()
-    mp.spawn(_sampler_shards, args=(world, port, out), nprocs=world)
+    # fork: the ranks inherit this process's imports (a spawned rank spends seconds importing them)
+    mp.start_processes(_sampler_shards, args=(world, port, out), nprocs=world, start_method="fork")
     assert sorted((v[0], v[1]) for v in out.values()) == [(world, r) for r in range(world)]
     subset = _subset()
     for epoch in (0, 1):

@@ -1,5 +1,7 @@
 """The domain evaluator on real emoji: it learns the caption space, its metrics order real vs broken images."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -53,6 +55,8 @@ def test_caption_agreement_ranks_swapped_captions_lower(encoder, small_split):
 
 
 def test_encoder_is_cached_by_content(emoji_dir, cache_dir, tmp_path):
+    for captions in cache_dir.glob("captions-*.pt"):  # the caption embeddings, not the encoder, come cached
+        shutil.copy(captions, tmp_path)
     kw = dict(resolution=16, cache_dir=tmp_path, max_tokens=16, epochs=1, batch_size=64)
     enc, info = load_domain_encoder(emoji_dir / "val", test_path=emoji_dir / "test", **kw)
     assert info["retrieval"]["captions"] > 100 and 0 <= info["retrieval"]["top1"] <= 1

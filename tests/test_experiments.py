@@ -85,7 +85,10 @@ def test_ablation_composes_on_the_efficiency_benchmark(make_cfg, name):
 
 @pytest.mark.parametrize("name", CHEAP)
 def test_experiment_runs(make_cfg, tmp_path, tiny_scores, name):
-    cfg = make_cfg(_overlay(name), *TINY, f"scores_path={tiny_scores}")
+    # the pipeline's three trainings without evaluation (baseline and subset evaluate; the slow smoke
+    # pipeline evaluates its trainings)
+    quick = ("eval.enabled=false",) if name == "pipeline" else ()
+    cfg = make_cfg(_overlay(name), *TINY, f"scores_path={tiny_scores}", *quick)
     summary = run(cfg)
     assert json.loads((tmp_path / "summary.json").read_text())["stage"] == cfg.stage == summary["stage"]
     m = summary["metrics"]

@@ -225,6 +225,8 @@ def test_train_from_scores_file_draws_subset(rated, make_cfg, tmp_path):
         "keep_ratio=0.25",
         "train.max_steps=2",
         "model.num_samples=0",
+        "eval.enabled=false",
+        "data.limit_test=16",
     )
     summary = run(cfg)
     assert summary["metrics"]["train_samples"] == 128
@@ -260,6 +262,8 @@ def test_rerun_resumes_from_last_checkpoint(rated, make_cfg, tmp_path):
         "debug=smoke",
         "logger=csv",
         "model.num_samples=0",
+        "eval.enabled=false",
+        "data.limit_test=16",
         "callbacks.model_checkpoint.every_n_train_steps=1",
     )
     first = run(make_cfg(*base, "train.max_steps=2"))
@@ -279,6 +283,8 @@ def test_subset_file_run_is_labelled_by_the_file(rated, make_cfg):
         "keep_ratio=0.9",
         "train.max_steps=1",
         "model.num_samples=0",
+        "eval.enabled=false",
+        "data.limit_test=16",
     )
     summary = run(cfg)
     assert (summary["method"], summary["keep_ratio"]) == ("top_k", 0.5)  # the prune stage's default
@@ -297,6 +303,7 @@ def test_equal_epochs_sets_the_steps(make_cfg):
         "train.batch_size=8",
         "train.epochs=1.5",
         "eval.enabled=false",
+        "data.limit_test=16",
         "model.num_samples=0",
     )
     metrics = run(cfg)["metrics"]

@@ -53,7 +53,7 @@ def _tiny_bilevel(objective: str, batch_head: bool = True, **options) -> Bilevel
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(0)
-    # A real but tiny proxy (8 px, no attention) keeps 2 x 300 bilevel iterations within seconds.
+    # A real but tiny proxy (8 px, no attention) keeps a few hundred bilevel iterations within seconds.
     proxy = UNet2DConditionModel(
         sample_size=8,
         in_channels=3,
@@ -86,12 +86,12 @@ def _tiny_bilevel(objective: str, batch_head: bool = True, **options) -> Bilevel
 
 
 class _Track(Callback):
-    def __init__(self, probe):
-        self.probe, self.b, self.scores = probe, [], []
+    def __init__(self, probe, every: int = 50):
+        self.probe, self.every, self.b, self.scores = probe, every, [], []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.b.append(float(trainer.callback_metrics["rate/batch_weight"]))
-        if len(self.b) % 50 == 0:
+        if len(self.b) % self.every == 0:
             self.scores.append(module.rater.score(self.probe["image"], self.probe["pooled"]).clone())
 
 
@@ -103,11 +103,13 @@ def tiny_split(emoji_dir, cache_dir):
     return load_split(emoji_dir / "val", resolution=8, cache_dir=cache_dir, limit=128)
 
 
-def _run(small_split, objective, iterations=300, batch_head=True, **options):
+def _run(small_split, objective, iterations=300, batch_head=True, probe_every=50, **options):
+    """Fit for ``iterations``; returns the batch weight of every iteration and the scores of a probe
+    batch every ``probe_every`` iterations."""
     model = _tiny_bilevel(objective, batch_head, **options)
     loader = lambda: DataLoader(small_split, batch_size=16, shuffle=True, drop_last=True)  # noqa: E731
     probe = next(iter(DataLoader(small_split, batch_size=32)))
-    track = _Track(probe)
+    track = _Track(probe, probe_every)
     trainer = Trainer(
         accelerator="cpu",
         max_steps=2 * iterations,
@@ -123,17 +125,19 @@ def _run(small_split, objective, iterations=300, batch_head=True, **options):
 
 
 def test_centred_rater_keeps_learning(tiny_split):
-    """The batch weight stays away from 0 and the instance logits keep moving for 300 iterations."""
-    b, scores = _run(tiny_split, "centred")
-    assert len(b) == 300
+    """The batch weight stays away from 0 and the instance logits keep moving for 200 iterations
+    (the literal objective, below, drives the batch weight under 0.05 within 60)."""
+    b, scores = _run(tiny_split, "centred", iterations=200)
+    assert len(b) == 200
     assert b[-100:].min() > 0.05, b[-100:].min()
     late_change = (scores[-1] - scores[-2]).abs().mean() / scores[-2].std()
     assert late_change > 0.01, late_change
 
 
 def test_literal_rater_loss_collapses_the_batch_weight(tiny_split):
-    """The failure mode the centred objective exists to avoid (method.md, measured facts)."""
-    b, _ = _run(tiny_split, "literal")
+    """The failure mode the centred objective exists to avoid: minimising Σ_i W_i ℓ_i as written
+    drives the batch weight b to 0 (every ℓ_i > 0)."""
+    b, _ = _run(tiny_split, "literal", iterations=60)
     assert b[-1] < 0.05 < b[0]
 
 
@@ -147,7 +151,7 @@ def test_instance_head_only_rater(tiny_split):
     s, b = mlp(torch.randn(6, 8))
     assert float(b) == 1.0
     torch.testing.assert_close(sample_weights(s, b), torch.softmax(s, 0))
-    b, scores = _run(tiny_split, "centred", iterations=100, batch_head=False)
+    b, scores = _run(tiny_split, "centred", iterations=50, batch_head=False, probe_every=25)
     assert np.all(b == 1.0)
     change = (scores[-1] - scores[0]).abs().mean() / scores[0].std()
     assert change > 0.01, change
@@ -155,9 +159,9 @@ def test_instance_head_only_rater(tiny_split):
 
 def test_exact_estimator_trains_the_rater(tiny_split):
     """The exact one-step meta-gradient drives the rater through the real loop on real data."""
-    b, scores = _run(tiny_split, "centred", iterations=100, rater_signal="exact", lookahead_lr=0.1)
+    b, scores = _run(tiny_split, "centred", iterations=50, probe_every=25, rater_signal="exact", lookahead_lr=0.1)
     model, trainer = _run.last
-    assert len(b) == 100 and np.isfinite(b).all()
+    assert len(b) == 50 and np.isfinite(b).all()
     assert float(trainer.callback_metrics["rate/meta_grad_std"]) > 0
     assert np.isfinite(float(trainer.callback_metrics["rate/val_loss_lookahead"]))
     change = (scores[-1] - scores[0]).abs().mean() / scores[0].std()
@@ -226,7 +230,7 @@ def test_stratified_shared_and_timestep_records(tiny_split):
     model = _tiny_bilevel(
         "centred", rater_noise="shared", rater_timestep_sampling="stratified", rater_loss_weighting="min_snr"
     )
-    noise = model._train_noise(torch.zeros(4, 3, 8, 8))
+    noise = model._draw({"image": torch.zeros(4, 3, 8, 8)}).noise
     assert torch.equal(noise[0], noise[3]) and noise.std() > 0
     _run(tiny_split, "centred", iterations=6, rater_timestep_sampling="stratified", rater_loss_weighting="min_snr")
     model, _ = _run.last

@@ -17,11 +17,13 @@ from alchemist_pl.stages import run
 
 from .conftest import CONF, ROOT
 
-# the downstream model for 2 steps on the smoke slice, checkpointed every step, no evaluation
+# the downstream model for 2 steps on the smoke slice, checkpointed every step, no evaluation, a
+# 16-sample test loss
 QUICK_TRAIN = (
     "debug=smoke",
     "~logger",
     "eval.enabled=false",
+    "data.limit_test=16",
     "model.num_samples=0",
     "train.max_steps=2",
     "callbacks.model_checkpoint.every_n_train_steps=1",

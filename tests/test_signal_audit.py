@@ -41,7 +41,7 @@ def _noisy(split, seed: int = 0) -> ImageCaptionDataset:
     return ImageCaptionDataset(split.sample_ids, torch.from_numpy(images), split.captions, split.text)
 
 
-def _train(dataset, steps: int = 40) -> UNet2DConditionModel:
+def _train(dataset, steps: int = 20) -> UNet2DConditionModel:
     unet = _unet()
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05)
     g = torch.Generator().manual_seed(1)

@@ -61,6 +61,7 @@ def rate(cfg: DictConfig) -> dict:
     started = time.time()
     out = Path(cfg.paths.output_dir)
     streaming = check_streaming(cfg.rate.get("streaming", False), cfg.data.train_path)  # fails before training
+    decoded_dir(cfg)
     max_steps = _optimizer_steps(cfg.rate.max_iterations)
     L.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.datamodule.rating)
@@ -200,6 +201,7 @@ def _score_pool(cfg: DictConfig, model, trainer, pool, scores_path: Path, meta: 
             batch_size=cfg.rate.score_batch_size,
             num_workers=int(cfg.rate.get("streaming_workers", 0)),
             trainer=trainer,
+            decoded_dir=decoded_dir(cfg),
         )
         position = {s: i for i, s in enumerate(ids)}
         return scores, scores[[position[s] for s in pool.sample_ids]]
@@ -230,14 +232,37 @@ def check_streaming(value, train_path) -> bool:
     return value
 
 
+def decoded_dir(cfg: DictConfig) -> str | None:
+    """``data.cache_dir`` when ``rate.streaming_cache`` is true (decoded-image cache), else None.
+
+    Raises:
+        ValueError: ``rate.streaming_cache`` is not a boolean, or is true without a ``data.cache_dir``.
+    """
+    value = cfg.rate.get("streaming_cache", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"rate.streaming_cache must be true or false, got {value!r}")
+    if value and cfg.data.cache_dir is None:
+        raise ValueError("rate.streaming_cache=true keeps the decoded images in data.cache_dir, which is null")
+    return cfg.data.cache_dir if value else None
+
+
 def score_streaming(
-    rater, data: DictConfig, parts_root: Path, scores_path: Path, metadata: dict, batch_size, num_workers, trainer
+    rater,
+    data: DictConfig,
+    parts_root: Path,
+    scores_path: Path,
+    metadata: dict,
+    batch_size,
+    num_workers,
+    trainer,
+    decoded_dir=None,
 ) -> tuple[list[str], np.ndarray]:
     """Score every sample of ``data.train_path``'s shards with :func:`streaming.score_shards`.
 
     Shards are split across the ranks (shard i -> rank i mod W), each finished shard is a part in
     ``parts_root/<rater hash>/`` (a rerun with the same rater skips it; another rater never reuses
     it), rank 0 merges the parts into ``scores_path`` with ``metadata`` and removes them.
+    ``decoded_dir``: the decoded-image cache folder (:mod:`alchemist_pl.decoded_cache`), or None.
 
     Returns:
         (sample_ids [N] in shard order, scores [N] float32), the same on every rank.
@@ -258,6 +283,7 @@ def score_streaming(
         rank=rank,
         world_size=world,
         device=device,
+        decoded_dir=decoded_dir,
     )
     barrier(trainer)
     if trainer.is_global_zero:

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from ..analysis import subset_quality
+from ..plugins import prepare_downstream
 from ..preflight import check_trained, fitted_steps
 from ..resume import checkpoint_for, exclusive, keep_after_failure
 from ..runtime import barrier, loggers_for, make_trainer, write_summary
@@ -108,9 +109,10 @@ def _fit_and_evaluate(cfg: DictConfig, dm, model, trainer, ckpt, extra: list, ev
 
 
 def _model_and_evaluation(cfg: DictConfig, dm, out: Path):
-    """The downstream model (``cfg.model``) given the empty caption, the sample-grid prompts and,
-    on VAE latents, their decoder, and the evaluation callback when ``eval.enabled``: (model,
-    [callback] or [], evaluator info)."""
+    """The downstream model (``cfg.model``) given the empty caption and the sample-grid prompts
+    (:func:`alchemist_pl.plugins.prepare_downstream`) and, on VAE latents, their decoder
+    (``set_decoder``), and the evaluation callback when ``eval.enabled``: (model, [callback] or [],
+    evaluator info)."""
     extra, eval_info = [], None
     decode = dm.codec.decode if dm.codec is not None else None
     if cfg.get("eval") and cfg.eval.enabled:
@@ -119,9 +121,9 @@ def _model_and_evaluation(cfg: DictConfig, dm, out: Path):
         )
         extra.append(evaluator)
     model = instantiate(cfg.model)
-    model.set_null_caption(*dm.null_caption())
-    model.set_decoder(decode)
-    model.set_sample_prompts(dm.sample_prompts(model.hparams.num_samples))
+    prepare_downstream(model, dm, evaluate=bool(extra))
+    if hasattr(model, "set_decoder"):
+        model.set_decoder(decode)
     return model, extra, eval_info
 
 
