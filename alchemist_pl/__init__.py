@@ -16,7 +16,10 @@ The parts, from the data up (each imports only those above it):
     sampler, datamodule             the DistributedSampler subclasses (subset shards, the rating
                                     budget's stream); the rating and training DataModules
     diffusion, sampling             denoising loss and timesteps; CFG sampling and image grids
-    rater, metagrad, bilevel        the Group-MLP rater, meta-gradients, the bilevel LightningModule
+    plugins                         the contracts of a user's own proxy (per-sample loss hook) and
+                                    downstream model
+    rater, metagrad, draws,         the Group-MLP rater, meta-gradients, the (t, ε) draws θ and θ′
+    bilevel                         share, the bilevel LightningModule
     t2i                             the downstream text-to-image LightningModule
     domain_encoder, metrics,        the domain evaluator, domain FID/KID/CLIP score, and the
     evaluation                      callback that evaluates during training

@@ -27,36 +27,29 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from lightning import LightningModule
 
 from .bilevel_options import check_options
-from .diffusion import draw_timesteps, min_snr_weights, per_sample_loss
+from .draws import Draw, draw_batch
+from .plugins import proxy_loss
 from .rater import sample_weights
 from .rater_loss import RaterLosses
-from .signals import BucketMoments, drop_captions, repeat_batch, timestep_correlation
+from .runtime import log_histogram
+from .signals import BucketMoments, drop_captions, timestep_correlation
 
 NUM_BUCKETS = 10
 __all__ = ["BilevelRater", "timestep_correlation"]
-
-
-class Draw(NamedTuple):
-    """The training batch's conditioning repeated K times, with one (t, ε) per row: [K·B] rows."""
-
-    item: dict
-    t: torch.Tensor
-    noise: torch.Tensor
-    loss_weights: torch.Tensor
 
 
 class BilevelRater(RaterLosses, LightningModule):
     """LightningModule with manual optimization of the proxy θ, the rater μ and (``value_gap``) θ′.
 
     Args:
-        proxy: diffusers ``UNet2DConditionModel`` (or a module with its call signature), from scratch.
+        proxy: a module with the per-sample loss hook (:class:`alchemist_pl.plugins.ProxyLoss`) or
+            with diffusers ``UNet2DConditionModel``'s call signature, from scratch.
         noise_scheduler: diffusers ``DDPMScheduler``.
         rater: :class:`alchemist_pl.rater.Rater` (μ).
         proxy_optimizer, rater_optimizer: partial optimizer constructors (``params -> Optimizer``).
@@ -132,23 +125,23 @@ class BilevelRater(RaterLosses, LightningModule):
     ):
         super().__init__()
         self.automatic_optimization = False
-        self.save_hyperparameters(
-            ignore=["proxy", "noise_scheduler", "rater", "proxy_optimizer", "rater_optimizer", "value_optimizer"]
-            + ["null_caption"]
-        )
+        models = ["proxy", "noise_scheduler", "rater", "proxy_optimizer", "rater_optimizer", "value_optimizer"]
+        self.save_hyperparameters(ignore=[*models, "null_caption"])
         self.rater_t, self.contrast_t = check_options(self.hparams, noise_scheduler)
         self.proxy, self.noise_scheduler, self.rater = proxy, noise_scheduler, rater
         self.proxy_optimizer, self.rater_optimizer = proxy_optimizer, rater_optimizer
         self.value_optimizer = value_optimizer or proxy_optimizer
         self.value_proxy = copy.deepcopy(proxy) if rater_signal == "value_gap" else None
-        self.pooled_path = getattr(proxy, "class_embedding", None) is not None
         self.null_caption = null_caption
         self.share_inner_grad = True  # exact: reuse the proxy step's training gradient (tests turn it off)
         self.seen_index: list[torch.Tensor] = []  # pool positions of the training batches ...
         self.seen_t: list[torch.Tensor] = []  # ... and the timesteps they saw (not checkpointed)
-        m = baseline_momentum
-        self.value_moments = BucketMoments(*self.rater_t, NUM_BUCKETS, m)
-        self.contrast_moments = BucketMoments(*self.contrast_t, NUM_BUCKETS, m)
+        self._init_running_statistics(baseline_momentum)
+
+    def _init_running_statistics(self, momentum: float) -> None:
+        """The signals' running statistics (checkpointed): per-bucket moments, baseline, mean of z."""
+        self.value_moments = BucketMoments(*self.rater_t, NUM_BUCKETS, momentum)
+        self.contrast_moments = BucketMoments(*self.contrast_t, NUM_BUCKETS, momentum)
         self.register_buffer("baseline", torch.zeros(NUM_BUCKETS))
         self.register_buffer("baseline_seen", torch.zeros(NUM_BUCKETS, dtype=torch.bool))
         self.register_buffer("z_mean", torch.zeros(()))
@@ -266,26 +259,15 @@ class BilevelRater(RaterLosses, LightningModule):
         return item
 
     def _draw(self, train: dict, band: tuple[int, int] | None = None) -> Draw:
-        h, b = self.hparams, len(train["image"])
+        h = self.hparams
         uniform = band is not None and h.value_timesteps == "uniform"  # θ′'s own step: per-sample t over band
         mode, band = ("uniform", band) if uniform else (h.rater_timestep_sampling, self.rater_t)
-        t = torch.cat([draw_timesteps(mode, b, *band, device=self.device) for _ in range(h.draws_per_sample)])
-        noise = torch.cat([self._train_noise(train["image"]) for _ in range(h.draws_per_sample)])
-        w = torch.ones(len(t), device=self.device)
-        if h.rater_loss_weighting == "min_snr":
-            w = min_snr_weights(self.noise_scheduler, t, h.min_snr_gamma).to(self.device)
-        return Draw(repeat_batch(train, h.draws_per_sample), t, noise, w)
-
-    def _train_noise(self, images: torch.Tensor) -> torch.Tensor:
-        if self.hparams.rater_noise == "shared":
-            return torch.randn_like(images[:1]).expand_as(images).contiguous()
-        return torch.randn_like(images)
+        gamma = h.min_snr_gamma if h.rater_loss_weighting == "min_snr" else None
+        shared = h.rater_noise == "shared"
+        return draw_batch(train, h.draws_per_sample, mode, band, self.device, shared, self.noise_scheduler, gamma)
 
     def _losses(self, model, item, t, noise):
-        labels = item["pooled"] if self.pooled_path else None
-        return per_sample_loss(
-            model, self.noise_scheduler, item["image"], item["states"], item["mask"], t, noise, labels
-        )
+        return proxy_loss(model, self.noise_scheduler, item, t, noise)  # the proxy's hook at the caller's (t, ε)
 
     def _record(self, raw: dict, draw: Draw) -> None:
         if "index" in raw:
@@ -311,14 +293,3 @@ class BilevelRater(RaterLosses, LightningModule):
         every = self.hparams.histogram_every
         if every and self.global_step % (2 * every) == 0:  # two Lightning steps per iteration
             log_histogram(self.loggers, "rate/weights", (weights.detach() * n).cpu(), self.global_step)
-
-
-def log_histogram(loggers, name: str, values: torch.Tensor, step: int) -> None:
-    """Log a histogram to every W&B logger in ``loggers`` (other loggers have no histogram type)."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    for lg in loggers:
-        if isinstance(lg, WandbLogger):
-            import wandb
-
-            lg.experiment.log({name: wandb.Histogram(values.numpy()), "trainer/global_step": step})

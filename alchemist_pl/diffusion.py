@@ -1,9 +1,10 @@
 """Denoising loss, timestep draws and loss weights around diffusers' UNet2DConditionModel and schedulers.
 
-The proxy model (rating) and the downstream model (training) are both a pixel-space
+The shipped proxy model (rating) and downstream model (training) are both a pixel-space
 ``UNet2DConditionModel`` cross-attending to caption token states; the noise schedule is diffusers'
 ``DDPMScheduler``. The per-sample loss is the denoising MSE (``reduction="none"``, mean over C, H,
-W), the ``L`` of the paper's Eq. 2-3.
+W), the ``L`` of the paper's Eq. 2-3: :func:`per_sample_loss` is the per-sample loss hook of every
+proxy with ``UNet2DConditionModel``'s call signature (:func:`alchemist_pl.plugins.proxy_loss`).
 """
 
 from __future__ import annotations

@@ -186,16 +186,22 @@ def load_domain_encoder(
         train_set = load_split(data_path, resolution, cache_dir, None, max_tokens)
         test_set = load_split(test_path, resolution, cache_dir, None, max_tokens) if test_path else None
         _train_and_save(path, params, train_set, test_set)
+    return _load_saved(path, width, num_features)
+
+
+def _load_saved(path: Path, width: int, num_features: int) -> tuple[DomainEncoder, dict]:
+    """The encoder saved at ``path`` in eval mode, and ``path``, ``sha256``, ``retrieval``, ``train_time_s``."""
     blob = torch.load(path, weights_only=True)
     enc = DomainEncoder(width, num_features)
     enc.load_state_dict(blob["state_dict"])
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    return enc.eval(), {
+    info = {
         "path": str(path),
         "sha256": sha,
         "retrieval": blob.get("retrieval"),
         "train_time_s": blob.get("train_time_s"),
     }
+    return enc.eval(), info
 
 
 def _train_and_save(path: Path, params: dict, train_set, test_set) -> None:

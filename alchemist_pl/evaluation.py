@@ -12,8 +12,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from .metrics import StandardMetrics
+from .plugins import generate_images
 from .runtime import is_wandb, write_atomic
-from .sampling import generate, image_grid
+from .sampling import image_grid
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +67,10 @@ class GenerationEvaluation(Callback):
 
     @torch.no_grad()
     def generate(self, pl_module) -> torch.Tensor:
-        """[M, 3, H, W] images in [-1, 1] for the prompt set (:func:`alchemist_pl.sampling.generate`)."""
-        return generate(
-            pl_module.unet,
-            pl_module.sampling_scheduler,
-            self.prompts["states"],
-            self.prompts["mask"],
-            pl_module.null_states,
-            pl_module.null_mask,
-            self.sample_steps,
-            self.guidance_scale,
-            seed=self.seed,
-            batch_size=self.batch_size,
+        """[M, 3, H, W] images in [-1, 1] for the prompt set (:func:`alchemist_pl.plugins.generate_images`)."""
+        p = self.prompts
+        return generate_images(
+            pl_module, p["states"], p["mask"], self.sample_steps, self.guidance_scale, self.seed, self.batch_size
         )
 
     def evaluate(self, trainer, pl_module) -> dict:

@@ -1,4 +1,4 @@
-"""Heuristic image-quality scorers, the baselines of the paper's Table 1, written as ``scores.parquet``.
+"""Heuristic image-quality scorers, the baselines of the paper's Table 1.
 
 - ``clarity``: variance of the Laplacian of the grey image (a sharp image has strong second
   derivatives; blur removes them);
@@ -10,29 +10,15 @@ keeps the sharpest / busiest images. Filters and FFT come from SciPy (``scipy.nd
 ``scipy.fft``). Images are decoded as the rest of the tool decodes them (alpha on white, centre
 crop, resize to ``resolution``), then turned grey with ITU-R BT.601 luma weights, in [0, 1].
 
-Command line::
-
-    python -m alchemist_pl.heuristics --data data/emoji/train --scorer clarity --out scores.parquet
-
-The file is the same format :mod:`alchemist_pl.scores` writes for the rater, so it goes straight
-into ``prune`` / ``subset`` (``scores_path=...``).
+The score stage applies them to a pool (:class:`alchemist_pl.scoring.HeuristicScorer`,
+``python train.py +experiment=score scorer=clarity``) and writes ``scores.parquet``, which goes
+straight into ``prune`` / ``subset`` (``scores_path=...``).
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
-import time
-from pathlib import Path
-
 import numpy as np
 from scipy import fft, ndimage
-
-from . import __version__
-from .data import DataError, decode_image, iter_samples
-from .scores import write_scores
-
-log = logging.getLogger(__name__)
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -99,21 +85,6 @@ def edge_density(images: np.ndarray, threshold: float = 0.3) -> np.ndarray:
 SCORERS = {"clarity": clarity, "frequency": frequency, "edge_density": edge_density}
 
 
-def load_images(path, resolution: int = 32, limit: int | None = None) -> tuple[list[str], np.ndarray]:
-    """``(sample_ids, uint8 [N, 3, resolution, resolution])`` of a split (webdataset shards or an image
-    folder with ``metadata.jsonl``), decoded like :func:`alchemist_pl.data.load_split` but without
-    the caption embeddings. Raises :class:`alchemist_pl.data.DataError` on bad input."""
-    ids, images = [], []
-    for raw in iter_samples(path):
-        if limit is not None and len(ids) >= limit:
-            break
-        ids.append(raw.sample_id)
-        images.append(decode_image(raw, resolution))
-    if not ids:
-        raise DataError(f"data path {path} holds no samples")
-    return ids, np.stack(images)
-
-
 def score_images(images: np.ndarray, scorer: str, **params) -> np.ndarray:
     """Scores [N] float64 of uint8 images [N, 3, H, W] with the named scorer (``SCORERS``).
 
@@ -123,46 +94,3 @@ def score_images(images: np.ndarray, scorer: str, **params) -> np.ndarray:
     if scorer not in SCORERS:
         raise ValueError(f"scorer must be one of {sorted(SCORERS)}, got {scorer!r}")
     return SCORERS[scorer](images, **params)
-
-
-def write_heuristic_scores(data, scorer: str, out, resolution: int = 32, limit: int | None = None, **params) -> Path:
-    """Score every sample of ``data`` with ``scorer`` and write ``out`` (``scores.parquet``)."""
-    started = time.time()
-    ids, images = load_images(data, resolution, limit)
-    scores = score_images(images, scorer, **params)
-    path = write_scores(
-        out,
-        ids,
-        scores,
-        {
-            "stage": "heuristic",
-            "scorer": scorer,
-            "params": params,
-            "data": str(data),
-            "resolution": resolution,
-            "version": __version__,
-        },
-    )
-    log.info("%s: scored %d samples in %.1f s -> %s", scorer, len(ids), time.time() - started, path)
-    return path
-
-
-def main(argv: list[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(prog="python -m alchemist_pl.heuristics", description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="webdataset shard folder or image folder with metadata.jsonl")
-    p.add_argument("--scorer", required=True, choices=sorted(SCORERS))
-    p.add_argument("--out", required=True, help="scores.parquet to write")
-    p.add_argument("--resolution", type=int, default=32, help="side in pixels the images are decoded at (default 32)")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N samples")
-    p.add_argument("--cutoff", type=float, default=0.25, help="frequency: radial cutoff in cycles per pixel")
-    p.add_argument(
-        "--threshold", type=float, default=0.3, help="edge_density: gradient threshold in grey levels per pixel"
-    )
-    a = p.parse_args(argv)
-    params = {"frequency": {"cutoff": a.cutoff}, "edge_density": {"threshold": a.threshold}}.get(a.scorer, {})
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return write_heuristic_scores(a.data, a.scorer, a.out, a.resolution, a.limit, **params)
-
-
-if __name__ == "__main__":
-    main()

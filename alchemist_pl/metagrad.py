@@ -26,7 +26,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.func import functional_call
 
-from .diffusion import per_sample_loss
+from .plugins import LossCall
 
 Params = dict[str, torch.Tensor]
 
@@ -47,27 +47,22 @@ def detached_params(module: torch.nn.Module) -> Params:
 
 
 def proxy_loss_fn(
-    proxy, scheduler, batch: dict, timesteps: torch.Tensor, noise: torch.Tensor, pooled: bool = False
+    proxy, scheduler, batch: dict, timesteps: torch.Tensor, noise: torch.Tensor
 ) -> Callable[[Params], torch.Tensor]:
-    """``params -> [B]`` per-sample denoising losses of ``proxy`` at fixed timesteps and noise.
+    """``params -> [B]`` per-sample losses of ``proxy`` at fixed timesteps and noise.
 
     Args:
-        proxy: diffusers ``UNet2DConditionModel`` (or any module with its call signature).
+        proxy: a module with the per-sample loss hook or ``UNet2DConditionModel``'s call signature
+            (:func:`alchemist_pl.plugins.proxy_loss`).
         scheduler: diffusers ``DDPMScheduler``.
-        batch: dict with ``image`` [B, C, H, W], ``states`` [B, T, D], ``mask`` [B, T] (and
-            ``pooled`` [B, D] when ``pooled``).
+        batch: dict with ``image`` [B, C, H, W], ``states`` [B, T, D], ``mask`` [B, T], ``pooled`` [B, D].
         timesteps: [B] int64; noise: [B, C, H, W].
-        pooled: pass ``batch["pooled"]`` as the UNet's ``class_labels`` (a projection class embedding).
     """
-    labels = batch["pooled"] if pooled else None
+    call = LossCall(proxy, scheduler)
 
     def fn(params: Params) -> torch.Tensor:
-        def unet(*args, **kwargs):
-            return functional_call(proxy, params, args, kwargs)
-
-        return per_sample_loss(
-            unet, scheduler, batch["image"], batch["states"], batch["mask"], timesteps, noise, labels
-        )
+        named = {f"proxy.{n}": p for n, p in params.items()}
+        return functional_call(call, named, (batch, timesteps, noise))
 
     return fn
 
@@ -88,6 +83,21 @@ def _losses_at(train_losses, params: Params, weights: torch.Tensor) -> tuple[Par
 
 def _lookahead(params: Params, grads, lr: float) -> Params:
     return {n: p - lr * g for (n, p), g in zip(params.items(), grads)}
+
+
+def _val_grad_after_lookahead(train_losses, val_loss, params: Params, w: torch.Tensor, lr: float, inner_grad):
+    """``(∇L_val(θ'), L_val(θ'))`` at ``θ' = θ − η ∇_θ Σ_i w_i ℓ_i(θ)``; gradients in ``params`` order
+    (None where L_val does not depend on a tensor), the inner gradient computed unless given."""
+    names = list(params)
+    with torch.enable_grad():
+        if inner_grad is None:
+            theta, losses = _losses_at(train_losses, params, w)
+            inner_grad = torch.autograd.grad((w * losses).sum(), [theta[n] for n in names], allow_unused=True)
+        inner_grad = [torch.zeros_like(params[n]) if g is None else g.detach() for n, g in zip(names, inner_grad)]
+        ahead = {n: p.detach().requires_grad_(True) for n, p in _lookahead(params, inner_grad, lr).items()}
+        after = val_loss(ahead)
+        v = torch.autograd.grad(after, [ahead[n] for n in names], allow_unused=True)
+    return v, after
 
 
 def exact_meta_gradient(
@@ -122,14 +132,7 @@ def exact_meta_gradient(
     _check_lr(lr)
     w = weights.detach()
     names = list(params)
-    with torch.enable_grad():
-        if inner_grad is None:
-            theta, losses = _losses_at(train_losses, params, w)
-            inner_grad = torch.autograd.grad((w * losses).sum(), [theta[n] for n in names], allow_unused=True)
-        inner_grad = [torch.zeros_like(params[n]) if g is None else g.detach() for n, g in zip(names, inner_grad)]
-        ahead = {n: p.detach().requires_grad_(True) for n, p in _lookahead(params, inner_grad, lr).items()}
-        after = val_loss(ahead)
-        v = torch.autograd.grad(after, [ahead[n] for n in names], allow_unused=True)
+    v, after = _val_grad_after_lookahead(train_losses, val_loss, params, w, lr, inner_grad)
     # One forward pass with dual numbers θ + ε v: the tangent of the losses is [B] ∇ℓ_i(θ) · v.
     # (torch.autograd.forward_ad rather than torch.func.jvp: the same numbers, ~15% faster here.)
     with torch.no_grad(), fwAD.dual_level():

@@ -115,8 +115,8 @@ class RaterLosses:
         inner = None
         scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
         single = getattr(self._trainer, "world_size", 1) == 1  # under DDP gradients must come from manual_backward
-        train_fn = proxy_loss_fn(self.proxy, self.noise_scheduler, draw.item, draw.t, draw.noise, self.pooled_path)
-        val_fn = proxy_loss_fn(self.proxy, self.noise_scheduler, val, *val_draw, self.pooled_path)
+        train_fn = proxy_loss_fn(self.proxy, self.noise_scheduler, draw.item, draw.t, draw.noise)
+        val_fn = proxy_loss_fn(self.proxy, self.noise_scheduler, val, *val_draw)
         params = detached_params(self.proxy)
         if ul < 1.0 and self.share_inner_grad and scaler is None and single:
             live = [p for p in self.proxy.parameters() if p.requires_grad]

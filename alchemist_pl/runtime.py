@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.distributed as dist
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -103,6 +104,16 @@ def container(cfg) -> dict:
 def is_wandb(logger) -> bool:
     """True for Lightning's ``WandbLogger`` (checked by name: wandb itself is imported lazily)."""
     return type(logger).__name__ == "WandbLogger"
+
+
+def log_histogram(loggers, name: str, values: torch.Tensor, step: int) -> None:
+    """Log a histogram of ``values`` (any shape, CPU) to every W&B logger in ``loggers`` (other
+    loggers have no histogram type)."""
+    for lg in loggers:
+        if is_wandb(lg):
+            import wandb  # optional: only with a W&B logger
+
+            lg.experiment.log({name: wandb.Histogram(values.numpy()), "trainer/global_step": step})
 
 
 def _instantiate_entries(group) -> list:

@@ -18,6 +18,12 @@ from torch.utils.data import Dataset, DistributedSampler
 from .runtime import process_group
 
 
+def replicas(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    """``(num_replicas, rank)``, each defaulting to the current process group's (1 and 0 outside one)."""
+    world, own_rank = process_group()
+    return (world if num_replicas is None else num_replicas), (own_rank if rank is None else rank)
+
+
 class SubsetDistributedSampler(DistributedSampler):
     """Sample the dataset positions ``indices``, sharded across replicas.
 
@@ -46,9 +52,7 @@ class SubsetDistributedSampler(DistributedSampler):
         seed: int = 0,
         drop_last: bool = False,
     ) -> None:
-        world, own_rank = process_group()
-        num_replicas = world if num_replicas is None else num_replicas
-        rank = own_rank if rank is None else rank
+        num_replicas, rank = replicas(num_replicas, rank)
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         n = len(dataset)
         indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
@@ -114,9 +118,7 @@ class StreamDistributedSampler(DistributedSampler):
         rank: int | None = None,
         seed: int = 0,
     ) -> None:
-        world, own_rank = process_group()
-        num_replicas = world if num_replicas is None else num_replicas
-        rank = own_rank if rank is None else rank
+        num_replicas, rank = replicas(num_replicas, rank)
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         if len(dataset) == 0:
             raise ValueError("the dataset is empty")

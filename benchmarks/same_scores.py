@@ -1,7 +1,7 @@
 """Behaviour unchanged across a refactor: the same scores, subsets and test loss for the same seed
 at two commits.
 
-    python benchmarks/same_scores.py BASE [HEAD] --results benchmarks/results/same-scores.md
+    python benchmarks/same_scores.py BASE [HEAD] --results benchmarks/results/same-scores.md [--overrides K=V ...]
 
 For each commit, in a temporary copy of its tree (``git archive``; ``data/`` linked to this checkout's, so both use the
 same dataset and caches), with seed 0:
@@ -11,6 +11,7 @@ same dataset and caches), with seed 0:
     train.py +experiment=subset debug=smoke logger=csv eval.enabled=false scores_path=<rate>
              keep_ratio=0.3                                                  -> train/subset.parquet
 
+(``--overrides``: Hydra overrides added to every stage, e.g. ``proxy=unet_tiny_text bilevel=exact``),
 then every column of the three Parquet files and the train stage's test and train loss are
 compared exactly. Exit status 1 when anything differs.
 """
@@ -39,7 +40,7 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def run_at(commit: str, out: Path) -> dict:
+def run_at(commit: str, out: Path, overrides: list[str]) -> dict:
     """Run the three stages at ``commit`` into ``out``; returns the train stage's losses."""
     tree = out / "tree"
     tree.mkdir(parents=True)
@@ -54,7 +55,7 @@ def run_at(commit: str, out: Path) -> dict:
         ["+experiment=subset", "eval.enabled=false", f"scores_path={scores}", "keep_ratio=0.3"],
     ):
         stage = {"rate": "rate", "prune": "prune", "subset": "train"}[args[0].split("=")[1]]
-        cmd = [sys.executable, "train.py", *args, *SMOKE, f"hydra.run.dir={out / stage}"]
+        cmd = [sys.executable, "train.py", *args, *SMOKE, *overrides, f"hydra.run.dir={out / stage}"]
         proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"{commit}: {' '.join(cmd[2:])} failed:\n{proc.stderr[-3000:]}")
@@ -81,18 +82,20 @@ def main() -> int:
     p.add_argument("base")
     p.add_argument("head", nargs="?", default="HEAD")
     p.add_argument("--results", default=None, help="markdown file to write")
+    p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides for every stage of both commits")
     a = p.parse_args()
     base, head = _git("rev-parse", a.base), _git("rev-parse", a.head)
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {c: run_at(c, Path(tmp) / c[:12]) for c in (base, head)}
+        runs = {c: run_at(c, Path(tmp) / c[:12], a.overrides) for c in (base, head)}
         rows = compare(Path(tmp) / base[:12], Path(tmp) / head[:12])
     losses = ("test/loss", "train/loss", "train_samples")
+    extra = f" --overrides {' '.join(a.overrides)}" if a.overrides else ""
     ok = all(same for _, _, same in rows) and all(runs[base][k] == runs[head][k] for k in losses)
     lines = [
         "# Same scores before and after a refactor",
         "",
-        f"Command: `python benchmarks/same_scores.py {base[:12]} {head[:12]}`; base {base}, head {head}.",
+        f"Command: `python benchmarks/same_scores.py {base[:12]} {head[:12]}{extra}`; base {base}, head {head}.",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs ({platform.platform()}), shared with other jobs; "
         f"wall time {time.time() - started:.0f} s for both commits.",
         "Stages (seed 0, `debug=smoke`): rate -> prune -> train from the scores at keep_ratio 0.3 (no evaluation).",

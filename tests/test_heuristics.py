@@ -1,18 +1,21 @@
 """Heuristic scorers (paper Table 1) on real emoji images, and their scores.parquet output."""
 
+import itertools
+
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from alchemist_pl.heuristics import SCORERS, clarity, edge_density, frequency, load_images, main
-from alchemist_pl.scores import read_scores
+from alchemist_pl.data import decode_image, iter_samples, load_split
+from alchemist_pl.heuristics import SCORERS, clarity, edge_density, frequency
+from alchemist_pl.scoring import HeuristicScorer
 
 
 @pytest.fixture(scope="module")
 def emoji(emoji_dir):
     """64 real validation emoji at 32 px, uint8 [N, 3, 32, 32], and their sample_ids."""
-    ids, images = load_images(emoji_dir / "val", resolution=32, limit=64)
-    return ids, images
+    raws = list(itertools.islice(iter_samples(emoji_dir / "val"), 64))
+    return [r.sample_id for r in raws], np.stack([decode_image(r, 32) for r in raws])
 
 
 def _blur(images: np.ndarray, radius: float = 1.5) -> np.ndarray:
@@ -72,12 +75,15 @@ def test_parameter_checks(emoji):
     assert (edge_density(images, threshold=0.1) >= edge_density(images, threshold=0.4)).all()
 
 
-def test_command_line_writes_scores_parquet(emoji, emoji_dir, tmp_path):
+def test_score_stage_scorer_scores_the_decoded_images(emoji, emoji_dir, cache_dir):
+    """The score stage's scorer sees a pool's images as the heuristics' decoding gives them, in pool order."""
     ids, images = emoji
-    out = main(
-        ["--data", str(emoji_dir / "val"), "--scorer", "clarity", "--out", str(tmp_path / "s.parquet"), "--limit", "64"]
-    )
-    got_ids, scores, meta = read_scores(out)
-    assert got_ids == ids
-    np.testing.assert_allclose(scores, clarity(images).astype(np.float32), rtol=1e-6)
-    assert meta["scorer"] == "clarity" and meta["stage"] == "heuristic" and "dataset_fingerprint" in meta
+    pool = load_split(emoji_dir / "val", resolution=32, cache_dir=cache_dir, limit=64)
+    assert pool.sample_ids == ids
+    np.testing.assert_allclose(HeuristicScorer("clarity")(pool), clarity(images).astype(np.float32), rtol=1e-6)
+    assert HeuristicScorer("frequency", {"cutoff": 0.1}).metadata() == {
+        "scorer": "frequency",
+        "params": {"cutoff": 0.1},
+    }
+    with pytest.raises(ValueError, match="scorer must be one of"):
+        HeuristicScorer("sharpness")

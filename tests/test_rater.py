@@ -226,7 +226,7 @@ def test_stratified_shared_and_timestep_records(tiny_split):
     model = _tiny_bilevel(
         "centred", rater_noise="shared", rater_timestep_sampling="stratified", rater_loss_weighting="min_snr"
     )
-    noise = model._train_noise(torch.zeros(4, 3, 8, 8))
+    noise = model._draw({"image": torch.zeros(4, 3, 8, 8)}).noise
     assert torch.equal(noise[0], noise[3]) and noise.std() > 0
     _run(tiny_split, "centred", iterations=6, rater_timestep_sampling="stratified", rater_loss_weighting="min_snr")
     model, _ = _run.last

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from ..analysis import subset_quality
+from ..plugins import prepare_downstream
 from ..preflight import check_trained, fitted_steps
 from ..resume import checkpoint_for, exclusive, keep_after_failure
 from ..runtime import barrier, loggers_for, make_trainer, write_summary
@@ -108,8 +109,9 @@ def _fit_and_evaluate(cfg: DictConfig, dm, model, trainer, ckpt, extra: list, ev
 
 
 def _model_and_evaluation(cfg: DictConfig, dm, out: Path):
-    """The downstream model (``cfg.model``) given the empty caption and the sample-grid prompts,
-    and the evaluation callback when ``eval.enabled``: (model, [callback] or [], evaluator info)."""
+    """The downstream model (``cfg.model``) given the empty caption and the sample-grid prompts
+    (:func:`alchemist_pl.plugins.prepare_downstream`), and the evaluation callback when
+    ``eval.enabled``: (model, [callback] or [], evaluator info)."""
     extra, eval_info = [], None
     if cfg.get("eval") and cfg.eval.enabled:
         evaluator, eval_info = make_evaluation(
@@ -117,8 +119,7 @@ def _model_and_evaluation(cfg: DictConfig, dm, out: Path):
         )
         extra.append(evaluator)
     model = instantiate(cfg.model)
-    model.set_null_caption(*dm.null_caption())
-    model.set_sample_prompts(dm.sample_prompts(model.hparams.num_samples))
+    prepare_downstream(model, dm, evaluate=bool(extra))
     return model, extra, eval_info
 
 
