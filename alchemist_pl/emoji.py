@@ -9,8 +9,11 @@ and write webdataset shards for three splits:
 - ``val``:   D_val, the rater's held-out validation set (paper Eq. 2),
 - ``test``:  evaluation only.
 
-The split is by caption *concept* (a hash of the caption text), so every drawing of one concept,
-in every style, lands in the same split and test captions are unseen in training.
+The split is by caption *concept* (:mod:`alchemist_pl.caption_concepts`): skin-tone, gender,
+hair and direction variants of one emoji, and the names different sets give one emoji, share a
+concept, and a concept's split is a hash of its text (:func:`caption_split`). So every drawing
+and every variant of one emoji, in every style, lands in the same split: no test caption has a
+sibling in ``train`` or ``val``.
 
 Usage: ``python -m alchemist_pl.emoji DIR`` or :func:`build_emoji_dataset`; the default
 experiments call it on first use. The build is idempotent: a finished ``manifest.json`` with the
@@ -27,11 +30,14 @@ import logging
 import os
 import random
 import shutil
-import subprocess
-import tarfile
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import webdataset as wds
+
+from .caption_concepts import concept_groups
+from .data import SHARD_MTIME
+from .iconify import Icon, fetch_icon_sets, render_icons
 
 log = logging.getLogger(__name__)
 
@@ -47,62 +53,23 @@ EMOJI_SETS: dict[str, str] = {
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+#: 2: split by caption concept (:mod:`alchemist_pl.caption_concepts`); 1: by exact caption.
+FORMAT_VERSION = 2
 
 
-def caption_split(caption: str, val_frac: float, test_frac: float) -> str:
-    """Split of a caption concept: a stable hash of the text, so a concept never straddles splits."""
-    u = int.from_bytes(hashlib.sha1(caption.encode("utf-8")).digest()[:8], "big") / 2**64
+def caption_split(concept: str, val_frac: float, test_frac: float) -> str:
+    """Split (``"train"``, ``"val"`` or ``"test"``) of a caption concept: ``u`` = the first 8 bytes of
+    sha1(concept) / 2**64 is ``"test"`` below ``test_frac``, ``"val"`` below ``test_frac + val_frac``.
+
+    ``concept`` is a :func:`~alchemist_pl.caption_concepts.concept_groups` value, so all siblings of
+    a caption get its split.
+    """
+    u = int.from_bytes(hashlib.sha1(concept.encode("utf-8")).digest()[:8], "big") / 2**64
     if u < test_frac:
         return "test"
     if u < test_frac + val_frac:
         return "val"
     return "train"
-
-
-def _npm_pack(package: str, dest: Path) -> Path:
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RuntimeError(
-            "building the embedded emoji dataset needs the npm client (Node.js), which was not "
-            "found on PATH. Install it (Debian/Ubuntu: `apt-get install npm`), or point "
-            "data.train_path/val_path/test_path at your own webdataset shards or image folders."
-        )
-    proc = subprocess.run(
-        [npm, "pack", package, "--pack-destination", str(dest), "--silent"],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"`npm pack {package}` failed (exit {proc.returncode}): {proc.stderr.strip()}")
-    name = proc.stdout.strip().splitlines()[-1]
-    return dest / name
-
-
-def _read_icon_set(tgz: Path) -> tuple[dict, dict]:
-    """Return (icons.json, info.json) from an @iconify-json package tarball."""
-    with tarfile.open(tgz, "r:gz") as tar:
-        icons = json.load(tar.extractfile("package/icons.json"))
-        info = json.load(tar.extractfile("package/info.json"))
-    return icons, info
-
-
-def _render(args: tuple[str, int]) -> bytes:
-    import resvg_py
-
-    svg, size = args
-    return bytes(resvg_py.svg_to_bytes(svg_string=svg, width=size, height=size, background="#ffffff"))
-
-
-def _svg(icon: dict, icon_set: dict) -> str:
-    left = icon.get("left", icon_set.get("left", 0))
-    top = icon.get("top", icon_set.get("top", 0))
-    width = icon.get("width", icon_set.get("width", 16))
-    height = icon.get("height", icon_set.get("height", 16))
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
-        f'viewBox="{left} {top} {width} {height}">{icon["body"]}</svg>'
-    )
 
 
 def _sha256(path: Path) -> str:
@@ -125,6 +92,71 @@ def _params(sets, resolution, val_frac, test_frac, shard_size, seed) -> dict:
     }
 
 
+def _already_built(out: Path, params: dict) -> bool:
+    """True if ``out`` holds a finished build with ``params``; raises if it holds another build."""
+    manifest_path = out / MANIFEST
+    if not manifest_path.exists():
+        return False
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("params") == params:
+        return True
+    raise RuntimeError(
+        f"{out} already holds an emoji dataset built with other parameters "
+        f"({manifest.get('params')}, we need {params}); remove it or choose another data.data_dir"
+    )
+
+
+def _write_split(folder: Path, items: list[tuple[Icon, bytes]], meta: dict, shard_size: int) -> None:
+    """Write ``(icon, png)`` items as webdataset shards ``folder/<split>-%06d.tar``; ``meta``:
+    sample_id -> the sample's ``json`` field."""
+    folder.mkdir()
+    pattern = str(folder / f"{folder.name}-%06d.tar")
+    with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0, mtime=SHARD_MTIME) as sink:
+        for icon, png in items:
+            sink.write({"__key__": icon.sample_id, "png": png, "txt": icon.caption, "json": meta[icon.sample_id]})
+
+
+def _sample_meta(icon: Icon, set_info: dict, concepts: dict, code_points: dict) -> dict:
+    """The ``json`` field of a sample: set, icon name, licence, caption concept, base code points."""
+    return {
+        "set": icon.set_name,
+        "icon": icon.name,
+        "license": set_info[icon.set_name]["license"],
+        "concept": concepts[icon.caption],
+        "code_points": sorted(code_points.get(icon.sample_id, ())),
+    }
+
+
+def _split_counts(items: list[tuple[Icon, bytes]], concepts: dict[str, str], sets: dict) -> dict:
+    return {
+        "samples": len(items),
+        "captions": len({icon.caption for icon, _ in items}),
+        "concepts": len({concepts[icon.caption] for icon, _ in items}),
+        "per_set": {s: sum(1 for icon, _ in items if icon.set_name == s) for s in sets},
+    }
+
+
+def _build_into(tmp: Path, params: dict, workers: int | None) -> None:
+    """Fetch, render, split and write the dataset of ``params`` (:func:`_params`) into ``tmp``."""
+    sets = params["sets"]
+    icons, same_emoji, code_points, set_info = fetch_icon_sets(sets)
+    concepts = concept_groups([icon.caption for icon in icons], same_emoji)
+    log.info("rendering %d icons at %d px", len(icons), params["resolution"])
+    pngs = render_icons(icons, params["resolution"], workers)
+    meta = {icon.sample_id: _sample_meta(icon, set_info, concepts, code_points) for icon in icons}
+    split_of = [caption_split(concepts[icon.caption], params["val_frac"], params["test_frac"]) for icon in icons]
+    rng, counts = random.Random(params["seed"]), {}
+    for split in SPLITS:
+        items = [(icon, png) for icon, png, s in zip(icons, pngs, split_of) if s == split]
+        rng.shuffle(items)
+        _write_split(tmp / split, items, meta, params["shard_size"])
+        counts[split] = _split_counts(items, concepts, sets)
+    shards = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.glob("*/*.tar"))}
+    manifest = {"params": params, "counts": counts, "sets": set_info, "shards": shards}
+    (tmp / "LICENSES.md").write_text(_licenses_md(set_info))
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
 def build_emoji_dataset(
     out_dir: str | os.PathLike,
     sets: dict[str, str] | None = None,
@@ -137,6 +169,8 @@ def build_emoji_dataset(
 ) -> Path:
     """Build (or reuse) the emoji webdataset under ``out_dir`` and return ``out_dir``.
 
+    Each sample's ``json`` holds its set, icon name, licence, caption concept and base code points.
+
     Args:
         out_dir: folder that will hold ``train/``, ``val/``, ``test/`` shards and ``manifest.json``.
         sets: npm set name -> version; default :data:`EMOJI_SETS`.
@@ -147,80 +181,19 @@ def build_emoji_dataset(
         workers: render processes (default: all cores).
 
     Raises:
-        RuntimeError: npm is missing or a package cannot be fetched.
+        RuntimeError: npm is missing, a package cannot be fetched, or ``out_dir`` holds a build
+            with other parameters (an older format version included).
         ValueError: an icon cannot be rendered (names the set and icon).
     """
-    import webdataset as wds
-
-    from .data import SHARD_MTIME
-
     out = Path(out_dir)
     sets = dict(EMOJI_SETS if sets is None else sets)
     params = _params(sets, resolution, val_frac, test_frac, shard_size, seed)
-    manifest_path = out / MANIFEST
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("params") == params:
-            return out
-        raise RuntimeError(
-            f"{out} already holds an emoji dataset built with other parameters "
-            f"({manifest.get('params')}); remove it or choose another data.data_dir"
-        )
-
+    if _already_built(out, params):
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        records = []  # (split, sample_id, caption, set, name, svg)
-        set_info = {}
-        with tempfile.TemporaryDirectory() as pack_dir:
-            for set_name, version in sets.items():
-                package = f"@iconify-json/{set_name}@{version}"
-                log.info("fetching %s", package)
-                icons, info = _read_icon_set(_npm_pack(package, Path(pack_dir)))
-                set_info[set_name] = {
-                    "package": package,
-                    "name": info.get("name"),
-                    "author": info.get("author"),
-                    "license": info.get("license"),
-                    "icons": len(icons["icons"]),
-                }
-                for name, icon in sorted(icons["icons"].items()):
-                    caption = name.replace("-", " ").replace("_", " ").strip()
-                    split = caption_split(caption, val_frac, test_frac)
-                    sample_id = f"{set_name}__{name}"
-                    records.append((split, sample_id, caption, set_name, name, _svg(icon, icons)))
-
-        log.info("rendering %d icons at %d px", len(records), resolution)
-        with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-            pngs = list(pool.map(_render, [(r[5], resolution) for r in records], chunksize=256))
-
-        rng = random.Random(seed)
-        counts = {}
-        for split in SPLITS:
-            items = [(r, png) for r, png in zip(records, pngs) if r[0] == split]
-            rng.shuffle(items)
-            (tmp / split).mkdir()
-            pattern = str(tmp / split / f"{split}-%06d.tar")
-            with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0, mtime=SHARD_MTIME) as sink:
-                for (_, sample_id, caption, set_name, name, _), png in items:
-                    sink.write(
-                        {
-                            "__key__": sample_id,
-                            "png": png,
-                            "txt": caption,
-                            "json": {"set": set_name, "icon": name, "license": set_info[set_name]["license"]},
-                        }
-                    )
-            counts[split] = {
-                "samples": len(items),
-                "captions": len({r[2] for r, _ in items}),
-                "per_set": {s: sum(1 for r, _ in items if r[3] == s) for s in sets},
-            }
-
-        shards = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.glob("*/*.tar"))}
-        manifest = {"params": params, "counts": counts, "sets": set_info, "shards": shards}
-        (tmp / "LICENSES.md").write_text(_licenses_md(set_info))
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _build_into(tmp, params, workers)
         if out.exists():  # an interrupted earlier build without manifest
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -9,6 +9,12 @@
   images, with the encoder's 384-d image embedding and the caption's MiniLM sentence embedding
   (torchmetrics' CLIPScore convention). Higher is better.
 
+KID is torchmetrics' estimator (Bińkowski et al. 2018, "Demystifying MMD GANs"): the unbiased
+MMD² with the cubic polynomial kernel ``k(x, y) = (x·y / d + 1)^3``, averaged over 100 random
+subsets of ``kid_subset_size`` real and generated features. It is unbiased at any sample size;
+FID is not (with M generated images in d = 128 dimensions its covariance has rank < M and its
+value grows as M shrinks). :func:`real_noise_floor` measures both between real images.
+
 These are not the paper's FID (Inception on MJHQ-30K) or CLIP score: always say "domain".
 ``evaluator=standard`` selects torchmetrics' standard FID and CLIPScore for machines that
 have those weights; without them it raises at once with a message instead of hanging.
@@ -34,7 +40,8 @@ class DomainMetrics:
         encoder: a trained :class:`DomainEncoder`.
         kid_subset_size: KID subset size (at most the number of generated images).
 
-    Use: ``set_reference(real_images)`` once ([N, 3, H, W] in [-1, 1]); then per evaluation
+    Use: ``set_reference(real_images)`` once ([N, 3, H, W] in [-1, 1]; a second call adds to the
+    reference, so use a new object for another reference set); then per evaluation
     ``compute(fake_images, caption_pooled)`` with fake images [M, 3, H, W] in [-1, 1] and the
     prompts' MiniLM sentence embeddings [M, 384] -> ``{"domain_fid", "domain_kid", "domain_clip"}``.
     """
@@ -88,6 +95,59 @@ class DomainMetrics:
             "domain_kid": float(kid_mean),
             "domain_clip": float(100 * cos.clamp(min=0).mean()),
         }
+
+
+@torch.no_grad()
+def real_noise_floor(
+    encoder: DomainEncoder,
+    images: torch.Tensor,
+    caption_pooled: torch.Tensor,
+    sizes: tuple = (128, 256, None),
+    repeats: int = 5,
+    kid_subset_size: int = 100,
+    seed: int = 0,
+) -> list[dict]:
+    """Domain FID / KID / CLIP score of real images against real images: what a generator that
+    draws exactly from the data distribution would get, at a given number of images.
+
+    Each repeat splits ``images`` into two disjoint random halves (permutation from a
+    ``torch.Generator`` seeded ``seed + repeat``): half A is the reference, and the first ``m``
+    images of half B stand for the generated images, scored by :meth:`DomainMetrics.compute` as in
+    a training run. KID's random subsets are drawn under ``torch.manual_seed(seed + repeat)``
+    inside a forked RNG (the caller's RNG state is untouched).
+
+    Args:
+        encoder: the trained :class:`DomainEncoder` the runs use.
+        images: [N, 3, H, W] real images in [-1, 1] (the test split), N >= 4.
+        caption_pooled: [N, 384] their captions' MiniLM sentence embeddings.
+        sizes: numbers ``m`` of stand-in generated images; None = all of half B.
+        repeats: random splits.
+        kid_subset_size: KID subset size (at most ``m``, as in :meth:`DomainMetrics.compute`).
+
+    Returns:
+        one dict per (repeat, m): ``repeat``, ``reference_images`` (N // 2), ``images`` (m),
+        ``domain_fid``, ``domain_kid``, ``domain_clip``.
+
+    Raises:
+        ValueError: fewer than 4 images, or an ``m`` below 2 or above half B (N - N // 2).
+    """
+    n = len(images)
+    half = n // 2
+    ms = [n - half if m is None else int(m) for m in sizes]
+    if n < 4 or any(not 2 <= m <= n - half for m in ms):
+        raise ValueError(f"real_noise_floor: sizes {list(sizes)} must lie in [2, {n - half}] (half of {n} images)")
+    rows = []
+    for r in range(repeats):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + r))
+        ref, other = perm[:half], perm[half:]
+        metrics = DomainMetrics(encoder, kid_subset_size)
+        metrics.set_reference(images[ref])
+        for m in ms:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + r)
+                values = metrics.compute(images[other[:m]], caption_pooled[other[:m]])
+            rows.append({"repeat": r, "reference_images": half, "images": m, **values})
+    return rows
 
 
 class StandardMetrics:

@@ -1,6 +1,7 @@
 """Scoring a pool: rater inference (order-free, in one process or split across the ranks of a
 process group; the rater's ``score`` depends on its own sample only) and the CLIP-score baseline
-scorer (:func:`caption_agreement`), beside the image heuristics of :mod:`alchemist_pl.heuristics`.
+scorer (:func:`caption_agreement`), beside the image heuristics of :mod:`alchemist_pl.heuristics`,
+and the oracle (:class:`GroundTruthScorer`) on a pool with planted noise.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import heuristics
+from .corruption import CLEAN, ground_truth_for, read_ground_truth
 from .domain_encoder import DomainEncoder, load_domain_encoder
+from .errors import DataError
 from .pixels import to_model_range
 from .runtime import process_group
 
@@ -140,3 +143,45 @@ class CaptionAgreementScorer:
 
     def metadata(self) -> dict:
         return {"scorer": self.name, "params": {}, "encoder": self.encoder_info}
+
+
+class GroundTruthScorer:
+    """The oracle on a pool with planted noise (:mod:`alchemist_pl.corruption`): score 1.0 for a
+    clean sample, 0.0 for a corrupted one, read from the pool's ground truth. Not a method: the
+    ceiling of any scorer's selection on planted noise, and a check that the score -> prune ->
+    subset path keeps what scores high.
+
+    ``scorer(pool)`` -> [N] float32 aligned with ``pool.sample_ids``.
+
+    Args:
+        pool_path: the pool's path (``data.train_path``); its ground truth is the
+            ``corruptions.parquet`` beside it (:func:`~alchemist_pl.corruption.ground_truth_for`).
+        name: the scorer's name in the scores file's metadata.
+
+    Raises:
+        DataError: the pool has no ground truth, or a pool sample has no row in it (names the file
+            and the first such sample_ids).
+    """
+
+    def __init__(self, pool_path: str, name: str = "oracle"):
+        self.pool_path, self.name = str(pool_path), name
+        self.ground_truth = None
+
+    def __call__(self, pool) -> np.ndarray:
+        self.ground_truth = ground_truth_for(self.pool_path)
+        if self.ground_truth is None:
+            raise DataError(
+                f"the oracle scorer needs a pool with planted noise: no corruptions.parquet in or beside "
+                f"data.train_path={self.pool_path} (use corruption=web)"
+            )
+        truth = read_ground_truth(self.ground_truth)
+        missing = [i for i in pool.sample_ids if i not in truth]
+        if missing:
+            raise DataError(
+                f"{self.ground_truth}: {len(missing)} of {len(pool)} pool samples have no ground-truth row "
+                f"(first: {missing[:3]}); was it written for another pool?"
+            )
+        return np.array([truth[i] == CLEAN for i in pool.sample_ids], dtype=np.float32)
+
+    def metadata(self) -> dict:
+        return {"scorer": self.name, "params": {}, "ground_truth": str(self.ground_truth)}
