@@ -195,12 +195,17 @@ def _float(values) -> np.ndarray:
     return values if values.dtype == np.float64 else values.astype(np.float32)
 
 
-def write_subset(path, sample_ids: list[str], scores: np.ndarray, percentile: np.ndarray, metadata: dict) -> Path:
-    """Write ``subset.parquet`` atomically (the selected samples only; scores kept as :func:`write_scores` does)."""
+def write_subset(path, sample_ids, scores: np.ndarray, percentile: np.ndarray, metadata: dict) -> Path:
+    """Write ``subset.parquet`` atomically (the selected samples only; scores kept as :func:`write_scores` does).
+
+    ``sample_ids``: a sequence of strings, or a pyarrow string array (written as is, without a copy to Python).
+    """
+    import pyarrow as pa
+
     return _write(
         path,
         {
-            "sample_id": list(sample_ids),
+            "sample_id": sample_ids if isinstance(sample_ids, pa.Array) else list(sample_ids),
             "score": _float(scores),
             "percentile": np.asarray(percentile, dtype=np.float32),
         },
