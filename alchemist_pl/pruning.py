@@ -159,25 +159,15 @@ def _window(scores: np.ndarray, first: int, k: int, rng: np.random.Generator) ->
     return np.flatnonzero(keep)
 
 
-def _gaussian_draw(keys: np.ndarray, first: int, k: int, mean: float, std: float, rng: np.random.Generator):
-    """Positions ``first..N-1`` of the sorted ``keys``: k of them without replacement,
-    P ∝ exp(-(r - mean)^2 / 2 std^2), and twice their tie-aware rank: ([k] int64, [k] int).
+def _gumbel_top_k(w: np.ndarray, k: int, n: int, mean: float, std: float, rng: np.random.Generator) -> np.ndarray:
+    """[m] bool: k of the m positions whose float32 tie-aware ranks ``w`` holds (overwritten), drawn
+    without replacement with P ∝ exp(-(r - mean)^2 / 2 std^2), ``r = rank / N``.
 
-    Works in rank space: ``r = rank / N`` with float32 :func:`~alchemist_pl.ranking.tie_ranks`
-    (equal scores, equal rank, equal chances). Gumbel-top-k: adding Gumbel noise to the
-    log-weights and keeping the k largest is an exact sample of successive weighted draws without
-    replacement; the k-th largest key is found with a linear-time partition. float32 keys keep
-    memory at 4 bytes per eligible sample.
+    Gumbel-top-k: adding Gumbel noise to the log-weights and keeping the k largest is an exact
+    sample of successive weighted draws without replacement; the k-th largest key is found with a
+    linear-time partition. float32 keys keep memory at 4 bytes per eligible sample.
     """
-    if std <= 0:
-        raise ValueError(f"std must be > 0, got {std}")
-    n = len(keys)
-    m = n - first
-    if k > m:
-        raise ValueError(f"cannot keep {k} samples: only {m} remain after discarding the head")
-    w, twice = ranks_and_mid2(keys, first, n, np.float32)
-    if k == m:
-        return np.arange(first, n), twice
+    m = len(w)
     w /= np.float32(n)
     w -= np.float32(mean)
     np.square(w, out=w)
@@ -190,22 +180,37 @@ def _gaussian_draw(keys: np.ndarray, first: int, k: int, mean: float, std: float
     w -= u  # + Gumbel(0, 1) = -log(-log(u))
     del u
     threshold = np.partition(w, m - k)[m - k]  # k-th largest key
-    above = np.flatnonzero(w > threshold)
-    picked = np.concatenate([above, np.flatnonzero(w == threshold)[: k - len(above)]])
-    return first + picked, twice[picked]
+    keep = w > threshold
+    keep[np.flatnonzero(w == threshold)[: k - np.count_nonzero(keep)]] = True
+    return keep
 
 
-def _ranked_draw(ranking: Ranking, k: int, method: str, keep_ratio: float, seed: int, own: bool, **params):
-    """(the order after the tie shuffle, [k] positions drawn in it, [k] twice their rank) of a rank method."""
+def _ranked_draw(ranking: Ranking, k: int, method: str, keep_ratio: float, seed: int, own: bool, twice: bool, **params):
+    """([k] the samples a rank method keeps, [k] twice their tie-aware rank if ``twice`` else None).
+
+    The windows are runs of the sorted order; shift_gsample and gsample draw from positions
+    ``first..N-1`` with :func:`_gumbel_top_k` over their float32 :func:`~alchemist_pl.ranking.tie_ranks`
+    (equal scores, equal rank, equal chances). ``own``: ``ranking.order`` may be shuffled in place.
+    """
     n = len(ranking.order)
     first = _first(method, n, k, keep_ratio, params.get("head", "auto"), params.get("start", 0.4))
     cuts = (first, first + k) if method in WINDOWS else (first,)
     tie_rng = np.random.default_rng([_TIE_STREAM, seed])
     order = shuffle_ties_at(ranking.keys, ranking.order, cuts, tie_rng, in_place=own)
     if method in WINDOWS:
-        return order, np.arange(first, first + k), mid2(ranking.keys, first, first + k)
-    mean, std = params.get("mean", DEFAULT_MEAN), params.get("std", DEFAULT_STD)
-    return order, *_gaussian_draw(ranking.keys, first, k, mean, std, np.random.default_rng(seed))
+        return order[first : first + k], mid2(ranking.keys, first, first + k) if twice else None
+    std = params.get("std", DEFAULT_STD)
+    if std <= 0:
+        raise ValueError(f"std must be > 0, got {std}")
+    if k > n - first:
+        raise ValueError(f"cannot keep {k} samples: only {n - first} remain after discarding the head")
+    w, doubled = ranks_and_mid2(ranking.keys, first, n, np.float32)
+    doubled = doubled if twice else None
+    if k == n - first:
+        return order[first:], doubled
+    keep = _gumbel_top_k(w, k, n, params.get("mean", DEFAULT_MEAN), std, np.random.default_rng(seed))
+    del w
+    return order[first:][keep], None if doubled is None else doubled[keep]
 
 
 def select(
@@ -256,8 +261,8 @@ def select(
         first = _first(method, n, k, keep_ratio, head, start)
         return _window(scores, first, k, np.random.default_rng([_TIE_STREAM, seed]))
     own = order is None
-    order, positions, _ = _ranked_draw(ranking_of(scores, order), k, method, keep_ratio, seed, own, **params)
-    return _by_index(n, order[positions])
+    samples, _ = _ranked_draw(ranking_of(scores, order), k, method, keep_ratio, seed, own, False, **params)
+    return _by_index(n, samples)
 
 
 def _check_order(scores: np.ndarray, order) -> None:
@@ -332,5 +337,6 @@ def _draw_with_percentiles(n: int, scores: np.ndarray, keep_ratio, method: str, 
         by_sample = np.empty(n, dtype=np.int64 if 2 * n >= 2**31 else np.int32)
         by_sample[ranking.order] = mid2(ranking.keys)
         return idx, by_sample[idx] / (2.0 * n)
-    order, positions, twice = _ranked_draw(ranking, k, method, keep_ratio, seed, True, **params)
-    return _by_index(n, order[positions], twice)
+    samples, twice = _ranked_draw(ranking, k, method, keep_ratio, seed, True, True, **params)
+    del ranking
+    return _by_index(n, samples, twice)

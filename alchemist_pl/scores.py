@@ -90,7 +90,8 @@ def _write(path: str | os.PathLike, columns: dict, metadata: dict) -> Path:
     import pyarrow.parquet as pq
 
     table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(metadata, default=str).encode()})
-    return write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+    # no dictionary pages: sample_ids are unique, and dictionary-encoding the float columns doubles the write time
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=False))
 
 
 def _read(path: str | os.PathLike, required: tuple[str, ...]):
