@@ -7,8 +7,9 @@ Rows per N (keep_ratio 0.5, seed 0, standard-normal float32 scores: at 10^8 most
 - every method of ``pruning.select`` (``alchemist`` is shift_gsample);
 - ``prune``: what the prune stage does after reading the scores: ``choose_subset`` (the draw and
   the kept samples' tie-aware percentiles from one sort), the percentile histogram, and
-  ``write_subset`` of the kept samples to a Parquet file (their sample_id strings, ``s<index>``,
-  are made inside the timed section from the kept indices);
+  ``write_subset`` of the kept samples to a Parquet file (their sample_id strings, the decimal
+  index, are made inside the timed section from the kept indices; reading scores.parquet and the
+  pool's N sample_ids is not part of the row);
 - ``percentiles``: ``ranking.percentiles`` of all N scores;
 - ``np.argsort``: ``np.argsort(scores)`` (NumPy's default sort), the reference in the same run.
 
@@ -61,7 +62,7 @@ with tempfile.TemporaryDirectory() as tmp:
         from alchemist_pl.scores import write_subset
         idx, pct = choose_subset(n, scores=scores, keep_ratio=keep, method="shift_gsample", seed=0)
         hist = np.histogram(pct, bins=10, range=(0.0, 1.0))
-        ids = pc.binary_join_element_wise("s", pc.cast(pa.array(idx), pa.string()), "")
+        ids = pc.cast(pa.array(idx), pa.string())  # the kept sample_ids: their decimal index
         write_subset(Path(tmp) / "subset.parquet", ids, scores[idx], pct, {"stage": "prune"})
         k = len(idx)
     elif row == "percentiles":
