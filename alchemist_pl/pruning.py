@@ -82,8 +82,9 @@ def _check(scores: np.ndarray, keep_ratio: float) -> int:
         raise ValueError(f"scores must be 1-D, got shape {scores.shape}")
     if len(scores) == 0:
         raise ValueError("scores is empty")
-    bad = ~np.isfinite(scores)
-    if bad.any():
+    finite = np.isfinite(scores)
+    if not finite.all():
+        bad = ~finite
         first = np.flatnonzero(bad)[:5].tolist()
         raise ValueError(f"{int(bad.sum())} scores are NaN or infinite (first at indices {first})")
     if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float, np.floating, np.integer)):

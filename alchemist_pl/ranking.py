@@ -186,9 +186,13 @@ def percentiles(scores: np.ndarray, order=None) -> np.ndarray:
     ``order``: the scores' :class:`Ranking` or :func:`descending_order` if already computed (saves the sort).
     """
     scores = np.asarray(scores)
+    n = len(scores)
     ranking = ranking_of(scores, order)
-    r = np.empty(len(scores), dtype=np.float64)
-    r[ranking.order] = mid2(ranking.keys) / (2.0 * len(scores))  # (2 rank) / (2 N): the same float as rank / N
+    twice, order = mid2(ranking.keys), ranking.order
+    del ranking  # its sorted keys, unless the caller holds them
+    r = np.empty(n, dtype=np.float64)
+    for a in range(0, n, _BLOCK):
+        r[order[a : a + _BLOCK]] = twice[a : a + _BLOCK] / (2.0 * n)  # (2 rank) / (2 N): the same float as rank / N
     return r
 
 
