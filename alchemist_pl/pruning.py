@@ -1,15 +1,18 @@
 """Turn per-sample scores into a training subset (paper Sec. 3.3, Eq. 11).
 
 All methods take a 1-D array of N scores (higher = rated more useful by the rater) and return
-the sorted int64 indices of ``round(keep_ratio * N)`` distinct samples. Every method is O(N)
-apart from one sort (O(N log N)), so it scales to 10^8 scores.
+the sorted int64 indices of ``round(keep_ratio * N)`` distinct samples. random, top_k, bottom_k
+and block are O(N) (a partition finds the window's ends); shift_gsample and gsample, and the
+percentiles of a subset, use one radix sort (:func:`alchemist_pl.ranking.rank`), so every method
+scales to 10^8 scores.
 
 Rank percentile: scores are sorted descending and ``r_i = rank_i / N`` in [0, 1), 0 = top score.
 Equal scores get equal chances: every member of a group of equal scores has the mean of the
 group's ranks (:func:`alchemist_pl.ranking.tie_ranks`; :func:`percentiles` and the Gaussian weights use it), and where
 a method cuts through such a group (the head, the top or bottom k, the block's ends) the members
 on each side are drawn at random with ``seed`` (:func:`alchemist_pl.ranking.shuffle_ties_at`), not taken in file order. A caller that needs both the
-subset and the percentiles sorts once (:func:`descending_order`) and passes ``order=`` to both.
+subset and the percentiles sorts once (:func:`rank`) and passes ``order=`` to both;
+:func:`choose_subset` does that.
 
 Methods:
     shift_gsample: discard the head ``r < head``, then draw without replacement with probability
@@ -17,7 +20,7 @@ Methods:
         use head = 0.25 for keep ratios 0.1-0.5, 0.15 at 0.8 and 0.05 at 0.9; ``head="auto"``
         reproduces that as ``min(0.25, 1 - keep_ratio - 0.05)``.
     gsample: the same Gaussian with no head discarded.
-    random: uniform without replacement (scores ignored).
+    random: uniform without replacement (scores ignored; NumPy's ``Generator.choice``).
     top_k / bottom_k: the highest / lowest scores.
     block: the contiguous percentile window of size keep_ratio starting at ``start``.
     full: every sample (keep_ratio must be 1).
@@ -27,22 +30,34 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ranking import _given_or_sorted, descending_order, percentiles, shuffle_ties_at, tie_ranks
+from .ranking import (
+    Ranking,
+    descending_order,
+    mid2,
+    percentiles,
+    rank,
+    ranking_of,
+    ranks_and_mid2,
+    shuffle_ties_at,
+)
 
 __all__ = [
     "METHODS",
     "ALIASES",
+    "Ranking",
     "auto_head",
     "check_method",
     "choose_subset",
     "descending_order",
     "percentiles",
+    "rank",
     "select",
 ]
 
 METHODS = ("shift_gsample", "gsample", "random", "top_k", "bottom_k", "block", "full")
 #: ``alchemist`` is the paper's name for its own selection; it means shift_gsample.
 ALIASES = {"alchemist": "shift_gsample"}
+WINDOWS = ("top_k", "bottom_k", "block")
 
 DEFAULT_MEAN = 0.5
 DEFAULT_STD = 0.2
@@ -67,8 +82,9 @@ def _check(scores: np.ndarray, keep_ratio: float) -> int:
         raise ValueError(f"scores must be 1-D, got shape {scores.shape}")
     if len(scores) == 0:
         raise ValueError("scores is empty")
-    bad = ~np.isfinite(scores)
-    if bad.any():
+    finite = np.isfinite(scores)
+    if not finite.all():
+        bad = ~finite
         first = np.flatnonzero(bad)[:5].tolist()
         raise ValueError(f"{int(bad.sum())} scores are NaN or infinite (first at indices {first})")
     if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float, np.floating, np.integer)):
@@ -85,41 +101,117 @@ def _check(scores: np.ndarray, keep_ratio: float) -> int:
     return k
 
 
-def _gaussian_draw(
-    order: np.ndarray, ranks: np.ndarray, first: int, k: int, mean: float, std: float, rng: np.random.Generator
-) -> np.ndarray:
-    """k of the samples ranked ``first..N-1``, without replacement, P ∝ exp(-(r - mean)^2 / 2 std^2).
+def _first(method: str, n: int, k: int, keep_ratio: float, head, start: float) -> int:
+    """First descending position a rank method may keep: the window's start, or past shift_gsample's head."""
+    if method in WINDOWS:
+        return {"top_k": 0, "bottom_k": n - k}.get(method, min(max(int(round(start * n)), 0), n - k))
+    if method == "gsample":
+        return 0
+    h = auto_head(keep_ratio) if head == "auto" else float(head)
+    if not (0.0 <= h < 1.0):
+        raise ValueError(f"head must be in [0, 1), got {h}")
+    return int(np.ceil(h * n))  # positions with r = position / N < h are the head
 
-    Works in rank space: ``ranks`` [N - first] float32 are the positions' :func:`tie_ranks` (equal
-    scores, equal rank, equal chances) and ``r = rank / N``; no per-sample percentile array is built.
-    Gumbel-top-k: adding Gumbel noise to the log-weights and keeping the k largest is an exact
-    sample of successive weighted draws without replacement; the k-th largest key is found with
-    a linear-time partition. float32 keys keep memory at 4 bytes per eligible sample.
+
+def _by_index(n: int, samples: np.ndarray, twice: np.ndarray | None = None):
+    """``samples`` (distinct, in [0, n)) sorted: [k] int64; with ``twice`` ([k] 2 x rank of each),
+    also their percentiles in that order ([k] float64, ``2 rank / 2 N`` = ``rank / N`` exactly).
+    O(n): a mask (or a rank array) indexed by sample instead of a sort."""
+    if twice is None:
+        mask = np.zeros(n, dtype=bool)
+        mask[samples] = True
+        return np.flatnonzero(mask)
+    by_sample = np.full(n, -1, dtype=twice.dtype)
+    by_sample[samples] = twice
+    idx = np.flatnonzero(by_sample >= 0)
+    return idx, by_sample[idx] / (2.0 * n)
+
+
+def _random(n: int, k: int, seed: int) -> np.ndarray:
+    """k of n samples uniformly without replacement: the set ``Generator.choice(n, k, replace=False)`` draws.
+
+    Above n // 20 NumPy draws the set by a partial shuffle with or without ``shuffle``; skipping
+    the final shuffle of the k draws gives the same set faster.
     """
-    if std <= 0:
-        raise ValueError(f"std must be > 0, got {std}")
-    n = len(order)
-    m = n - first
-    if k > m:
-        raise ValueError(f"cannot keep {k} samples: only {m} remain after discarding the head")
-    if k == m:
-        return order[first:]
-    keys = ranks
-    keys /= np.float32(n)
-    keys -= np.float32(mean)
-    np.square(keys, out=keys)
-    keys *= np.float32(-1.0 / (2.0 * std * std))
+    tail = n > 10_000 and k > n // 20
+    return _by_index(n, np.random.default_rng(seed).choice(n, size=k, replace=False, shuffle=not tail))
+
+
+def _window(scores: np.ndarray, first: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted int64 indices of descending positions ``first..first+k-1`` without sorting: a partition
+    finds the window's highest and lowest score; a group of equal scores that a window end cuts
+    is shuffled with ``rng`` exactly as :func:`~alchemist_pl.ranking.shuffle_ties_at` shuffles the sorted order."""
+    n = len(scores)
+    s = scores if scores.dtype in (np.float32, np.float64) else scores.astype(np.float64)
+    part = np.partition(s, [n - first - k, n - 1 - first])  # ascending: descending position p is n - 1 - p
+    top, bottom = part[n - 1 - first], part[n - first - k]
+    del part
+    keep = s > bottom
+    keep &= s < top
+    groups = {}  # score -> (first position of its group, its members in their current order)
+    for cut, value in ((first, top), (first + k, bottom)):
+        if value not in groups:
+            groups[value] = (int(np.count_nonzero(s > value)), np.flatnonzero(s == value))
+        a, members = groups[value]
+        if 0 < cut < n and a < cut < a + len(members):
+            groups[value] = (a, rng.permutation(members))
+    for a, members in groups.values():
+        keep[members[max(first, a) - a : min(first + k, a + len(members)) - a]] = True
+    return np.flatnonzero(keep)
+
+
+def _gumbel_top_k(w: np.ndarray, k: int, n: int, mean: float, std: float, rng: np.random.Generator) -> np.ndarray:
+    """[m] bool: k of the m positions whose float32 tie-aware ranks ``w`` holds (overwritten), drawn
+    without replacement with P ∝ exp(-(r - mean)^2 / 2 std^2), ``r = rank / N``.
+
+    Gumbel-top-k: adding Gumbel noise to the log-weights and keeping the k largest is an exact
+    sample of successive weighted draws without replacement; the k-th largest key is found with a
+    linear-time partition. float32 keys keep memory at 4 bytes per eligible sample.
+    """
+    m = len(w)
+    w /= np.float32(n)
+    w -= np.float32(mean)
+    np.square(w, out=w)
+    w *= np.float32(-1.0 / (2.0 * std * std))
     u = rng.random(m, dtype=np.float32)
     np.maximum(u, np.float32(1e-38), out=u)
     np.log(u, out=u)
     np.negative(u, out=u)
     np.log(u, out=u)
-    keys -= u  # + Gumbel(0, 1) = -log(-log(u))
+    w -= u  # + Gumbel(0, 1) = -log(-log(u))
     del u
-    threshold = np.partition(keys, m - k)[m - k]  # k-th largest key
-    above = np.flatnonzero(keys > threshold)
-    ties = np.flatnonzero(keys == threshold)[: k - len(above)]
-    return order[first + np.concatenate([above, ties])]
+    threshold = np.partition(w, m - k)[m - k]  # k-th largest key
+    keep = w > threshold
+    keep[np.flatnonzero(w == threshold)[: k - np.count_nonzero(keep)]] = True
+    return keep
+
+
+def _ranked_draw(ranking: Ranking, k: int, method: str, keep_ratio: float, seed: int, own: bool, twice: bool, **params):
+    """([k] the samples a rank method keeps, [k] twice their tie-aware rank if ``twice`` else None).
+
+    The windows are runs of the sorted order; shift_gsample and gsample draw from positions
+    ``first..N-1`` with :func:`_gumbel_top_k` over their float32 :func:`~alchemist_pl.ranking.tie_ranks`
+    (equal scores, equal rank, equal chances). ``own``: ``ranking.order`` may be shuffled in place.
+    """
+    n = len(ranking.order)
+    first = _first(method, n, k, keep_ratio, params.get("head", "auto"), params.get("start", 0.4))
+    cuts = (first, first + k) if method in WINDOWS else (first,)
+    tie_rng = np.random.default_rng([_TIE_STREAM, seed])
+    order = shuffle_ties_at(ranking.keys, ranking.order, cuts, tie_rng, in_place=own)
+    if method in WINDOWS:
+        return order[first : first + k], mid2(ranking.keys, first, first + k) if twice else None
+    std = params.get("std", DEFAULT_STD)
+    if std <= 0:
+        raise ValueError(f"std must be > 0, got {std}")
+    if k > n - first:
+        raise ValueError(f"cannot keep {k} samples: only {n - first} remain after discarding the head")
+    w, doubled = ranks_and_mid2(ranking.keys, first, n, np.float32)
+    doubled = doubled if twice else None
+    if k == n - first:
+        return order[first:], doubled
+    keep = _gumbel_top_k(w, k, n, params.get("mean", DEFAULT_MEAN), std, np.random.default_rng(seed))
+    del w
+    return order[first:][keep], None if doubled is None else doubled[keep]
 
 
 def select(
@@ -131,7 +223,7 @@ def select(
     mean: float = DEFAULT_MEAN,
     std: float = DEFAULT_STD,
     start: float = 0.4,
-    order: np.ndarray | None = None,
+    order: np.ndarray | Ranking | None = None,
 ) -> np.ndarray:
     """Indices of the selected subset.
 
@@ -144,8 +236,8 @@ def select(
         head: shift_gsample's discarded head fraction in [0, 1), or "auto" (:func:`auto_head`).
         mean, std: centre and width of the Gaussian over rank percentile (shift_gsample, gsample).
         start: first percentile of the window (block); clipped so the window fits.
-        order: [N] the scores' :func:`descending_order`, if the caller has it already (prune shares
-            one sort between ``select`` and :func:`percentiles`); computed here otherwise.
+        order: the scores' :func:`rank` or :func:`descending_order`, if the caller has it (shift_gsample
+            and gsample use it instead of sorting, unmodified; the other methods do not sort).
 
     Returns:
         [k] int64 sorted indices, no duplicates.
@@ -158,30 +250,26 @@ def select(
     scores = np.asarray(scores)
     k = _check(scores, keep_ratio)
     n = len(scores)
-    rng = np.random.default_rng(seed)
-
+    _check_order(scores, order)
     if method == "full":
         if k != n:
             raise ValueError(f"method 'full' keeps every sample; keep_ratio must be 1, got {keep_ratio}")
-        out = np.arange(n)
-    elif method == "random":
-        out = rng.choice(n, size=k, replace=False)
-    elif method in ("top_k", "bottom_k", "block"):
-        order = _given_or_sorted(scores, order)
-        first = {"top_k": 0, "bottom_k": n - k}.get(method, min(max(int(round(start * n)), 0), n - k))
-        order = shuffle_ties_at(scores, order, (first, first + k), np.random.default_rng([_TIE_STREAM, seed]))
-        out = order[first : first + k]
-    else:
-        first = 0
-        if method == "shift_gsample":
-            h = auto_head(keep_ratio) if head == "auto" else float(head)
-            if not (0.0 <= h < 1.0):
-                raise ValueError(f"head must be in [0, 1), got {h}")
-            first = int(np.ceil(h * n))  # positions with r = position / N < h are the head
-        order = _given_or_sorted(scores, order)
-        order = shuffle_ties_at(scores, order, (first,), np.random.default_rng([_TIE_STREAM, seed]))
-        out = _gaussian_draw(order, tie_ranks(scores, order, first, dtype=np.float32), first, k, mean, std, rng)
-    return np.sort(out.astype(np.int64))
+        return np.arange(n, dtype=np.int64)
+    if method == "random":
+        return _random(n, k, seed)
+    params = dict(head=head, mean=mean, std=std, start=start)
+    if method in WINDOWS:
+        first = _first(method, n, k, keep_ratio, head, start)
+        return _window(scores, first, k, np.random.default_rng([_TIE_STREAM, seed]))
+    own = order is None
+    samples, _ = _ranked_draw(ranking_of(scores, order), k, method, keep_ratio, seed, own, False, **params)
+    return _by_index(n, samples)
+
+
+def _check_order(scores: np.ndarray, order) -> None:
+    got = order.order if isinstance(order, Ranking) else order
+    if got is not None and np.shape(got) != scores.shape:
+        raise ValueError(f"order must be the scores' descending order, shape {scores.shape}; got shape {np.shape(got)}")
 
 
 def choose_subset(
@@ -216,25 +304,40 @@ def choose_subset(
             the wrong length, an empty subset, indices outside [0, n) or repeated.
     """
     method = check_method(method)
-    percentile = None
     if indices is None and scores is not None:
-        scores = np.asarray(scores)
-        if len(scores) != n:
-            raise ValueError(f"got {len(scores)} scores for a dataset of {n} samples")
-        order = descending_order(scores)  # one sort, shared by the draw and the percentiles
-        indices = select(scores, keep_ratio, method, seed, order=order, **params)
-        percentile = percentiles(scores, order=order)[indices]
-    elif indices is None and method == "random":  # uniform: placeholder scores, no percentiles
-        indices = select(np.zeros(n, dtype=np.float32), keep_ratio, method, seed, **params)
-    elif indices is None and method == "full":
-        indices = np.arange(n)
-    elif indices is None:
+        return _draw_with_percentiles(n, np.asarray(scores), keep_ratio, method, seed, params)
+    if indices is None and method == "random":  # uniform: placeholder scores, no percentiles
+        return select(np.zeros(n, dtype=np.float32), keep_ratio, method, seed, **params), None
+    if indices is None and method == "full":
+        return np.arange(n, dtype=np.int64), None
+    if indices is None:
         raise ValueError(f"method {method!r} needs scores (or a precomputed subset)")
     indices = np.asarray(indices, dtype=np.int64)
     if len(indices) == 0:
         raise ValueError("the subset is empty")
     if indices.min() < 0 or indices.max() >= n:
         raise ValueError(f"subset indices must lie in [0, {n}); got range [{indices.min()}, {indices.max()}]")
-    if len(np.unique(indices)) != len(indices):
+    seen = np.zeros(n, dtype=bool)
+    seen[indices] = True
+    if np.count_nonzero(seen) != len(indices):
         raise ValueError("subset indices contain duplicates")
-    return indices, percentile
+    return indices, None
+
+
+def _draw_with_percentiles(n: int, scores: np.ndarray, keep_ratio, method: str, seed: int, params: dict):
+    """:func:`select`'s subset and the kept samples' rank percentiles, from one :func:`rank` of the scores."""
+    if len(scores) != n:
+        raise ValueError(f"got {len(scores)} scores for a dataset of {n} samples")
+    k = _check(scores, keep_ratio)
+    unknown = sorted(set(params) - {"head", "mean", "std", "start"})
+    if unknown:
+        raise TypeError(f"unknown pruning parameter(s) {unknown}; expected head, mean, std, start")
+    ranking = rank(scores)
+    if method in ("random", "full"):
+        idx = select(scores, keep_ratio, method, seed, **params)
+        by_sample = np.empty(n, dtype=np.int64 if 2 * n >= 2**31 else np.int32)
+        by_sample[ranking.order] = mid2(ranking.keys)
+        return idx, by_sample[idx] / (2.0 * n)
+    samples, twice = _ranked_draw(ranking, k, method, keep_ratio, seed, True, True, **params)
+    del ranking
+    return _by_index(n, samples, twice)

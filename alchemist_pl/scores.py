@@ -90,7 +90,8 @@ def _write(path: str | os.PathLike, columns: dict, metadata: dict) -> Path:
     import pyarrow.parquet as pq
 
     table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(metadata, default=str).encode()})
-    return write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+    # no dictionary pages: sample_ids are unique, and dictionary-encoding the float columns doubles the write time
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=False))
 
 
 def _read(path: str | os.PathLike, required: tuple[str, ...]):
@@ -195,12 +196,17 @@ def _float(values) -> np.ndarray:
     return values if values.dtype == np.float64 else values.astype(np.float32)
 
 
-def write_subset(path, sample_ids: list[str], scores: np.ndarray, percentile: np.ndarray, metadata: dict) -> Path:
-    """Write ``subset.parquet`` atomically (the selected samples only; scores kept as :func:`write_scores` does)."""
+def write_subset(path, sample_ids, scores: np.ndarray, percentile: np.ndarray, metadata: dict) -> Path:
+    """Write ``subset.parquet`` atomically (the selected samples only; scores kept as :func:`write_scores` does).
+
+    ``sample_ids``: a sequence of strings, or a pyarrow string array (written as is, without a copy to Python).
+    """
+    import pyarrow as pa
+
     return _write(
         path,
         {
-            "sample_id": list(sample_ids),
+            "sample_id": sample_ids if isinstance(sample_ids, pa.Array) else list(sample_ids),
             "score": _float(scores),
             "percentile": np.asarray(percentile, dtype=np.float32),
         },

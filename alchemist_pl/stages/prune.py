@@ -38,37 +38,39 @@ def prune(cfg: DictConfig) -> dict:
         len(scores), scores=scores, keep_ratio=cfg.keep_ratio, method=cfg.method, seed=cfg.seed, **params
     )
     subset_path, plot = out / "subset.parquet", out / "percentiles.png"
+    kept_ids = [ids[i] for i in idx]
     # under DDP (prune inside the pipeline) every rank selects the same subset; rank 0 writes
     if is_global_zero():
-        subset_meta = {
-            "stage": "prune",
-            "scores_path": str(cfg.scores_path),
-            "method": cfg.method,
-            "keep_ratio": cfg.keep_ratio,
-            "seed": cfg.seed,
-            "params": params,
-            "scores_metadata": meta,
-            "config": container(cfg),
-            **provenance(),
-        }
-        write_subset(subset_path, [ids[i] for i in idx], scores[idx], pct, subset_meta)
+        subset_meta = {"stage": "prune", "scores_path": str(cfg.scores_path), "method": cfg.method}
+        subset_meta |= {"keep_ratio": cfg.keep_ratio, "seed": cfg.seed, "params": params, "scores_metadata": meta}
+        write_subset(subset_path, kept_ids, scores[idx], pct, {**subset_meta, "config": container(cfg), **provenance()})
         plot_percentiles(pct, plot, f"{cfg.method}, keep_ratio={cfg.keep_ratio}")
+    metrics = _metrics(len(scores), pct)
+    gt = ground_truth(cfg.data.train_path)
+    if gt:
+        metrics["subset_quality"] = subset_quality(ids, kept_ids, gt)
+    _log(cfg, metrics, plot)
+    log.info("prune: %s kept %d of %d samples -> %s", cfg.method, len(idx), len(scores), subset_path)
+    summary = write_summary(cfg, "prune", started, metrics, {"subset": str(subset_path), "percentiles_plot": str(plot)})
+    barrier()  # the other ranks read the subset file next (pipeline under DDP)
+    return summary
+
+
+def _metrics(pool_size: int, pct: np.ndarray) -> dict:
+    """Subset size, mean selected percentile and its 10-bin histogram."""
     hist, edges = np.histogram(pct, bins=10, range=(0.0, 1.0))
-    metrics = {
-        "pool_size": len(scores),
-        "subset_size": int(len(idx)),
+    return {
+        "pool_size": pool_size,
+        "subset_size": int(len(pct)),
         "selected_percentile_mean": float(pct.mean()),
         "selected_percentile_histogram": {f"{edges[i]:.1f}-{edges[i + 1]:.1f}": int(h) for i, h in enumerate(hist)},
     }
-    gt = ground_truth(cfg.data.train_path)
-    if gt:
-        metrics["subset_quality"] = subset_quality(ids, [ids[i] for i in idx], gt)
+
+
+def _log(cfg: DictConfig, metrics: dict, plot: Path) -> None:
+    """The subset size, mean percentile and the percentile plot to the configured loggers."""
     with loggers_for(cfg) as loggers:
         for lg in loggers:
             lg.log_metrics({f"prune/{k}": metrics[k] for k in ("subset_size", "selected_percentile_mean")}, step=0)
             if hasattr(lg, "log_image"):
                 lg.log_image("prune/percentiles", [str(plot)], step=0)
-    log.info("prune: %s kept %d of %d samples -> %s", cfg.method, len(idx), len(scores), subset_path)
-    summary = write_summary(cfg, "prune", started, metrics, {"subset": str(subset_path), "percentiles_plot": str(plot)})
-    barrier()  # the other ranks read the subset file next (pipeline under DDP)
-    return summary

@@ -1,0 +1,84 @@
+"""The radix-sorted ranking, tie-aware ranks from the sorted keys, and the sort-free selections
+(top_k / bottom_k / block by partition, random by NumPy's choice) against the sorted order."""
+
+import numpy as np
+import pytest
+
+from alchemist_pl import pruning, ranking
+
+
+def _scores(kind: str, n: int, dtype, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "normal":
+        return rng.standard_normal(n).astype(dtype)
+    if kind == "ratings":  # five values: every cut falls inside a group of equal scores
+        return rng.integers(1, 6, n).astype(dtype)
+    x = rng.choice(np.array([0.0, -0.0, 1.0, -1.0, 1e-45, -3.5, 2.0**100]), n)  # signed zeros, tiny, huge
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize(
+    "kind,dtype",
+    [(k, d) for k in ("normal", "ratings", "zeros") for d in (np.float32, np.float64)]
+    + [("ratings", np.int64), ("ratings", np.int8)],
+)
+def test_rank_in_value_ranges_is_the_stable_descending_argsort(monkeypatch, kind, dtype):
+    """Ranges of at most 300 samples sorted one at a time, concatenated: the same order as one stable
+    argsort of -scores (ties in index order), and keys equal exactly where scores are equal."""
+    monkeypatch.setattr(ranking, "_RANGE", 300)
+    monkeypatch.setattr(ranking, "_BLOCK", 128)
+    x = _scores(kind, 5000, dtype)
+    r = ranking.rank(x)
+    np.testing.assert_array_equal(r.order, np.argsort(-x.astype(np.float64), kind="stable"))
+    assert np.all(np.diff(r.keys) >= 0)
+    np.testing.assert_array_equal(r.keys[1:] == r.keys[:-1], x[r.order][1:] == x[r.order][:-1])
+
+
+def test_tie_ranks_and_mid2_from_sorted_keys():
+    keys = np.array([0, 0, 1, 2, 2, 2, 3, 4, 4])
+    np.testing.assert_array_equal(ranking.tie_ranks(keys), [0.5, 0.5, 2, 4, 4, 4, 6, 7.5, 7.5])
+    np.testing.assert_array_equal(ranking.mid2(keys), [1, 1, 4, 8, 8, 8, 12, 15, 15])
+    # a slice whose ends cut groups: ranks of the whole groups
+    np.testing.assert_array_equal(ranking.tie_ranks(keys, 1, 5), [0.5, 2, 4, 4])
+    np.testing.assert_array_equal(ranking.tie_ranks(keys, 4, 8, dtype=np.float32), [4, 4, 6, 7.5])
+
+
+@pytest.mark.parametrize("kind", ["normal", "ratings", "zeros"])
+@pytest.mark.parametrize("method,start", [("top_k", 0.4), ("bottom_k", 0.4), ("block", 0.0), ("block", 0.37)])
+@pytest.mark.parametrize("keep_ratio", [0.05, 0.3, 0.9])
+def test_window_without_a_sort_is_the_window_of_the_sorted_order(kind, method, start, keep_ratio):
+    """select (a partition, ties at the window's ends drawn) equals the window of the descending
+    order after the same tie shuffle, which choose_subset takes from its sort, for several seeds."""
+    x = _scores(kind, 3001, np.float32, seed=1)
+    for seed in range(4):
+        got = pruning.select(x, keep_ratio, method, seed=seed, start=start)
+        want, _ = pruning.choose_subset(len(x), scores=x, keep_ratio=keep_ratio, method=method, seed=seed, start=start)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("n", [999, 20_011])
+def test_random_is_the_set_numpy_choice_draws(n):
+    """Around NumPy's switch from Floyd's algorithm to a partial shuffle (k = n/50 and n/20)."""
+    for k in sorted({1, n // 50, n // 50 + 1, n // 20, n // 20 + 1, n // 2, n - 1}):
+        for seed in (0, 3):
+            want = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+            np.testing.assert_array_equal(pruning.select(np.zeros(n), k / n, "random", seed=seed), want)
+
+
+@pytest.mark.parametrize("method", ["shift_gsample", "gsample", "top_k", "block", "random"])
+def test_choose_subset_percentiles_are_the_tie_aware_percentiles(method):
+    x = _scores("ratings", 4000, np.float32, seed=2)
+    idx, pct = pruning.choose_subset(len(x), scores=x, keep_ratio=0.4, method=method, seed=5)
+    np.testing.assert_array_equal(idx, pruning.select(x, 0.4, method, seed=5))
+    np.testing.assert_array_equal(pct, pruning.percentiles(x)[idx])
+    assert len(np.unique(pct)) == len(np.unique(x[idx]))  # one percentile per rating
+
+
+def test_select_leaves_a_given_order_unchanged():
+    """A cut through a group of equal scores shuffles a copy, not the caller's order."""
+    x = _scores("ratings", 2000, np.float32)
+    order = pruning.descending_order(x)
+    before = order.copy()
+    a = pruning.select(x, 0.5, "shift_gsample", seed=1, order=order)
+    np.testing.assert_array_equal(order, before)
+    np.testing.assert_array_equal(a, pruning.select(x, 0.5, "shift_gsample", seed=1, order=order))
