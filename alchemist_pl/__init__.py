@@ -11,8 +11,9 @@ The parts, from the data up (each imports only those above it):
                                     trainer/loggers/callbacks from the config, summary.json)
     scores                          scores.parquet / subset.parquet keyed by sample_id
     autoencoder, latents            the small AutoencoderKL; pixels <-> VAE latents, cached per split
-    ranking, pruning                rank percentiles with ties; Shift-Gsample and the other
-                                    selections; choose_subset, the one place a subset is chosen
+    ranking, subset_draws, pruning  rank percentiles with ties; the O(N) k-of-N draws; Shift-Gsample
+                                    and the other selections; choose_subset, the one place a subset
+                                    is chosen
     preflight, resume               checks before training (lengths, batches, evaluation);
                                     resuming only the same run's checkpoint
     sampler, datamodule             the DistributedSampler subclasses (subset shards, the rating

@@ -40,6 +40,7 @@ from .ranking import (
     ranks_and_mid2,
     shuffle_ties_at,
 )
+from .subset_draws import by_index, gumbel_top_k, uniform_draw, window
 
 __all__ = [
     "METHODS",
@@ -113,84 +114,11 @@ def _first(method: str, n: int, k: int, keep_ratio: float, head, start: float) -
     return int(np.ceil(h * n))  # positions with r = position / N < h are the head
 
 
-def _by_index(n: int, samples: np.ndarray, twice: np.ndarray | None = None):
-    """``samples`` (distinct, in [0, n)) sorted: [k] int64; with ``twice`` ([k] 2 x rank of each),
-    also their percentiles in that order ([k] float64, ``2 rank / 2 N`` = ``rank / N`` exactly).
-    O(n): a mask (or a rank array) indexed by sample instead of a sort."""
-    if twice is None:
-        mask = np.zeros(n, dtype=bool)
-        mask[samples] = True
-        return np.flatnonzero(mask)
-    by_sample = np.full(n, -1, dtype=twice.dtype)
-    by_sample[samples] = twice
-    idx = np.flatnonzero(by_sample >= 0)
-    return idx, by_sample[idx] / (2.0 * n)
-
-
-def _random(n: int, k: int, seed: int) -> np.ndarray:
-    """k of n samples uniformly without replacement: the set ``Generator.choice(n, k, replace=False)`` draws.
-
-    Above n // 20 NumPy draws the set by a partial shuffle with or without ``shuffle``; skipping
-    the final shuffle of the k draws gives the same set faster.
-    """
-    tail = n > 10_000 and k > n // 20
-    return _by_index(n, np.random.default_rng(seed).choice(n, size=k, replace=False, shuffle=not tail))
-
-
-def _window(scores: np.ndarray, first: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted int64 indices of descending positions ``first..first+k-1`` without sorting: a partition
-    finds the window's highest and lowest score; a group of equal scores that a window end cuts
-    is shuffled with ``rng`` exactly as :func:`~alchemist_pl.ranking.shuffle_ties_at` shuffles the sorted order."""
-    n = len(scores)
-    s = scores if scores.dtype in (np.float32, np.float64) else scores.astype(np.float64)
-    part = np.partition(s, [n - first - k, n - 1 - first])  # ascending: descending position p is n - 1 - p
-    top, bottom = part[n - 1 - first], part[n - first - k]
-    del part
-    keep = s > bottom
-    keep &= s < top
-    groups = {}  # score -> (first position of its group, its members in their current order)
-    for cut, value in ((first, top), (first + k, bottom)):
-        if value not in groups:
-            groups[value] = (int(np.count_nonzero(s > value)), np.flatnonzero(s == value))
-        a, members = groups[value]
-        if 0 < cut < n and a < cut < a + len(members):
-            groups[value] = (a, rng.permutation(members))
-    for a, members in groups.values():
-        keep[members[max(first, a) - a : min(first + k, a + len(members)) - a]] = True
-    return np.flatnonzero(keep)
-
-
-def _gumbel_top_k(w: np.ndarray, k: int, n: int, mean: float, std: float, rng: np.random.Generator) -> np.ndarray:
-    """[m] bool: k of the m positions whose float32 tie-aware ranks ``w`` holds (overwritten), drawn
-    without replacement with P ∝ exp(-(r - mean)^2 / 2 std^2), ``r = rank / N``.
-
-    Gumbel-top-k: adding Gumbel noise to the log-weights and keeping the k largest is an exact
-    sample of successive weighted draws without replacement; the k-th largest key is found with a
-    linear-time partition. float32 keys keep memory at 4 bytes per eligible sample.
-    """
-    m = len(w)
-    w /= np.float32(n)
-    w -= np.float32(mean)
-    np.square(w, out=w)
-    w *= np.float32(-1.0 / (2.0 * std * std))
-    u = rng.random(m, dtype=np.float32)
-    np.maximum(u, np.float32(1e-38), out=u)
-    np.log(u, out=u)
-    np.negative(u, out=u)
-    np.log(u, out=u)
-    w -= u  # + Gumbel(0, 1) = -log(-log(u))
-    del u
-    threshold = np.partition(w, m - k)[m - k]  # k-th largest key
-    keep = w > threshold
-    keep[np.flatnonzero(w == threshold)[: k - np.count_nonzero(keep)]] = True
-    return keep
-
-
 def _ranked_draw(ranking: Ranking, k: int, method: str, keep_ratio: float, seed: int, own: bool, twice: bool, **params):
     """([k] the samples a rank method keeps, [k] twice their tie-aware rank if ``twice`` else None).
 
     The windows are runs of the sorted order; shift_gsample and gsample draw from positions
-    ``first..N-1`` with :func:`_gumbel_top_k` over their float32 :func:`~alchemist_pl.ranking.tie_ranks`
+    ``first..N-1`` with :func:`gumbel_top_k` over their float32 :func:`~alchemist_pl.ranking.tie_ranks`
     (equal scores, equal rank, equal chances). ``own``: ``ranking.order`` may be shuffled in place.
     """
     n = len(ranking.order)
@@ -209,7 +137,7 @@ def _ranked_draw(ranking: Ranking, k: int, method: str, keep_ratio: float, seed:
     doubled = doubled if twice else None
     if k == n - first:
         return order[first:], doubled
-    keep = _gumbel_top_k(w, k, n, params.get("mean", DEFAULT_MEAN), std, np.random.default_rng(seed))
+    keep = gumbel_top_k(w, k, n, params.get("mean", DEFAULT_MEAN), std, np.random.default_rng(seed))
     del w
     return order[first:][keep], None if doubled is None else doubled[keep]
 
@@ -256,14 +184,14 @@ def select(
             raise ValueError(f"method 'full' keeps every sample; keep_ratio must be 1, got {keep_ratio}")
         return np.arange(n, dtype=np.int64)
     if method == "random":
-        return _random(n, k, seed)
+        return uniform_draw(n, k, seed)
     params = dict(head=head, mean=mean, std=std, start=start)
     if method in WINDOWS:
         first = _first(method, n, k, keep_ratio, head, start)
-        return _window(scores, first, k, np.random.default_rng([_TIE_STREAM, seed]))
+        return window(scores, first, k, np.random.default_rng([_TIE_STREAM, seed]))
     own = order is None
     samples, _ = _ranked_draw(ranking_of(scores, order), k, method, keep_ratio, seed, own, False, **params)
-    return _by_index(n, samples)
+    return by_index(n, samples)
 
 
 def _check_order(scores: np.ndarray, order) -> None:
@@ -340,4 +268,4 @@ def _draw_with_percentiles(n: int, scores: np.ndarray, keep_ratio, method: str, 
         return idx, by_sample[idx] / (2.0 * n)
     samples, twice = _ranked_draw(ranking, k, method, keep_ratio, seed, True, True, **params)
     del ranking
-    return _by_index(n, samples, twice)
+    return by_index(n, samples, twice)

@@ -1,0 +1,87 @@
+"""The draws that pick k of N samples for :mod:`alchemist_pl.pruning`, each O(N) and without a sort.
+
+- :func:`uniform_draw`: k samples uniformly without replacement (random);
+- :func:`window`: a run of the descending order (top_k, bottom_k, block) found by a partition;
+- :func:`gumbel_top_k`: k positions drawn without replacement with Gaussian rank weights (Eq. 11 of
+  Alchemist, arXiv 2512.16905; shift_gsample and gsample);
+- :func:`by_index`: sorts drawn samples by index with a mask instead of a sort.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["by_index", "gumbel_top_k", "uniform_draw", "window"]
+
+
+def by_index(n: int, samples: np.ndarray, twice: np.ndarray | None = None):
+    """``samples`` (distinct, in [0, n)) sorted: [k] int64; with ``twice`` ([k] 2 x rank of each),
+    also their percentiles in that order ([k] float64, ``2 rank / 2 N`` = ``rank / N`` exactly).
+    O(n): a mask (or a rank array) indexed by sample instead of a sort."""
+    if twice is None:
+        mask = np.zeros(n, dtype=bool)
+        mask[samples] = True
+        return np.flatnonzero(mask)
+    by_sample = np.full(n, -1, dtype=twice.dtype)
+    by_sample[samples] = twice
+    idx = np.flatnonzero(by_sample >= 0)
+    return idx, by_sample[idx] / (2.0 * n)
+
+
+def uniform_draw(n: int, k: int, seed: int) -> np.ndarray:
+    """k of n samples uniformly without replacement: the set ``Generator.choice(n, k, replace=False)`` draws.
+
+    Above n // 20 NumPy draws the set by a partial shuffle with or without ``shuffle``; skipping
+    the final shuffle of the k draws gives the same set faster.
+    """
+    tail = n > 10_000 and k > n // 20
+    return by_index(n, np.random.default_rng(seed).choice(n, size=k, replace=False, shuffle=not tail))
+
+
+def window(scores: np.ndarray, first: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted int64 indices of descending positions ``first..first+k-1`` without sorting: a partition
+    finds the window's highest and lowest score; a group of equal scores that a window end cuts
+    is shuffled with ``rng`` exactly as :func:`~alchemist_pl.ranking.shuffle_ties_at` shuffles the sorted order."""
+    n = len(scores)
+    s = scores if scores.dtype in (np.float32, np.float64) else scores.astype(np.float64)
+    part = np.partition(s, [n - first - k, n - 1 - first])  # ascending: descending position p is n - 1 - p
+    top, bottom = part[n - 1 - first], part[n - first - k]
+    del part
+    keep = s > bottom
+    keep &= s < top
+    groups = {}  # score -> (first position of its group, its members in their current order)
+    for cut, value in ((first, top), (first + k, bottom)):
+        if value not in groups:
+            groups[value] = (int(np.count_nonzero(s > value)), np.flatnonzero(s == value))
+        a, members = groups[value]
+        if 0 < cut < n and a < cut < a + len(members):
+            groups[value] = (a, rng.permutation(members))
+    for a, members in groups.values():
+        keep[members[max(first, a) - a : min(first + k, a + len(members)) - a]] = True
+    return np.flatnonzero(keep)
+
+
+def gumbel_top_k(w: np.ndarray, k: int, n: int, mean: float, std: float, rng: np.random.Generator) -> np.ndarray:
+    """[m] bool: k of the m positions whose float32 tie-aware ranks ``w`` holds (overwritten), drawn
+    without replacement with P ∝ exp(-(r - mean)^2 / 2 std^2), ``r = rank / N``.
+
+    Gumbel-top-k: adding Gumbel noise to the log-weights and keeping the k largest is an exact
+    sample of successive weighted draws without replacement; the k-th largest key is found with a
+    linear-time partition. float32 keys keep memory at 4 bytes per eligible sample.
+    """
+    m = len(w)
+    w /= np.float32(n)
+    w -= np.float32(mean)
+    np.square(w, out=w)
+    w *= np.float32(-1.0 / (2.0 * std * std))
+    u = rng.random(m, dtype=np.float32)
+    np.maximum(u, np.float32(1e-38), out=u)
+    np.log(u, out=u)
+    np.negative(u, out=u)
+    np.log(u, out=u)
+    w -= u  # + Gumbel(0, 1) = -log(-log(u))
+    del u
+    threshold = np.partition(w, m - k)[m - k]  # k-th largest key
+    keep = w > threshold
+    keep[np.flatnonzero(w == threshold)[: k - np.count_nonzero(keep)]] = True
+    return keep
