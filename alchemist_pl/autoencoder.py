@@ -77,6 +77,25 @@ def latent_scale(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 512
     return float(means.mean()), float(means.std())
 
 
+def _batches(images: torch.Tensor, batch_size: int, steps: int, g: torch.Generator):
+    """``steps`` batches in [-1, 1] drawn without replacement (reshuffled each pass), half flipped."""
+    order, pos = torch.randperm(len(images), generator=g), 0
+    for _ in range(steps):
+        if pos + batch_size > len(order):
+            order, pos = torch.randperm(len(images), generator=g), 0
+        x = to_model_range(images[order[pos : pos + batch_size]])
+        pos += batch_size
+        yield x.flip(3) if torch.rand((), generator=g) < 0.5 else x
+
+
+def _vae_loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float) -> torch.Tensor:
+    """MSE of decoding the posterior mean + ``kl_weight`` x the KL per latent element."""
+    posterior = vae.encode(x).latent_dist
+    recon = vae.decode(posterior.mean).sample
+    kl = posterior.kl().mean() / posterior.mean[0].numel()
+    return F.mse_loss(recon, x) + kl_weight * kl
+
+
 def train_autoencoder(
     images: torch.Tensor,
     block_out_channels=(32, 64),
@@ -105,18 +124,9 @@ def train_autoencoder(
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     vae.train()
-    order, pos, recent = torch.randperm(len(images), generator=g), 0, []
-    for step in range(steps):
-        if pos + batch_size > len(order):
-            order, pos = torch.randperm(len(images), generator=g), 0
-        x = to_model_range(images[order[pos : pos + batch_size]])
-        pos += batch_size
-        if torch.rand((), generator=g) < 0.5:
-            x = x.flip(3)
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.mean).sample
-        kl = posterior.kl().mean() / posterior.mean[0].numel()
-        loss = F.mse_loss(recon, x) + kl_weight * kl
+    recent = []
+    for step, x in enumerate(_batches(images, batch_size, steps, g)):
+        loss = _vae_loss(vae, x, kl_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
