@@ -88,6 +88,12 @@ VARIANTS = {
         "draws_per_sample=4 at the default's wall time: rate.pool_passes = 1.0 × cost(default) / cost(k4)",
         ["bilevel.draws_per_sample=4", "rate.pool_passes={equal_time}"],
     ),
+    "interaction_contrast": (
+        "the defaults with an image × caption interaction block in the rater's features (rater=interaction, "
+        "r = 64) and the mismatched-caption contrast λ = 0.5 at t in [300, 500)",
+        ["rater=interaction", "bilevel.caption_contrast_weight=0.5"],
+    ),
+    "interaction": ("the defaults with rater=interaction (r = 64 image × caption products)", ["rater=interaction"]),
 }
 # equal-wall-time variant -> the variant whose iteration cost sets its budget
 EQUAL_TIME = {"k2_time": "k2", "k4_time": "k4"}
