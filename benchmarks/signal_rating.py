@@ -369,6 +369,23 @@ def _budget_section(rows: dict) -> list[str]:
     return lines
 
 
+def _draw_cost_section(out: Path) -> list[str]:
+    """The iteration cost of K = 1, 2, 4 draws per sample (``--out/cost_draws.json``), which set the equal-time budgets."""
+    if not (out / COST_DRAWS).exists():
+        return []
+    cost = json.loads((out / COST_DRAWS).read_text())
+    lines = [
+        "",
+        "## Cost of one rating iteration with K draws per sample (B = 32 + 32, 32 px, one thread, interleaved)",
+        "",
+        "| variant | median s / iteration | × default | iterations timed | equal-time rate.pool_passes |",
+        "|---|---|---|---|---|",
+    ]
+    for name, c in cost.items():
+        lines.append(f"| {name} | {c['median_s']:.3f} | {c['ratio']:.2f} | {c['n']} | {1 / c['ratio']:.3f} |")
+    return lines
+
+
 def _halves_section(rows: dict) -> list[str]:
     """AUROC on half A and half B of the pool (``halves.json``): seen vs unseen samples."""
     runs = {n: r for n, r in rows.items() if r and all("halves" in x for x in r)}
@@ -432,7 +449,7 @@ def report(out: Path, results: Path, seeds: list[int], variants: list[str], info
             lines.append(
                 f"| {name} | {r['seed']} | {r['auroc']:.3f} | " + " | ".join(f"{r[k]:.2f}" for k in KINDS) + " |"
             )
-    lines += _budget_section(rows) + _halves_section(rows)
+    lines += _budget_section(rows) + _draw_cost_section(out) + _halves_section(rows)
     if info.get("cost"):
         lines += [
             "",
