@@ -88,6 +88,14 @@ VARIANTS = {
         "draws_per_sample=4 at the default's wall time: rate.pool_passes = 1.0 × cost(default) / cost(k4)",
         ["bilevel.draws_per_sample=4", "rate.pool_passes={equal_time}"],
     ),
+    "k1_k2iters": (
+        "K = 1 at k2_time's budget (equal iterations with k2_time)",
+        ["rate.pool_passes={equal_time}"],
+    ),
+    "k1_k4iters": (
+        "K = 1 at k4_time's budget (equal iterations with k4_time)",
+        ["rate.pool_passes={equal_time}"],
+    ),
     "interaction_contrast": (
         "the defaults with an image × caption interaction block in the rater's features (rater=interaction, "
         "r = 64) and the mismatched-caption contrast λ = 0.5 at t in [300, 500)",
@@ -95,8 +103,8 @@ VARIANTS = {
     ),
     "interaction": ("the defaults with rater=interaction (r = 64 image × caption products)", ["rater=interaction"]),
 }
-# equal-wall-time variant -> the variant whose iteration cost sets its budget
-EQUAL_TIME = {"k2_time": "k2", "k4_time": "k4"}
+# variant -> the variant whose iteration cost sets its budget (1.0 × cost(default) / cost(that variant) pool passes)
+EQUAL_TIME = {"k2_time": "k2", "k4_time": "k4", "k1_k2iters": "k2", "k1_k4iters": "k4"}
 # measured for cost only: the caption path with cross-attention at 16x16 as well
 COST_ONLY = {
     "value_gap_text16": (
