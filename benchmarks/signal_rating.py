@@ -428,7 +428,8 @@ def report(out: Path, results: Path, seeds: list[int], variants: list[str], info
         f"Commit: {info['commit']}  ",
         f"Machine: {info['machine']}  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
-        f"Wall time of the benchmark (all invocations so far): {info.get('wall_min', float('nan')):.1f} min",
+        info.get("wall_note")
+        or f"Wall time of the benchmark (all invocations so far): {info.get('wall_min', float('nan')):.1f} min",
         "",
         "Setup: `train.py +experiment=rate " + " ".join(BASE) + " seed=S` + the variant's overrides; then "
         "`train.py +experiment=prune` at keep_ratio 0.5. AUROC: clean (higher score) vs corrupted; subset share: "
