@@ -4,7 +4,8 @@
 
 - instance feature ``f_i``: a small convolutional backbone over pixels, concatenated with a
   projection of the caption's sentence embedding (the paper uses the proxy's own backbone
-  conditioned on text; here any small backbone is pluggable);
+  conditioned on text; here any small backbone is pluggable), optionally with an image × caption
+  interaction block (a low-rank bilinear form, so that the heads can read caption agreement);
 - instance head: ``MLP(f_i) -> a_i`` (a logit), ``s_i = sigmoid(a_i)``, ``W_inst = softmax_B(s)``
   (as in the released code: the sigmoid bounds how peaked the batch softmax can get — without it
   the logits grew to a spread of ~12 and each batch's weight sat on one sample);
@@ -29,14 +30,30 @@ class ConvBackbone(nn.Module):
         in_channels: image channels.
         channels: widths of the strided 3x3 conv stages (each halves H and W).
         text_dim: caption embedding size (384 for MiniLM).
-        feature_dim: output size d.
+        feature_dim: size d of the image and caption projections together.
+        interaction: r ≥ 0; with r > 0, ``f`` also holds ``U·x ⊙ V·c`` (r extra features): the
+            elementwise product of an image and a caption projection, a rank-r bilinear form
+            ``x^T U_k^T V_k c`` per feature. Without it the image and caption parts of ``f`` are
+            additive (a caption's effect on ``f`` does not depend on the image).
 
-    Shapes: images [B, C, H, W] in [-1, 1], pooled [B, text_dim] -> f [B, feature_dim].
+    Shapes: images [B, C, H, W] in [-1, 1], pooled [B, text_dim] -> f [B, feature_dim + interaction].
     No batch statistics are used (GroupNorm), so ``f_i`` depends on sample i only.
+
+    Raises:
+        ValueError: ``interaction`` < 0.
     """
 
-    def __init__(self, in_channels: int = 3, channels=(32, 64, 64), text_dim: int = 384, feature_dim: int = 128):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        channels=(32, 64, 64),
+        text_dim: int = 384,
+        feature_dim: int = 128,
+        interaction: int = 0,
+    ):
         super().__init__()
+        if isinstance(interaction, bool) or not isinstance(interaction, int) or interaction < 0:
+            raise ValueError(f"rater.backbone.interaction must be an integer >= 0, got {interaction!r}")
         layers, c = [], in_channels
         for w in channels:
             layers += [nn.Conv2d(c, w, 3, stride=2, padding=1), nn.GroupNorm(8, w), nn.GELU()]
@@ -44,11 +61,16 @@ class ConvBackbone(nn.Module):
         self.conv = nn.Sequential(*layers)
         self.image_proj = nn.Linear(c, feature_dim // 2)
         self.text_proj = nn.Linear(text_dim, feature_dim - feature_dim // 2)
-        self.feature_dim = feature_dim
+        self.image_pair = nn.Linear(c, interaction) if interaction else None
+        self.text_pair = nn.Linear(text_dim, interaction) if interaction else None
+        self.feature_dim = feature_dim + interaction
 
     def forward(self, images: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         x = self.conv(images).mean(dim=(2, 3))
-        return torch.cat([self.image_proj(x), self.text_proj(pooled)], dim=-1)
+        parts = [self.image_proj(x), self.text_proj(pooled)]
+        if self.image_pair is not None:
+            parts.append(self.image_pair(x) * self.text_pair(pooled))
+        return torch.cat(parts, dim=-1)
 
 
 class GroupMLP(nn.Module):

@@ -37,6 +37,64 @@ def test_batch_head_sees_the_batch_instance_head_does_not():
     assert abs(float(b1) - float(b2)) > 1e-4  # batch weight: depends on the batch statistics
 
 
+def _second_difference(backbone, images, captions):
+    """f(x1, c1) − f(x1, c2) − f(x2, c1) + f(x2, c2): zero wherever f is additive in image and caption."""
+    x = images[[0, 0, 1, 1]]
+    c = captions[[0, 1, 0, 1]]
+    with torch.no_grad():
+        f = backbone(x, c)
+    return f[0] - f[1] - f[2] + f[3]
+
+
+def test_interaction_features_depend_on_image_and_caption_jointly():
+    torch.manual_seed(0)
+    images, captions = torch.rand(2, 3, 16, 16) * 2 - 1, torch.randn(2, 384)
+    additive = ConvBackbone(channels=(16, 16), feature_dim=32)
+    torch.manual_seed(0)
+    joint = ConvBackbone(channels=(16, 16), feature_dim=32, interaction=8)
+    assert joint.feature_dim == 40 and joint(images, captions).shape == (2, 40)
+    # the image and caption projections stay additive; only the interaction block is not
+    torch.testing.assert_close(_second_difference(additive, images, captions), torch.zeros(32), atol=1e-5, rtol=0)
+    second = _second_difference(joint, images, captions)
+    torch.testing.assert_close(second[:32], torch.zeros(32), atol=1e-5, rtol=0)
+    # the block is the product of the image and caption projections (a bilinear form): its second
+    # difference is (U x1 − U x2) ⊙ (V c1 − V c2)
+    with torch.no_grad():
+        x = joint.conv(images).mean(dim=(2, 3))
+        expected = (joint.image_pair(x[0]) - joint.image_pair(x[1])) * (
+            joint.text_pair(captions[0]) - joint.text_pair(captions[1])
+        )
+    assert float(expected.abs().min()) > 0
+    torch.testing.assert_close(second[32:], expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="interaction"):
+        ConvBackbone(interaction=-1)
+
+
+def test_interaction_lets_the_instance_head_learn_caption_agreement():
+    """Keep-scores for "caption matches image" (an XOR of two image and two caption classes) from a
+    linear instance head: separable with the interaction block, not without it."""
+    torch.manual_seed(0)
+    images = torch.stack([torch.full((3, 8, 8), v) for v in (-0.8, 0.8)])
+    captions = torch.randn(2, 384)
+    x, c = images.repeat_interleave(2, 0), captions.repeat(2, 1)  # pairs (0,0) (0,1) (1,0) (1,1)
+    target = torch.tensor([1.0, 0.0, 0.0, 1.0])  # the caption agrees with the image
+    separated = {}
+    for r in (0, 8):
+        torch.manual_seed(1)
+        backbone = ConvBackbone(channels=(8,), feature_dim=16, interaction=r)
+        head = torch.nn.Linear(backbone.feature_dim, 1)
+        opt = torch.optim.Adam([*backbone.parameters(), *head.parameters()], lr=1e-2)
+        for _ in range(300):
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(head(backbone(x, c)).squeeze(-1), target)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            a = head(backbone(x, c)).squeeze(-1)
+        separated[r] = float(a[[0, 3]].min() > a[[1, 2]].max())
+    assert separated == {0: 0.0, 8: 1.0}
+
+
 def test_scores_do_not_depend_on_batch_or_order(small_split):
     torch.manual_seed(0)
     rater = Rater(ConvBackbone(channels=(16, 16), feature_dim=32), hidden_dim=16)
