@@ -99,8 +99,8 @@ def test_value_gap_rater_ranks_noise_and_blank_below_clean(planted):
     """θ fits D_val (ul = 1), θ′ the pool: the rater learns that corrupted samples are those θ′
     explains better than θ — both the hard (noise) and the easy (blank) corruption."""
     pool, val, kinds = planted
-    model = _model(16, rater_signal="value_gap", ul_init=1.0, rater_timesteps=(50, 300), logit_anchor=0.1)
-    _, metrics = _fit(model, val, pool, iterations=200)
+    model = _model(16, rater_signal="value_gap", ul_init=1.0, rater_timesteps=(20, 120), logit_anchor=0.1)
+    _, metrics = _fit(model, val, pool, iterations=300)
     result = _kind_auroc(model, pool, kinds)
     assert result["noise"] > 0.75 and result["blank"] > 0.75, result
     b = np.array([m["rate/batch_weight"] for m in metrics])
