@@ -1,0 +1,193 @@
+"""Does the downstream model follow its captions? Levers measured on the full-data run.
+
+    python benchmarks/downstream_regime.py run --setting base --steps 600 --every 150
+    python benchmarks/downstream_regime.py report --out benchmarks/results/downstream-regime.md
+
+``run`` trains ``train.py stage=train method=full`` (the clean train split) with one named
+setting's overrides (:data:`SETTINGS`), evaluating every ``--every`` steps on ``--num-images``
+fixed test prompts (domain KID/FID/CLIP score and prompt retrieval top-1/top-5 with chance and the
+shuffled-pairing control, :func:`alchemist_pl.metrics.prompt_retrieval`), and writes
+``{--runs}/{setting}.json``: the curve, wall time, CPU time of the training process (user +
+system, which is what "equal CPU time" compares on a shared machine), load average, command,
+commit and whether the tree was clean. ``report`` turns every such file into one markdown table
+per setting and a curve plot of the settings' retrieval against CPU minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+XATTN = (
+    "model.unet.down_block_types=[CrossAttnDownBlock2D,CrossAttnDownBlock2D,CrossAttnDownBlock2D]",
+    "model.unet.up_block_types=[CrossAttnUpBlock2D,CrossAttnUpBlock2D,CrossAttnUpBlock2D]",
+)
+POOLED = ("+model.unet.class_embed_type=projection", "+model.unet.projection_class_embeddings_input_dim=384")
+VPRED = ("model.noise_scheduler.prediction_type=v_prediction", "model.sampling_scheduler.prediction_type=v_prediction")
+
+#: setting name -> (description, train.py overrides)
+SETTINGS = {
+    "base": ("unet_tiny as the efficiency benchmark trains it (attention at 8x8, caption dropout 0.1, CFG 3)", ()),
+    "xattn": ("+ cross-attention at every resolution (32, 16, 8 px)", XATTN),
+    "pooled": ("+ pooled caption added to the time embedding (class_embed_type=projection)", POOLED),
+    "minsnr": ("+ min-SNR-5 loss weighting", ("model.snr_gamma=5",)),
+    "vpred": ("+ v-prediction", VPRED),
+    "pooled_minsnr": ("pooled caption + min-SNR-5", (*POOLED, "model.snr_gamma=5")),
+    "pooled_xattn": ("pooled caption + cross-attention at every resolution", (*POOLED, *XATTN)),
+    "nocfg": ("base sampled without guidance (CFG 1): what CFG buys", ("eval.guidance_scale=1.0",)),
+}
+
+
+def _git(*args) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def _machine() -> str:
+    import torch
+
+    return (
+        f"{platform.node()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch thread(s), Python {platform.python_version()}"
+    )
+
+
+def run(args) -> None:
+    name = args.setting
+    out = Path(args.work) / name
+    cmd = [
+        sys.executable,
+        "train.py",
+        "stage=train",
+        "method=full",
+        "keep_ratio=1.0",
+        "model=unet_tiny",
+        "logger=csv",
+        f"seed={args.seed}",
+        f"train.max_steps={args.steps}",
+        f"eval.every_n_steps={args.every}",
+        f"eval.num_images={args.num_images}",
+        f"eval.sample_steps={args.sample_steps}",
+        "model.num_samples=8",
+        "model.sample_steps=10",
+        f"hydra.run.dir={out}",
+        *SETTINGS[name][1],
+    ]
+    clean = not _git("status", "--porcelain", "--untracked-files=no")
+    load = os.getloadavg()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
+    with open(Path(args.work) / f"{name}.log", "w") as log:
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    wall = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if rc != 0:
+        raise SystemExit(f"{name}: train.py failed ({rc}); see {Path(args.work) / f'{name}.log'}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    summary = json.loads((out / "summary.json").read_text())
+    record = {
+        "setting": name,
+        "description": SETTINGS[name][0],
+        "command": " ".join(["python", *cmd[1:]]),
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "clean_tree": clean,
+        "machine": _machine(),
+        "load_average_at_start": [round(x, 1) for x in load],
+        "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "steps": args.steps,
+        "curve": summary["metrics"]["eval_curve"],
+        "test_loss": summary["metrics"].get("test/loss"),
+    }
+    Path(args.runs).mkdir(parents=True, exist_ok=True)
+    (Path(args.runs) / f"{name}.json").write_text(json.dumps(record, indent=1))
+    print(json.dumps({k: v for k, v in record.items() if k != "curve"}, indent=1))
+
+
+def _table(r: dict) -> list[str]:
+    """One row per evaluation; CPU minutes at step s are the run's CPU time scaled by s / steps
+    (evaluation included, so the scale is approximate)."""
+    lines = [
+        "| step | ≈CPU min | retrieval top-1 | top-5 | top-1 shuffled | top-5 shuffled | domain KID | domain FID |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in r["curve"]:
+        cpu = r["cpu_s"] / 60 * p["step"] / r["steps"]
+        lines.append(
+            f"| {p['step']} | {cpu:.1f} | {p['retrieval_top1']:.3f} | {p['retrieval_top5']:.3f} | "
+            f"{p['retrieval_top1_shuffled']:.3f} | {p['retrieval_top5_shuffled']:.3f} | "
+            f"{p['domain_kid']:.4f} | {p['domain_fid']:.2f} |"
+        )
+    return lines
+
+
+def report(args) -> None:
+    records = [json.loads(p.read_text()) for p in sorted(Path(args.runs).glob("*.json"))]
+    lines = ["# Downstream regime: does the full-data run follow its captions?", ""]
+    for r in records:
+        c = r["curve"][-1]
+        lines += [
+            f"## {r['setting']}: {r['description']}",
+            "",
+            f"- command: `{r['command']}`",
+            f"- commit `{r['commit']}` ({'clean tree' if r['clean_tree'] else 'uncommitted changes'}); "
+            f"machine: {r['machine']}",
+            f"- load average at start {r['load_average_at_start']}, at end {r['load_average_at_end']}; "
+            f"wall {r['wall_s'] / 60:.1f} min, CPU {r['cpu_s'] / 60:.1f} min (training + evaluation)",
+            f"- chance: top-1 {c['retrieval_chance_top1']:.3f}, top-5 {c['retrieval_chance_top5']:.3f}",
+            "",
+            *_table(r),
+            "",
+        ]
+    Path(args.out).write_text("\n".join(lines))
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    for r in records:
+        x = [r["cpu_s"] / 60 * p["step"] / r["steps"] for p in r["curve"]]
+        ax[0].plot(x, [p["retrieval_top5"] for p in r["curve"]], marker="o", label=r["setting"])
+        ax[1].plot(x, [p["domain_kid"] for p in r["curve"]], marker="o", label=r["setting"])
+    if records:
+        ax[0].axhline(records[0]["curve"][-1]["retrieval_chance_top5"], color="grey", ls="--", label="chance")
+    ax[0].set(xlabel="CPU minutes", ylabel="retrieval top-5")
+    ax[1].set(xlabel="CPU minutes", ylabel="domain KID")
+    ax[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(Path(args.out).with_suffix(".png"), dpi=100)
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("--setting", choices=sorted(SETTINGS), required=True)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--every", type=int, default=150)
+    p.add_argument("--num-images", type=int, default=128)
+    p.add_argument("--sample-steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default="outputs/downstream-regime")
+    p.add_argument("--runs", default="benchmarks/results/downstream-regime")
+    p = sub.add_parser("report")
+    p.add_argument("--runs", default="benchmarks/results/downstream-regime")
+    p.add_argument("--out", default="benchmarks/results/downstream-regime.md")
+    args = parser.parse_args()
+    Path(getattr(args, "work", ".")).mkdir(parents=True, exist_ok=True)
+    run(args) if args.cmd == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()
