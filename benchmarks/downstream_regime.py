@@ -9,7 +9,9 @@ fixed test prompts (domain KID/FID/CLIP score and prompt retrieval top-1/top-5 w
 shuffled-pairing control, :func:`alchemist_pl.metrics.prompt_retrieval`), and writes
 ``{--runs}/{setting}.json``: the curve, wall time, CPU time of the training process (user +
 system, which is what "equal CPU time" compares on a shared machine), load average, command,
-commit and whether the tree was clean. ``report`` turns every such file into one markdown table
+commit and whether the tree was clean. ``record --setting S --pid P`` writes the same file for a run still in progress (``P``: its
+``train.py`` process) from the evaluations it has made so far and the CPU time it has used, and then
+stops it: for a session that cannot wait for ``--steps``. ``report`` turns every such file into one markdown table
 per setting and a curve plot of the settings' retrieval against CPU minutes.
 """
 
@@ -65,10 +67,8 @@ def _machine() -> str:
     )
 
 
-def run(args) -> None:
-    name = args.setting
-    out = Path(args.work) / name
-    cmd = [
+def _command(args) -> list[str]:
+    return [
         sys.executable,
         "train.py",
         "stage=train",
@@ -83,9 +83,36 @@ def run(args) -> None:
         f"eval.sample_steps={args.sample_steps}",
         "model.num_samples=8",
         "model.sample_steps=10",
-        f"hydra.run.dir={out}",
-        *SETTINGS[name][1],
+        f"hydra.run.dir={Path(args.work) / args.setting}",
+        *SETTINGS[args.setting][1],
     ]
+
+
+def _record(args, cmd, clean, load, wall, cpu, curve, test_loss, note=None, commit=None) -> None:
+    record = {
+        "setting": args.setting,
+        "description": SETTINGS[args.setting][0],
+        "command": " ".join(["python", *cmd[1:]]),
+        "commit": commit or _git("rev-parse", "--short", "HEAD"),
+        "clean_tree": clean,
+        "machine": _machine(),
+        "load_average_at_start": [round(x, 1) for x in load],
+        "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "steps": curve[-1]["step"],
+        "planned_steps": args.steps,
+        "note": note,
+        "curve": curve,
+        "test_loss": test_loss,
+    }
+    Path(args.runs).mkdir(parents=True, exist_ok=True)
+    (Path(args.runs) / f"{args.setting}.json").write_text(json.dumps(record, indent=1))
+    print(json.dumps({k: v for k, v in record.items() if k != "curve"}, indent=1))
+
+
+def run(args) -> None:
+    name, out, cmd = args.setting, Path(args.work) / args.setting, _command(args)
     clean = not _git("status", "--porcelain", "--untracked-files=no")
     load = os.getloadavg()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -97,25 +124,21 @@ def run(args) -> None:
     if rc != 0:
         raise SystemExit(f"{name}: train.py failed ({rc}); see {Path(args.work) / f'{name}.log'}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    summary = json.loads((out / "summary.json").read_text())
-    record = {
-        "setting": name,
-        "description": SETTINGS[name][0],
-        "command": " ".join(["python", *cmd[1:]]),
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "clean_tree": clean,
-        "machine": _machine(),
-        "load_average_at_start": [round(x, 1) for x in load],
-        "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
-        "wall_s": round(wall, 1),
-        "cpu_s": round(cpu, 1),
-        "steps": args.steps,
-        "curve": summary["metrics"]["eval_curve"],
-        "test_loss": summary["metrics"].get("test/loss"),
-    }
-    Path(args.runs).mkdir(parents=True, exist_ok=True)
-    (Path(args.runs) / f"{name}.json").write_text(json.dumps(record, indent=1))
-    print(json.dumps({k: v for k, v in record.items() if k != "curve"}, indent=1))
+    m = json.loads((out / "summary.json").read_text())["metrics"]
+    _record(args, cmd, clean, load, wall, cpu, m["eval_curve"], m.get("test/loss"))
+
+
+def record_running(args) -> None:
+    """The record of the run in progress as process ``args.pid``; the process is then stopped."""
+    stat = Path(f"/proc/{args.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = (int(stat[11]) + int(stat[12])) / tick  # utime + stime (fields 14, 15 of proc(5))
+    wall = time.clock_gettime(time.CLOCK_BOOTTIME) - int(stat[19]) / tick  # now - starttime (field 22)
+    curve = json.loads((Path(args.work) / args.setting / "eval_curve.json").read_text())
+    note = f"stopped after the step-{curve[-1]['step']} evaluation of {args.steps} planned steps"
+    load = [float(x) for x in args.load_at_start.split(",")]
+    _record(args, _command(args), args.clean, load, wall, cpu, curve, None, note, args.commit)
+    os.kill(args.pid, 15)
 
 
 def _table(r: dict) -> list[str]:
@@ -146,6 +169,7 @@ def report(args) -> None:
             f"- command: `{r['command']}`",
             f"- commit `{r['commit']}` ({'clean tree' if r['clean_tree'] else 'uncommitted changes'}); "
             f"machine: {r['machine']}",
+            *([f"- {r['note']}"] if r.get("note") else []),
             f"- load average at start {r['load_average_at_start']}, at end {r['load_average_at_end']}; "
             f"wall {r['wall_s'] / 60:.1f} min, CPU {r['cpu_s'] / 60:.1f} min (training + evaluation)",
             f"- chance: top-1 {c['retrieval_chance_top1']:.3f}, top-5 {c['retrieval_chance_top5']:.3f}",
@@ -173,20 +197,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run")
-    p.add_argument("--setting", choices=sorted(SETTINGS), required=True)
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--every", type=int, default=150)
-    p.add_argument("--num-images", type=int, default=128)
-    p.add_argument("--sample-steps", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work", default="outputs/downstream-regime")
-    p.add_argument("--runs", default="benchmarks/results/downstream-regime")
+    r = sub.add_parser("record")
+    r.add_argument("--pid", type=int, required=True)
+    r.add_argument("--commit", required=True, help="the commit the run started at")
+    r.add_argument("--clean", action="store_true", help="the tree was clean when the run started")
+    r.add_argument("--load-at-start", required=True, help="load average when it started: a,b,c")
+    for q in (p, r):
+        q.add_argument("--setting", choices=sorted(SETTINGS), required=True)
+        q.add_argument("--steps", type=int, default=600)
+        q.add_argument("--every", type=int, default=150)
+        q.add_argument("--num-images", type=int, default=128)
+        q.add_argument("--sample-steps", type=int, default=10)
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--work", default="outputs/downstream-regime")
+        q.add_argument("--runs", default="benchmarks/results/downstream-regime")
     p = sub.add_parser("report")
     p.add_argument("--runs", default="benchmarks/results/downstream-regime")
     p.add_argument("--out", default="benchmarks/results/downstream-regime.md")
     args = parser.parse_args()
     Path(getattr(args, "work", ".")).mkdir(parents=True, exist_ok=True)
-    run(args) if args.cmd == "run" else report(args)
+    {"run": run, "record": record_running, "report": report}[args.cmd](args)
 
 
 if __name__ == "__main__":
