@@ -11,7 +11,8 @@ shuffled-pairing control, :func:`alchemist_pl.metrics.prompt_retrieval`), and wr
 system, which is what "equal CPU time" compares on a shared machine), load average, command,
 commit and whether the tree was clean. ``record --setting S --pid P`` writes the same file for a run still in progress (``P``: its
 ``train.py`` process) from the evaluations it has made so far and the CPU time it has used, and then
-stops it: for a session that cannot wait for ``--steps``. ``report`` turns every such file into one markdown table
+stops it: for a session that cannot wait for ``--steps``. ``reference`` writes ``{--runs}/reference.json``: the same metrics for the real test images of the
+same prompts (the ceiling a generator that draws from the data would reach). ``report`` turns every such file into one markdown table
 per setting and a curve plot of the settings' retrieval against CPU minutes.
 """
 
@@ -33,6 +34,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's alchemist_pl, not another installed copy
+
+import torch  # noqa: E402
+
+from alchemist_pl.data import load_split  # noqa: E402
+from alchemist_pl.metrics import DomainMetrics  # noqa: E402
+from alchemist_pl.pixels import to_model_range  # noqa: E402
 
 XATTN = (
     "model.unet.down_block_types=[CrossAttnDownBlock2D,CrossAttnDownBlock2D,CrossAttnDownBlock2D]",
@@ -59,8 +67,6 @@ def _git(*args) -> str:
 
 
 def _machine() -> str:
-    import torch
-
     return (
         f"{platform.node()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} torch thread(s), Python {platform.python_version()}"
@@ -141,6 +147,20 @@ def record_running(args) -> None:
     os.kill(args.pid, 15)
 
 
+def reference(args) -> None:
+    """Retrieval and KID of the prompts' own real test images (what a perfect generator would score)."""
+    data, cache = ROOT / "data" / "emoji", ROOT / "data" / "cache"
+    enc = {"data_path": data / "train", "resolution": 32, "cache_dir": cache, "test_path": data / "test"}
+    test = load_split(data / "test", 32, cache)
+    metrics = DomainMetrics.from_cache(enc)
+    metrics.set_reference(to_model_range(test.images))
+    m = args.num_images
+    values = metrics.compute(to_model_range(test.images[:m]), test.text.pooled[test.caption_rows[:m]].float())
+    Path(args.runs).mkdir(parents=True, exist_ok=True)
+    (Path(args.runs) / "reference.json").write_text(json.dumps({"num_images": m, **values}, indent=1))
+    print(values)
+
+
 def _table(r: dict) -> list[str]:
     """One row per evaluation; CPU minutes at step s are the run's CPU time scaled by s / steps
     (evaluation included, so the scale is approximate)."""
@@ -159,8 +179,19 @@ def _table(r: dict) -> list[str]:
 
 
 def report(args) -> None:
-    records = [json.loads(p.read_text()) for p in sorted(Path(args.runs).glob("*.json"))]
+    paths = sorted(p for p in Path(args.runs).glob("*.json") if p.name != "reference.json")
+    records = [json.loads(p.read_text()) for p in paths]
     lines = ["# Downstream regime: does the full-data run follow its captions?", ""]
+    ref = Path(args.runs) / "reference.json"
+    if ref.exists():
+        v = json.loads(ref.read_text())
+        lines += [
+            f"Ceiling: the {v['num_images']} prompts' own real test images score retrieval top-1 "
+            f"{v['retrieval_top1']:.3f}, top-5 {v['retrieval_top5']:.3f} (shuffled {v['retrieval_top1_shuffled']:.3f} / "
+            f"{v['retrieval_top5_shuffled']:.3f}; chance {v['retrieval_chance_top1']:.3f} / "
+            f"{v['retrieval_chance_top5']:.3f}), domain KID {v['domain_kid']:.4f} against all test images.",
+            "",
+        ]
     for r in records:
         c = r["curve"][-1]
         lines += [
@@ -211,12 +242,15 @@ def main() -> None:
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--work", default="outputs/downstream-regime")
         q.add_argument("--runs", default="benchmarks/results/downstream-regime")
+    f = sub.add_parser("reference")
+    f.add_argument("--num-images", type=int, default=128)
+    f.add_argument("--runs", default="benchmarks/results/downstream-regime")
     p = sub.add_parser("report")
     p.add_argument("--runs", default="benchmarks/results/downstream-regime")
     p.add_argument("--out", default="benchmarks/results/downstream-regime.md")
     args = parser.parse_args()
     Path(getattr(args, "work", ".")).mkdir(parents=True, exist_ok=True)
-    {"run": run, "record": record_running, "report": report}[args.cmd](args)
+    {"run": run, "record": record_running, "reference": reference, "report": report}[args.cmd](args)
 
 
 if __name__ == "__main__":
