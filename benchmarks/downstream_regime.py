@@ -12,7 +12,8 @@ system, which is what "equal CPU time" compares on a shared machine), load avera
 commit and whether the tree was clean. ``record --setting S --pid P`` writes the same file for a run still in progress (``P``: its
 ``train.py`` process) from the evaluations it has made so far and the CPU time it has used, and then
 stops it: for a session that cannot wait for ``--steps``. ``reference`` writes ``{--runs}/reference.json``: the same metrics for the real test images of the
-same prompts (the ceiling a generator that draws from the data would reach). ``report`` turns every such file into one markdown table
+same prompts (the ceiling a generator that draws from the data would reach). ``guidance --setting S --ckpt C`` evaluates one checkpoint of a run at several CFG scales into
+``{--runs}/guidance-{S}-step{N}.json``. ``report`` turns every such file into one markdown table
 per setting and a curve plot of the settings' retrieval against CPU minutes.
 """
 
@@ -37,10 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's alchemist_pl, not another installed copy
 
 import torch  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import OmegaConf, open_dict  # noqa: E402
 
 from alchemist_pl.data import load_split  # noqa: E402
 from alchemist_pl.metrics import DomainMetrics  # noqa: E402
 from alchemist_pl.pixels import to_model_range  # noqa: E402
+from alchemist_pl.stages.evaluator import make_evaluation  # noqa: E402
 
 XATTN = (
     "model.unet.down_block_types=[CrossAttnDownBlock2D,CrossAttnDownBlock2D,CrossAttnDownBlock2D]",
@@ -161,6 +165,27 @@ def reference(args) -> None:
     print(values)
 
 
+def guidance(args) -> None:
+    """The metrics of checkpoint ``args.ckpt`` of run ``args.setting`` at each CFG scale in ``args.scales``."""
+    cfg = OmegaConf.load(Path(args.work) / args.setting / ".hydra" / "config.yaml")
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(Path(args.work) / args.setting)
+    test = load_split(cfg.data.test_path, cfg.data.resolution, cfg.data.cache_dir, None, cfg.data.max_tokens)
+    callback, _ = make_evaluation(cfg, test)
+    model = instantiate(cfg.model)
+    blob = torch.load(args.ckpt, weights_only=False, map_location="cpu")
+    model.load_state_dict(blob["state_dict"])
+    rows = []
+    for scale in [float(x) for x in args.scales.split(",")]:
+        callback.guidance_scale = scale
+        images = callback.generate(model.eval())
+        rows.append({"guidance_scale": scale, **callback.metrics.compute(images, callback.prompts["pooled"])})
+        print(rows[-1], flush=True)
+    Path(args.runs).mkdir(parents=True, exist_ok=True)
+    out = Path(args.runs) / f"guidance-{args.setting}-step{blob['global_step']}.json"
+    out.write_text(json.dumps({"setting": args.setting, "step": blob["global_step"], "rows": rows}, indent=1))
+
+
 def _table(r: dict) -> list[str]:
     """One row per evaluation; CPU minutes at step s are the run's CPU time scaled by s / steps
     (evaluation included, so the scale is approximate)."""
@@ -179,7 +204,7 @@ def _table(r: dict) -> list[str]:
 
 
 def report(args) -> None:
-    paths = sorted(p for p in Path(args.runs).glob("*.json") if p.name != "reference.json")
+    paths = sorted(p for p in Path(args.runs).glob("*.json") if p.name != "reference.json" and "guidance" not in p.name)
     records = [json.loads(p.read_text()) for p in paths]
     lines = ["# Downstream regime: does the full-data run follow its captions?", ""]
     ref = Path(args.runs) / "reference.json"
@@ -245,12 +270,19 @@ def main() -> None:
     f = sub.add_parser("reference")
     f.add_argument("--num-images", type=int, default=128)
     f.add_argument("--runs", default="benchmarks/results/downstream-regime")
+    g = sub.add_parser("guidance")
+    g.add_argument("--setting", choices=sorted(SETTINGS), required=True)
+    g.add_argument("--ckpt", required=True)
+    g.add_argument("--scales", default="1,3,7")
+    g.add_argument("--work", default="outputs/downstream-regime")
+    g.add_argument("--runs", default="benchmarks/results/downstream-regime")
     p = sub.add_parser("report")
     p.add_argument("--runs", default="benchmarks/results/downstream-regime")
     p.add_argument("--out", default="benchmarks/results/downstream-regime.md")
     args = parser.parse_args()
     Path(getattr(args, "work", ".")).mkdir(parents=True, exist_ok=True)
-    {"run": run, "record": record_running, "reference": reference, "report": report}[args.cmd](args)
+    cmds = {"run": run, "record": record_running, "reference": reference, "guidance": guidance, "report": report}
+    cmds[args.cmd](args)
 
 
 if __name__ == "__main__":
