@@ -190,16 +190,39 @@ def _table(r: dict) -> list[str]:
     """One row per evaluation; CPU minutes at step s are the run's CPU time scaled by s / steps
     (evaluation included, so the scale is approximate)."""
     lines = [
-        "| step | ≈CPU min | retrieval top-1 | top-5 | top-1 shuffled | top-5 shuffled | domain KID | domain FID |",
-        "|---|---|---|---|---|---|---|---|",
+        "| step | ≈CPU min | retrieval top-1 | top-5 | top-1 shuffled | top-5 shuffled | domain KID | domain FID | CLIP |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in r["curve"]:
         cpu = r["cpu_s"] / 60 * p["step"] / r["steps"]
         lines.append(
             f"| {p['step']} | {cpu:.1f} | {p['retrieval_top1']:.3f} | {p['retrieval_top5']:.3f} | "
             f"{p['retrieval_top1_shuffled']:.3f} | {p['retrieval_top5_shuffled']:.3f} | "
-            f"{p['domain_kid']:.4f} | {p['domain_fid']:.2f} |"
+            f"{p['domain_kid']:.4f} | {p['domain_fid']:.2f} | {p['domain_clip']:.2f} |"
         )
+    return lines
+
+
+def _guidance_tables(runs: Path) -> list[str]:
+    lines = []
+    for path in sorted(runs.glob("guidance-*.json")):
+        g = json.loads(path.read_text())
+        lines += [
+            f"## CFG scale at sampling: {g['setting']}, checkpoint at step {g['step']}",
+            "",
+            f"Command: `python benchmarks/downstream_regime.py guidance --setting {g['setting']} --ckpt <step-{g['step']} "
+            "checkpoint>` (the run trains with caption dropout 0.1)",
+            "",
+            "| CFG scale | retrieval top-1 | top-5 | top-1 shuffled | top-5 shuffled | domain KID | domain CLIP |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in g["rows"]:
+            lines.append(
+                f"| {r['guidance_scale']:g} | {r['retrieval_top1']:.3f} | {r['retrieval_top5']:.3f} | "
+                f"{r['retrieval_top1_shuffled']:.3f} | {r['retrieval_top5_shuffled']:.3f} | {r['domain_kid']:.4f} | "
+                f"{r['domain_clip']:.2f} |"
+            )
+        lines.append("")
     return lines
 
 
@@ -233,6 +256,9 @@ def report(args) -> None:
             *_table(r),
             "",
         ]
+    lines += _guidance_tables(Path(args.runs))
+    if args.notes:
+        lines += ["## Reading", "", Path(args.notes).read_text()]
     Path(args.out).write_text("\n".join(lines))
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     for r in records:
@@ -279,6 +305,7 @@ def main() -> None:
     p = sub.add_parser("report")
     p.add_argument("--runs", default="benchmarks/results/downstream-regime")
     p.add_argument("--out", default="benchmarks/results/downstream-regime.md")
+    p.add_argument("--notes", default=None, help="a markdown file appended as the report's reading")
     args = parser.parse_args()
     Path(getattr(args, "work", ".")).mkdir(parents=True, exist_ok=True)
     cmds = {"run": run, "record": record_running, "reference": reference, "guidance": guidance, "report": report}
