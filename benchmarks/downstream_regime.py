@@ -124,6 +124,7 @@ def _record(args, cmd, clean, load, wall, cpu, curve, test_loss, note=None, comm
 def run(args) -> None:
     name, out, cmd = args.setting, Path(args.work) / args.setting, _command(args)
     clean = not _git("status", "--porcelain", "--untracked-files=no")
+    commit = _git("rev-parse", "--short", "HEAD")  # at the start: the code the run imports
     load = os.getloadavg()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
@@ -135,7 +136,7 @@ def run(args) -> None:
         raise SystemExit(f"{name}: train.py failed ({rc}); see {Path(args.work) / f'{name}.log'}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     m = json.loads((out / "summary.json").read_text())["metrics"]
-    _record(args, cmd, clean, load, wall, cpu, m["eval_curve"], m.get("test/loss"))
+    _record(args, cmd, clean, load, wall, cpu, m["eval_curve"], m.get("test/loss"), commit=commit)
 
 
 def record_running(args) -> None:
