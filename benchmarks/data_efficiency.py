@@ -30,9 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SETUP = (
     "Setup unless the overrides above change it (conf/experiment/efficiency.yaml): 4,000-sample emoji pool, "
     "30% planted noise (5% each: caption swap, blur, heavy noise, blank, collage, near-duplicate), clean "
-    "D_val 1,183 and test 1,128; downstream UNet (16,32,32) 0.45M params at 32 px, 2 epochs over each "
+    "D_val and test from data.val_path / data.test_path; downstream UNet (16,32,32) 0.45M params at 32 px, 2 epochs over each "
     "subset (batch 32); rater: 6 epochs over D_val; domain metrics every 50 steps on 128 fixed test "
-    "prompts (reference: all 1,128 test images), 10 DDIM steps, CFG 3."
+    "prompts (reference: all test images), 10 DDIM steps, CFG 3; retrieval top-1/top-5 of the generated "
+    "images against those prompts' captions (benchmarks/results/downstream-regime.md gives chance and the ceiling)."
 )
 
 
