@@ -204,6 +204,23 @@ def _table(r: dict) -> list[str]:
     return lines
 
 
+def _summary(records: list[dict]) -> list[str]:
+    """One row per (setting, evaluation at step 400 and at the run's last step)."""
+    lines = [
+        "| setting | step | ≈CPU min | top-1 | top-5 | top-1 shuffled | top-5 shuffled | domain KID |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        for p in r["curve"]:
+            if p["step"] in (400, r["curve"][-1]["step"]):
+                lines.append(
+                    f"| {r['setting']} | {p['step']} | {r['cpu_s'] / 60 * p['step'] / r['steps']:.1f} | "
+                    f"{p['retrieval_top1']:.3f} | {p['retrieval_top5']:.3f} | {p['retrieval_top1_shuffled']:.3f} | "
+                    f"{p['retrieval_top5_shuffled']:.3f} | {p['domain_kid']:.4f} |"
+                )
+    return [*lines, ""]
+
+
 def _guidance_tables(runs: Path) -> list[str]:
     lines = []
     for path in sorted(runs.glob("guidance-*.json")):
@@ -231,6 +248,7 @@ def report(args) -> None:
     paths = sorted(p for p in Path(args.runs).glob("*.json") if p.name != "reference.json" and "guidance" not in p.name)
     records = [json.loads(p.read_text()) for p in paths]
     lines = ["# Downstream regime: does the full-data run follow its captions?", ""]
+    lines += _summary(records)
     ref = Path(args.runs) / "reference.json"
     if ref.exists():
         v = json.loads(ref.read_text())
