@@ -14,6 +14,8 @@ METRICS = (  # key in summary["metrics"], label, lower is better
     ("eval/domain_fid", "domain FID", True),
     ("eval/domain_kid", "domain KID", True),
     ("eval/domain_clip", "domain CLIP score", False),
+    ("eval/retrieval_top1", "retrieval top-1", False),
+    ("eval/retrieval_top5", "retrieval top-5", False),
     ("test/loss", "test loss", True),
 )
 LABELS = {

@@ -8,6 +8,11 @@
 - **domain CLIP score**: ``100 * max(cos(E_img(x), E_txt(c)), 0)`` averaged over generated
   images, with the encoder's 384-d image embedding and the caption's MiniLM sentence embedding
   (torchmetrics' CLIPScore convention). Higher is better.
+- **retrieval top-1 / top-5** (:func:`prompt_retrieval`): the share of generated images whose own
+  prompt is the nearest (among the 5 nearest) of the prompt set's distinct captions in the
+  encoder's caption space; chance is ``1/K`` and ``min(5, K)/K`` for K distinct captions
+  (``retrieval_chance_top1`` / ``_top5``). ``retrieval_top1_shuffled`` / ``_top5_shuffled``: the
+  same with the image-caption pairing permuted (the control; near chance for any generator).
 
 KID is torchmetrics' estimator (Bińkowski et al. 2018, "Demystifying MMD GANs"): the unbiased
 MMD² with the cubic polynomial kernel ``k(x, y) = (x·y / d + 1)^3``, averaged over 100 random
@@ -43,7 +48,8 @@ class DomainMetrics:
     Use: ``set_reference(real_images)`` once ([N, 3, H, W] in [-1, 1]; a second call adds to the
     reference, so use a new object for another reference set); then per evaluation
     ``compute(fake_images, caption_pooled)`` with fake images [M, 3, H, W] in [-1, 1] and the
-    prompts' MiniLM sentence embeddings [M, 384] -> ``{"domain_fid", "domain_kid", "domain_clip"}``.
+    prompts' MiniLM sentence embeddings [M, 384] -> ``{"domain_fid", "domain_kid", "domain_clip"}``
+    and the :func:`prompt_retrieval` values.
     """
 
     def __init__(self, encoder: DomainEncoder, kid_subset_size: int = 100, info: dict | None = None):
@@ -94,7 +100,44 @@ class DomainMetrics:
             "domain_fid": float(self.fid.compute()),
             "domain_kid": float(kid_mean),
             "domain_clip": float(100 * cos.clamp(min=0).mean()),
+            **prompt_retrieval(emb, caption_pooled.to(emb.device)),
         }
+
+
+@torch.no_grad()
+def prompt_retrieval(image_emb: torch.Tensor, caption_pooled: torch.Tensor, seed: int = 0) -> dict:
+    """Top-1 / top-5 retrieval of each image's own caption among the prompt set's distinct captions.
+
+    Image i's candidates are the K distinct rows of ``caption_pooled`` (prompts that share a caption
+    share a candidate); scores are cosine similarities in the domain encoder's caption space. The
+    control permutes which caption counts as image i's own (a ``torch.Generator`` seeded ``seed``),
+    which keeps the candidates and their frequencies and breaks only the pairing.
+
+    Args:
+        image_emb: [M, D] L2-normalised image embeddings (:meth:`DomainEncoder.embed`).
+        caption_pooled: [M, D] the prompts' MiniLM sentence embeddings, row i = image i's prompt.
+
+    Returns:
+        ``retrieval_top1``, ``retrieval_top5``, ``retrieval_top1_shuffled``, ``retrieval_top5_shuffled``
+        (fractions in [0, 1]) and ``retrieval_chance_top1`` = 1/K, ``retrieval_chance_top5`` = min(5, K)/K.
+
+    Raises:
+        ValueError: ``image_emb`` and ``caption_pooled`` differ in number of rows, or M = 0.
+    """
+    m = len(image_emb)
+    if m == 0 or len(caption_pooled) != m:
+        raise ValueError(f"prompt_retrieval: {m} images but {len(caption_pooled)} captions (need equal, > 0)")
+    captions, own = torch.unique(caption_pooled.float(), dim=0, return_inverse=True)
+    k = len(captions)
+    sims = image_emb.float() @ F.normalize(captions, dim=-1).T  # [M, K]
+    top = sims.topk(min(5, k), dim=1).indices
+    shuffled = own[torch.randperm(m, generator=torch.Generator().manual_seed(seed))]
+    out = {}
+    for name, target in (("", own), ("_shuffled", shuffled)):
+        out[f"retrieval_top1{name}"] = float((top[:, 0] == target).float().mean())
+        out[f"retrieval_top5{name}"] = float((top == target[:, None]).any(1).float().mean())
+    out["retrieval_chance_top1"], out["retrieval_chance_top5"] = 1 / k, min(5, k) / k
+    return out
 
 
 @torch.no_grad()

@@ -62,6 +62,20 @@ def generate(
     return torch.cat(out)
 
 
+def pooled_caption(unet, states: torch.Tensor, mask: torch.Tensor | None) -> dict:
+    """``{"class_labels": pooled}`` for a UNet with a projection class embedding
+    (``class_embed_type="projection"``), else ``{}``.
+
+    ``pooled`` [B, D] is the caption's sentence embedding as MiniLM pools it: the mean of the token
+    states over real tokens (``mask`` True; all tokens when None), L2-normalised.
+    """
+    if getattr(unet.config, "class_embed_type", None) != "projection":
+        return {}
+    m = torch.ones(states.shape[:2], dtype=states.dtype, device=states.device) if mask is None else mask.to(states)
+    mean = (states * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
+    return {"class_labels": torch.nn.functional.normalize(mean, dim=-1)}
+
+
 def _denoise(unet, scheduler, x, cond, null, num_inference_steps: int, guidance_scale: float) -> torch.Tensor:
     """The scheduler's sampling loop from noise ``x`` [B, C, H, W] with classifier-free guidance:
     ``uncond + guidance_scale * (cond - uncond)`` at every step; returns the last sample, unclamped."""
@@ -71,9 +85,10 @@ def _denoise(unet, scheduler, x, cond, null, num_inference_steps: int, guidance_
     x = x * scheduler.init_noise_sigma
     both = torch.cat([null_states.expand(b, -1, -1), states]).float()
     both_mask = None if mask is None else torch.cat([null_mask.expand(b, -1), mask])
+    extra = pooled_caption(unet, both, both_mask)
     for t in scheduler.timesteps:
         inp = scheduler.scale_model_input(torch.cat([x, x]), t)
-        out = unet(inp, t, encoder_hidden_states=both, encoder_attention_mask=both_mask).sample
+        out = unet(inp, t, encoder_hidden_states=both, encoder_attention_mask=both_mask, **extra).sample
         uncond, text = out.chunk(2)
         x = scheduler.step(uncond + guidance_scale * (text - uncond), t, x).prev_sample
     return x

@@ -1,7 +1,12 @@
 """The downstream text-to-image model trained on a selected subset (or on the full data).
 
 A diffusers ``UNet2DConditionModel`` in pixel space, ``DDPMScheduler`` noise, per-sample denoising
-MSE averaged over the batch, caption dropout for classifier-free guidance.
+MSE averaged over the batch, caption dropout for classifier-free guidance. A UNet built with
+``class_embed_type="projection"`` (``projection_class_embeddings_input_dim`` = the caption width)
+also gets the pooled caption added to its time embedding (:func:`alchemist_pl.sampling.pooled_caption`).
+``snr_gamma`` weights each sample's loss by min-SNR-γ (Hang et al. 2023, "Efficient Diffusion
+Training via Min-SNR Weighting Strategy", Eq. 7-8): ``min(SNR(t), γ) / SNR(t)`` for epsilon
+prediction, ``min(SNR(t), γ) / (SNR(t) + 1)`` for v-prediction.
 
 Evaluation (``trainer.test``):
 
@@ -27,11 +32,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from diffusers.training_utils import compute_snr
 from lightning import LightningModule
 
 from .diffusion import per_sample_loss
 from .runtime import is_wandb
-from .sampling import generate, image_grid
+from .sampling import generate, image_grid, pooled_caption
 
 
 class TextToImageModule(LightningModule):
@@ -45,6 +51,7 @@ class TextToImageModule(LightningModule):
     eval_seed: seed of the test noise and of the sample grid.
     num_samples, sample_steps, guidance_scale: the sample grid.
     max_tokens, text_dim: shape of the caption states [T, D].
+    snr_gamma: min-SNR-γ loss weighting (None: unweighted MSE).
     """
 
     def __init__(
@@ -61,6 +68,7 @@ class TextToImageModule(LightningModule):
         guidance_scale: float = 3.0,
         max_tokens: int = 16,
         text_dim: int = 384,
+        snr_gamma: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["unet", "noise_scheduler", "sampling_scheduler", "optimizer"])
@@ -99,9 +107,22 @@ class TextToImageModule(LightningModule):
         states = torch.where(drop[:, None, None], self.null_states.expand_as(states), states)
         mask = torch.where(drop[:, None], self.null_mask.expand_as(mask), mask)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), device=self.device)
-        loss = per_sample_loss(self.unet, self.noise_scheduler, images, states, mask, t).mean()
+        loss = per_sample_loss(
+            self.unet, self.noise_scheduler, images, states, mask, t, **pooled_caption(self.unet, states, mask)
+        )
+        loss = (loss * self._snr_weight(t)).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         return loss
+
+    def _snr_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """[B] min-SNR-γ weights of timesteps ``t`` (ones when ``snr_gamma`` is None)."""
+        gamma = self.hparams.snr_gamma
+        if gamma is None:
+            return torch.ones(len(t), device=t.device)
+        snr = compute_snr(self.noise_scheduler, t)
+        clipped = snr.clamp(max=float(gamma))
+        v = self.noise_scheduler.config.prediction_type == "v_prediction"
+        return clipped / (snr + 1) if v else clipped / snr
 
     def _eval_noise(self, indices: torch.Tensor, shape) -> torch.Tensor:
         out = []
@@ -120,8 +141,9 @@ class TextToImageModule(LightningModule):
         noise = self._eval_noise(batch["index"], images.shape[1:])
         for j, t in enumerate(self.hparams.eval_timesteps):
             tt = torch.full((b,), int(t), device=self.device, dtype=torch.long)
+            cond = (batch["states"], batch["mask"])
             loss = per_sample_loss(
-                self.unet, self.noise_scheduler, images, batch["states"], batch["mask"], tt, noise[j]
+                self.unet, self.noise_scheduler, images, *cond, tt, noise[j], **pooled_caption(self.unet, *cond)
             )
             self._test_sums[j] += loss.detach().double().sum().cpu()
         self._test_count += b

@@ -10,7 +10,8 @@ Three Hydra multiruns of ``train.py +experiment=efficiency`` (conf/experiment/ef
 3. train: method in --methods x keep_ratio in --keep-ratios x seed, each from its seed's scores
 
 then ``python -m alchemist_pl.compare`` over all of it, into --results (report.md + plots), with
-this run's command, commit, machine and wall times prepended. Extra arguments after ``--`` go to
+this run's stamp prepended: command, commit, whether the tree was clean, machine, date and wall
+times; ``times.json`` holds the same stamp and the wall time of each phase. Extra arguments after ``--`` go to
 every ``train.py`` call (e.g. ``-- trainer=gpu logger=csv``).
 """
 
@@ -26,6 +27,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SETUP = (
+    "Setup unless the overrides above change it (conf/experiment/efficiency.yaml): 4,000-sample emoji pool, "
+    "30% planted noise (5% each: caption swap, blur, heavy noise, blank, collage, near-duplicate), clean "
+    "D_val and test from data.val_path / data.test_path; downstream UNet (16,32,32) 0.45M params at 32 px, 2 epochs over each "
+    "subset (batch 32); rater: 6 epochs over D_val; domain metrics every 50 steps on 128 fixed test "
+    "prompts (reference: all test images), 10 DDIM steps, CFG 3; retrieval top-1/top-5 of the generated "
+    "images against those prompts' captions (benchmarks/results/downstream-regime.md gives chance and the ceiling)."
+)
 
 
 def _run(args: list[str], log_path: Path, env: dict | None = None) -> float:
@@ -47,6 +56,40 @@ def _machine() -> str:
         f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {dev}, "
         f"torch {torch.__version__}, Python {platform.python_version()}"
     )
+
+
+def _stamp(argv: list[str], times: dict) -> dict:
+    """Command, commit (and whether the tracked tree was clean), machine, date and wall times."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+    )
+    return {
+        "command": "python benchmarks/data_efficiency.py " + " ".join(argv),
+        "commit": commit.stdout.strip() or "unknown",
+        "clean_tree": commit.returncode == 0 and not dirty.stdout.strip(),
+        "machine": _machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "wall_s": {k: round(v, 1) for k, v in times.items()},
+        "total_wall_s": round(sum(times.values()), 1),
+    }
+
+
+def _header(stamp: dict) -> list[str]:
+    return [
+        "# Data-efficiency benchmark",
+        "",
+        f"Command: `{stamp['command']}`  ",
+        f"Commit: {stamp['commit']}{'' if stamp['clean_tree'] else ' (with uncommitted changes)'}  ",
+        f"Machine: {stamp['machine']}  ",
+        f"Date: {stamp['date']}  ",
+        "Wall time: "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in stamp["wall_s"].items())
+        + f", total {stamp['total_wall_s'] / 60:.1f} min",
+        "",
+        SETUP,
+        "",
+    ]
 
 
 def main() -> None:
@@ -98,32 +141,9 @@ def main() -> None:
 
     results = Path(args.results)
     path = report([out], results)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    header = [
-        "# Data-efficiency benchmark",
-        "",
-        f"Command: `python benchmarks/data_efficiency.py {' '.join(sys.argv[1:])}`  ",
-        f"Commit: {commit or 'unknown'}{' (with uncommitted changes)' if dirty else ''}  ",
-        f"Machine: {_machine()}  ",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
-        "Wall time: "
-        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
-        + f", total {sum(times.values()) / 60:.1f} min",
-        "",
-        "Setup unless the overrides above change it (conf/experiment/efficiency.yaml): 4,000-sample emoji pool, "
-        "30% planted noise (5% each: caption swap, blur, heavy noise, blank, collage, near-duplicate), clean "
-        "D_val 1,183 and test 1,128; downstream UNet (16,32,32) 0.45M params at 32 px, 2 epochs over each "
-        "subset (batch 32); rater: 6 epochs over D_val; domain metrics every 50 steps on 128 fixed test "
-        "prompts (reference: all 1,128 test images), 10 DDIM steps, CFG 3.",
-        "",
-    ]
-    path.write_text("\n".join(header) + path.read_text().split("\n", 1)[1])
-    (results / "times.json").write_text(json.dumps(times, indent=2))
+    stamp = _stamp(sys.argv[1:], times)
+    path.write_text("\n".join(_header(stamp)) + path.read_text().split("\n", 1)[1])
+    (results / "times.json").write_text(json.dumps(stamp, indent=2))
     print(path.read_text())
 
 
