@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,17 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's alchemist_pl, not another installed copy
 
+from stamp import commit  # noqa: E402
+
 from alchemist_pl.caption_concepts import caption_concept  # noqa: E402
 from alchemist_pl.data import iter_samples  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 PROMPTS = (128, 256)
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "alchemist_pl"], cwd=ROOT, capture_output=True)
-    return out.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
 
 
 def split_report(data_dir: Path) -> list[str]:
@@ -70,7 +65,7 @@ def main() -> None:
         "# Emoji dataset splits and test captions with a sibling in training",
         "",
         f"- command: `python benchmarks/emoji_split.py {' '.join(map(str, args.data_dirs))} --out {args.out}`",
-        f"- commit: `{commit()}`",
+        f"- commit: `{commit('alchemist_pl')}`",
         f"- machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPU cores, Python "
         f"{platform.python_version()}; wall time {time.time() - started:.0f} s",
         "- sibling: a test caption whose caption concept (`alchemist_pl.caption_concepts.caption_concept`: "

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from stamp import commit, machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,26 +40,6 @@ COMMON = ["corruption=web", "corruption.pool_size=4000", "rate.max_epochs=6", "r
 SPACES = {"pixels": [], "latents": ["data.latents=true"]}
 KINDS = ("blur", "noise", "blank", "caption_swap", "near_duplicate", "collage")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_SILENT": "true"}
-
-
-def machine() -> str:
-    import torch
-
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}, "
-        f"Python {platform.python_version()}; load average at start {load}"
-    )
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "alchemist_pl", "conf", "benchmarks/latent_rating.py"],
-        cwd=ROOT,
-        capture_output=True,
-    )
-    return out.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
 
 
 def _dirname(space: str) -> str:
@@ -245,7 +225,7 @@ def main() -> None:
     previous = json.loads((results / "results.json").read_text()) if (results / "results.json").exists() else {}
     header = {
         "command": "python " + " ".join(["benchmarks/latent_rating.py", *sys.argv[1:]]),
-        "commit": commit(),
+        "commit": commit("alchemist_pl", "conf", "benchmarks/latent_rating.py"),
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }

@@ -16,7 +16,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's alchemist_pl, not another insta
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from stamp import commit  # noqa: E402
 
 from alchemist_pl.data import load_split  # noqa: E402
 from alchemist_pl.emoji import build_emoji_dataset  # noqa: E402
@@ -34,12 +34,6 @@ from alchemist_pl.metrics import real_noise_floor  # noqa: E402
 from alchemist_pl.pixels import to_model_range  # noqa: E402
 
 SIZES = (128, 256, None)
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "alchemist_pl", "conf"], cwd=ROOT, capture_output=True)
-    return out.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
 
 
 def _ms(values: list[float], digits: int) -> str:

@@ -30,7 +30,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -41,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from stamp import commit, machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -138,22 +138,6 @@ def _run(args: list[str], log_path: Path) -> dict:
     end = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = end.ru_utime + end.ru_stime - cpu.ru_utime - cpu.ru_stime
     return {"wall_s": time.time() - started, "cpu_s": cpu_s, "load_start": load, "load_end": os.getloadavg()[0]}
-
-
-def machine() -> str:
-    import torch
-
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}, "
-        f"Python {platform.python_version()}; load average at start {load}"
-    )
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "alchemist_pl", "conf"], cwd=ROOT, capture_output=True)
-    return out.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
 
 
 def pool_dir() -> Path:
