@@ -25,7 +25,7 @@ from .data import iter_samples
 from .datamodule import load_split
 from .emoji import manifest_hash
 from .pixels import to_model_range
-from .runtime import write_atomic
+from .runtime import preserved_rng, write_atomic
 from .scores import dataset_fingerprint
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,8 @@ def load_domain_encoder(
     if not path.exists():
         train_set = load_split(data_path, resolution, cache_dir, None, max_tokens)
         test_set = load_split(test_path, resolution, cache_dir, None, max_tokens) if test_path else None
-        _train_and_save(path, params, train_set, test_set)
+        with preserved_rng():
+            _train_and_save(path, params, train_set, test_set)
     return _load_saved(path, width, num_features)
 
 

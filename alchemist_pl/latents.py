@@ -32,7 +32,7 @@ from .data import iter_samples, load_split
 from .emoji import manifest_hash
 from .errors import DataError
 from .pixels import to_model_range
-from .runtime import write_atomic
+from .runtime import preserved_rng, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ def load_codec(
         file = Path(cache_dir) / f"autoencoder-{key}.pt"
         if key not in _CODECS:
             if not file.exists():
-                _train_and_save(file, params, data_paths, test_path, resolution, cache_dir, max_tokens)
+                with preserved_rng():
+                    _train_and_save(file, params, data_paths, test_path, resolution, cache_dir, max_tokens)
             _CODECS[key] = _load_trained(file, key)
         codec = _CODECS[key]
     got = (codec.latent_channels, codec.downsample_factor)

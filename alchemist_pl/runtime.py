@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -60,6 +61,21 @@ def write_json(path: str | os.PathLike, obj) -> Path:
 
 
 # ---------------------------------------------------------------- processes
+
+
+@contextmanager
+def preserved_rng():
+    """Run the body without moving the process's random streams: torch (CPU and CUDA), NumPy and
+    Python ``random`` states are restored on exit. For one-time work whose result is cached (the
+    domain encoder, the autoencoder), so that a run with a cold cache draws the same training
+    noise and initial weights as a run with a warm one."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 def distributed() -> bool:

@@ -2,9 +2,11 @@
 both DataModules, decoding before evaluation, and the smoke pipeline on latents."""
 
 import json
+import random
 import shutil
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -197,3 +199,20 @@ def test_pretrained_autoencoder_from_a_local_folder(tmp_path, emoji_dir, fresh_c
         load_codec(path=str(tmp_path / "vae"), latent_channels=4, downsample_factor=8)
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         load_codec(path=str(tmp_path / "missing"))
+
+
+def test_training_a_cached_autoencoder_leaves_the_random_streams_where_they_were(tmp_path, val_samples, fresh_codecs):
+    """A cold cache (the autoencoder is trained here) and a warm one must leave a run the same
+    torch, NumPy and Python random numbers: otherwise the first run after a cache miss starts its
+    model from other weights than every later run."""
+    args = {"data_paths": [str(_folder(tmp_path / "data", val_samples))], "resolution": 32, **QUICK}
+
+    def draws_after(cache) -> tuple:
+        torch.manual_seed(7), np.random.seed(7), random.seed(7)
+        load_codec(cache_dir=cache, **args)
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()
+
+    cold = draws_after(tmp_path / "cache")  # trains and saves
+    latents._CODECS.clear()
+    warm = draws_after(tmp_path / "cache")  # reads the file
+    assert cold == warm
