@@ -78,6 +78,16 @@ def test_wrong_data_path_names_the_config_key(make_cfg, tmp_path, key):
         run(cfg)
 
 
+@pytest.mark.parametrize("key", ["train_path", "val_path"])
+def test_unreadable_data_folder_names_the_config_key(make_cfg, tmp_path, key, real):
+    """A folder that exists but is neither shards nor an image folder with metadata.jsonl."""
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(real[0][1])
+    cfg = make_cfg("+experiment=rate", "debug=smoke", "~logger", f"data.{key}={tmp_path}/imgs")
+    with pytest.raises(DataError, match=rf"data.{key}=.*imgs: data path .*imgs holds neither \*.tar"):
+        run(cfg)
+
+
 @pytest.mark.parametrize(
     "override,match",
     [

@@ -75,7 +75,10 @@ class BaseDataModule(LightningDataModule):
                 f"{key}={path} does not exist (expected a folder of *.tar webdataset "
                 f"shards, one shard, or an image folder with metadata.jsonl)"
             )
-        split = load_split(path, self.resolution, self.cache_dir, limit, self.max_tokens)
+        try:
+            split = load_split(path, self.resolution, self.cache_dir, limit, self.max_tokens)
+        except data_lib.DataError as e:  # the reader names file and sample; the config key is ours to add
+            raise data_lib.DataError(f"{key}={path}: {e}") from e
         return latent_dataset(split, self.codec, self.cache_dir) if self.latents else split
 
     @property
