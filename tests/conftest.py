@@ -11,6 +11,14 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 DATA_DIR = Path(os.environ.get("ALCHEMIST_TEST_DATA", ROOT / "data"))
+#: the smoke slice of the real data with planted web-style noise: 512 samples, 30% corrupted, ground truth
+PLANTED_SLICE = ("debug=smoke", "logger=csv", "corruption=web", "corruption.pool_size=600")
+
+
+def compose_run(out, *overrides, base=PLANTED_SLICE):
+    """The real config with ``base`` + overrides, the shared test data and outputs in ``out``."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        return compose("config", overrides=[*base, f"paths.data_dir={DATA_DIR}", f"paths.output_dir={out}", *overrides])
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import shlex
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from alchemist_pl.rater import sample_weights
@@ -17,17 +16,10 @@ from alchemist_pl.stages import run
 from examples.tiny_backbone import ThumbnailBackbone
 from examples.tiny_proxy import TinyConvProxy
 
-from .conftest import CONF, DATA_DIR, ROOT
+from .conftest import ROOT, compose_run
 
 EXAMPLES = f"hydra.searchpath=[file://{ROOT / 'examples' / 'conf'}]"
 SMOKE = ("debug=smoke", "logger=csv", "seed=0", EXAMPLES)
-
-
-def _compose(out, *overrides):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        return compose(
-            "config", overrides=[*SMOKE, f"paths.data_dir={DATA_DIR}", f"paths.output_dir={out}", *overrides]
-        )
 
 
 class FlatLossProxy(TinyConvProxy):
@@ -39,7 +31,7 @@ class FlatLossProxy(TinyConvProxy):
 
 def test_custom_proxy_rates_the_pool(tmp_path, emoji_dir):
     """proxy=tiny_conv (examples/conf/proxy): the value-gap rating with θ and θ′ TinyConvProxy."""
-    cfg = _compose(tmp_path, "+experiment=rate", "proxy=tiny_conv")
+    cfg = compose_run(tmp_path, "+experiment=rate", "proxy=tiny_conv", base=SMOKE)
     assert cfg.bilevel.proxy._target_ == "examples.tiny_proxy.TinyConvProxy"
     summary = run(cfg)
     ids, scores, meta = read_scores(tmp_path / "scores.parquet")
@@ -51,7 +43,7 @@ def test_custom_proxy_rates_the_pool(tmp_path, emoji_dir):
 
 def test_custom_downstream_model_trains_and_is_evaluated(tmp_path, emoji_dir):
     """model=tiny_conv (examples/conf/model): trained, tested and evaluated through its generate_images."""
-    cfg = _compose(tmp_path, "+experiment=baseline", "model=tiny_conv")
+    cfg = compose_run(tmp_path, "+experiment=baseline", "model=tiny_conv", base=SMOKE)
     summary = run(cfg)
     m = summary["metrics"]
     assert m["steps"] == 4 and m["train_samples"] == 512
@@ -65,7 +57,9 @@ def test_custom_downstream_model_trains_and_is_evaluated(tmp_path, emoji_dir):
 
 
 def test_proxy_breaking_the_hook_contract_fails_the_rate_stage_by_name(tmp_path, emoji_dir):
-    cfg = _compose(tmp_path, "+experiment=rate", "proxy=tiny_conv", f"proxy.unet._target_={__name__}.FlatLossProxy")
+    cfg = compose_run(
+        tmp_path, "+experiment=rate", "proxy=tiny_conv", f"proxy.unet._target_={__name__}.FlatLossProxy", base=SMOKE
+    )
     with pytest.raises(
         ValueError, match=r"FlatLossProxy\.per_sample_loss must return .*shape \[B\] = \(32,\).*shape \(\)"
     ):
@@ -76,7 +70,7 @@ def test_custom_rater_backbone_scores_each_sample_alone(tmp_path, small_split):
     """rater=thumbnail_mlp (examples/conf/rater): the Group MLP on ThumbnailBackbone's features; a
     sample's score does not depend on the batch it is scored in, and the weights train the backbone."""
     torch.manual_seed(0)
-    rater = instantiate(_compose(tmp_path, "rater=thumbnail_mlp").rater)
+    rater = instantiate(compose_run(tmp_path, "rater=thumbnail_mlp", base=SMOKE).rater)
     assert isinstance(rater.backbone, ThumbnailBackbone)
     images = torch.stack([small_split[i]["image"] for i in range(8)])
     pooled = torch.stack([small_split[i]["pooled"] for i in range(8)])
@@ -95,8 +89,7 @@ def test_readme_extending_commands_select_the_examples(tmp_path):
     chosen = set()
     for args in commands:
         args = [a.replace("file://examples/conf", f"file://{ROOT / 'examples' / 'conf'}") for a in args]
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-            cfg = compose("config", overrides=[f"paths.data_dir={DATA_DIR}", f"paths.output_dir={tmp_path}", *args])
+        cfg = compose_run(tmp_path, *args, base=())
         chosen |= {cfg.proxy.unet._target_, cfg.model._target_, cfg.rater.backbone._target_}
     assert {
         "examples.tiny_proxy.TinyConvProxy",

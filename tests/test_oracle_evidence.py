@@ -4,35 +4,25 @@ pruned at keep_ratio 0.5 through the real score and prune stages, give a cleaner
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hydra import compose, initialize_config_dir
 
 from alchemist_pl.errors import DataError
 from alchemist_pl.scores import read_scores
 from alchemist_pl.scoring import GroundTruthScorer
 from alchemist_pl.stages import run
 
-from .conftest import CONF, DATA_DIR
-
-SLICE = ("debug=smoke", "logger=csv", "corruption=web", "corruption.pool_size=600")  # 512 samples, 30% corrupted
-
-
-def _compose(out, *overrides):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        return compose(
-            "config", overrides=[*SLICE, f"paths.data_dir={DATA_DIR}", f"paths.output_dir={out}", *overrides]
-        )
+from .conftest import compose_run
 
 
 @pytest.fixture(scope="module")
 def oracle_scores(tmp_path_factory, emoji_dir):
     """``(out, summary)`` of the score stage with ``scorer=oracle`` on the slice (``out/score``)."""
     out = tmp_path_factory.mktemp("oracle")
-    return out, run(_compose(out / "score", "+experiment=score", "scorer=oracle"))
+    return out, run(compose_run(out / "score", "+experiment=score", "scorer=oracle"))
 
 
 def _subset_quality(out, name: str, *overrides) -> dict:
     scores = out / "score" / "scores.parquet"
-    summary = run(_compose(out / name, "+experiment=prune", f"scores_path={scores}", "keep_ratio=0.5", *overrides))
+    summary = run(compose_run(out / name, "+experiment=prune", f"scores_path={scores}", "keep_ratio=0.5", *overrides))
     return summary["metrics"]["subset_quality"]
 
 

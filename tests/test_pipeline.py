@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, InstantiationException
 
 from alchemist_pl import pruning
@@ -21,22 +20,13 @@ from alchemist_pl.scores import read_scores, read_subset
 from alchemist_pl.stages import run
 from alchemist_pl.stages.rate import _views
 
-from .conftest import CONF, DATA_DIR, ROOT
-
-SLICE = ("debug=smoke", "logger=csv", "corruption=web", "corruption.pool_size=600")  # planted noise, ground truth
-
-
-def _compose(out, *overrides):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        return compose(
-            "config", overrides=[*SLICE, f"paths.data_dir={DATA_DIR}", f"paths.output_dir={out}", *overrides]
-        )
+from .conftest import DATA_DIR, ROOT, compose_run
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, emoji_dir):
     out = tmp_path_factory.mktemp("smoke")
-    return out, run(_compose(out, "+experiment=pipeline"))
+    return out, run(compose_run(out, "+experiment=pipeline"))
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +34,8 @@ def rated(tmp_path_factory, emoji_dir):
     """A one-epoch rating of the smoke slice (``out/rate/scores.parquet``, 512 samples) and its
     Shift-Gsample 50% subset (``out/prune/subset.parquet``)."""
     out = tmp_path_factory.mktemp("rated")
-    run(_compose(out / "rate", "+experiment=rate", "rate.max_epochs=1"))
-    run(_compose(out / "prune", "+experiment=prune", f"scores_path={out / 'rate' / 'scores.parquet'}"))
+    run(compose_run(out / "rate", "+experiment=rate", "rate.max_epochs=1"))
+    run(compose_run(out / "prune", "+experiment=prune", f"scores_path={out / 'rate' / 'scores.parquet'}"))
     return out, None
 
 
