@@ -70,7 +70,7 @@ def preserved_rng():
     domain encoder, the autoencoder), so that a run with a cold cache draws the same training
     noise and initial weights as a run with a warm one."""
     np_state, py_state = np.random.get_state(), random.getstate()
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # no CUDA: 0 devices
         try:
             yield
         finally:
