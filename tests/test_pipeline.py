@@ -306,14 +306,21 @@ def test_equal_epochs_sets_the_steps(make_cfg):
 
 def test_rating_reports_how_often_the_rater_saw_the_pool(rated, caplog):
     """debug=smoke rates with rate.pool_passes=0.25: ceil(0.25 * 512 / 32) = 4 iterations in the one
-    epoch, an average pool sample seen 0.25 times, D_val's 64 samples twice; below 0.5 it warns."""
+    epoch, an average pool sample seen 0.25 times, D_val's 64 samples twice. The smoke config's own
+    budget does not warn; the default threshold (0.5) warns at that budget."""
     out, _ = rated
     m = json.loads((out / "rate" / "summary.json").read_text())["metrics"]
     assert m["bilevel_iterations"] == 4
     assert m["pool_views_per_sample"] == 0.25 and m["val_views_per_sample"] == 2.0
+    smoke = compose_run(out / "unused", "+experiment=rate")
+    default = compose_run(out / "unused", "+experiment=rate", base=())
     dm = SimpleNamespace(batch_size=32, val_batch_size=32, pool=range(512), val_set=range(64), pool_passes=0.25)
+    trainer = SimpleNamespace(global_step=8, world_size=1)
     with caplog.at_level("WARNING"):
-        _views(dm, SimpleNamespace(global_step=8, world_size=1))
+        _views(dm, trainer, smoke.rate.warn_below_pool_views)
+    assert "rate.pool_passes" not in caplog.text
+    with caplog.at_level("WARNING"):
+        _views(dm, trainer, default.rate.warn_below_pool_views)
     assert "rate.pool_passes" in caplog.text
 
 
