@@ -46,6 +46,7 @@ def test_another_runs_checkpoint_is_not_resumed(make_cfg, tmp_path):
     assert json.loads((tmp_path / "run-identity.json").read_text())["config"]["task_name"] == "baseline"
     assert all(p.suffix == ".ckpt" for p in (tmp_path / "checkpoints").iterdir())
     assert not [w for w in caught if "exists and is not empty" in str(w.message)]
+    assert not (tmp_path / "samples.png").exists() and "samples" not in first["outputs"]  # model.num_samples=0
     written = (tmp_path / "summary.json").read_text()
     second = make_cfg("+experiment=subset", "method=random", "keep_ratio=0.5", "seed=1", *QUICK_TRAIN)
     with pytest.raises(ResumeError) as e:
