@@ -38,7 +38,6 @@ from .ranking import (
     rank,
     rank_part,
     ranking_of,
-    ranks_and_mid2,
     shuffle_ties_at,
 )
 from .subset_draws import by_index, gumbel_top_k, uniform_draw, window
@@ -121,13 +120,16 @@ def _ranked_draw(scores, order, k: int, method: str, keep_ratio: float, seed: in
     Only the descending positions a method may keep are sorted (:func:`~alchemist_pl.ranking.rank_part`;
     all of them when the caller passes ``order``, which is left unchanged). The windows are runs of
     the sorted order; shift_gsample and gsample draw from positions ``first..N-1`` with
-    :func:`gumbel_top_k` over their float32 :func:`~alchemist_pl.ranking.tie_ranks` (equal scores,
-    equal rank, equal chances).
+    :func:`gumbel_top_k` over their tie-aware ranks (equal scores, equal rank, equal chances).
     """
     n = len(scores)
     first = _first(method, n, k, keep_ratio, params.get("head", "auto"), params.get("start", 0.4))
     if method not in WINDOWS and k > n - first:
         raise ValueError(f"cannot keep {k} samples: only {n - first} remain after discarding the head")
+    std = params.get("std", DEFAULT_STD)
+    if method not in WINDOWS and std <= 0:
+        raise ValueError(f"std must be > 0, got {std}")
+    order_given = order
     if order is None:
         a, ranking = rank_part(scores, first, first + k if method in WINDOWS else n)
     else:
@@ -138,16 +140,12 @@ def _ranked_draw(scores, order, k: int, method: str, keep_ratio: float, seed: in
     first -= a  # a position of the sorted part from here on
     if method in WINDOWS:
         return order[first : first + k], mid2(keys, first, first + k, a, n) if twice else None
-    std = params.get("std", DEFAULT_STD)
-    if std <= 0:
-        raise ValueError(f"std must be > 0, got {std}")
-    w, doubled = ranks_and_mid2(keys, first, len(keys), np.float32, a, n)
-    doubled = doubled if twice else None
+    doubled = mid2(keys, first, len(keys), a, n, overwrite=order_given is None)  # the sorted keys are not needed after
     if k == len(keys) - first:
-        return order[first:], doubled
-    keep = gumbel_top_k(w, k, n, params.get("mean", DEFAULT_MEAN), std, np.random.default_rng(seed))
-    del w
-    return order[first:][keep], None if doubled is None else doubled[keep]
+        return order[first:], doubled if twice else None
+    rng = np.random.default_rng(seed)
+    keep = gumbel_top_k(doubled, k, n, params.get("mean", DEFAULT_MEAN), std, rng, overwrite=not twice)
+    return order[first:][keep], doubled[keep] if twice else None
 
 
 def select(

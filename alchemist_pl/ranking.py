@@ -75,34 +75,39 @@ def rank_part(scores: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[i
     8 bytes per sorted position (order and keys, int32 at N < 2^31 for float32 scores) plus about
     40 bytes per sample of each range being sorted.
     """
-    key = score_keys(scores)
-    n = len(key)
+    scores = np.asarray(scores)
+    n = len(scores)
     hi = n if hi is None else hi
     itype = np.int32 if n < 2**31 else np.int64
     if n <= _RANGE:
+        key = score_keys(scores)
         values = torch.from_numpy(key)
         _, perm = torch.sort(values, stable=True, out=(values, torch.empty(n, dtype=torch.int64)))
         return 0, Ranking(perm.numpy().astype(itype), key)
-    counts, lut = _range_counts(key)
+    counts, lut = _range_counts(scores)
     sizes = counts.sum(axis=0)
     starts = np.cumsum(sizes) - sizes
     meets = np.flatnonzero((starts < max(hi, lo + 1)) & (starts + sizes > lo))
     r0, r1 = int(meets[0]), int(meets[-1]) + 1
     a, b = int(starts[r0]), int(starts[r1 - 1] + sizes[r1 - 1])
-    order, keys = _gather_ranges(key, lut, counts, starts - a, (r0, r1), b - a, itype)
-    del key
+    order, keys = _gather_ranges(scores, lut, counts, starts - a, (r0, r1), b - a, itype)
     spans = [(int(starts[r] - a), int(sizes[r])) for r in range(r0, r1) if sizes[r] > 1]
     _parallel(lambda span: _sort_range(order, keys, *span), spans)
     return a, Ranking(order, keys)
 
 
-def _range_counts(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _top16(key: np.ndarray) -> np.ndarray:
+    """[n] the keys' top 16 bits as bins 0..2^16-1 (ascending with the key)."""
+    return (key >> (8 * key.itemsize - 16)) + (1 << 15)
+
+
+def _range_counts(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """([blocks, ranges] samples of each :data:`_BLOCK`-block in each value range, [2^16] the range of
-    each top-16-bit bin): consecutive bins joined into ranges of about :data:`_RANGE` samples."""
-    n, shift, offset = len(key), 8 * key.itemsize - 16, 1 << 15
-    blocks = range(0, n, _BLOCK)
+    each top-16-bit bin of the :func:`score_keys`): consecutive bins joined into ranges of about
+    :data:`_RANGE` samples. The keys are made one block at a time and not kept."""
+    blocks = range(0, len(scores), _BLOCK)
     bins = np.stack(
-        _parallel(lambda a: np.bincount((key[a : a + _BLOCK] >> shift) + offset, minlength=1 << 16), blocks)
+        _parallel(lambda a: np.bincount(_top16(score_keys(scores[a : a + _BLOCK])), minlength=1 << 16), blocks)
     )
     total = bins.sum(axis=0)
     _, lut = np.unique((np.cumsum(total) - total) // _RANGE, return_inverse=True)  # range of each top-16-bit bin
@@ -110,18 +115,18 @@ def _range_counts(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.add.reduceat(bins, first_bin, axis=1), lut.astype(np.uint8 if lut.max() < 256 else np.uint16)
 
 
-def _gather_ranges(key, lut, counts, starts, used: tuple[int, int], m: int, itype) -> tuple[np.ndarray, np.ndarray]:
-    """([m] sample indices, [m] their keys): the samples of ranges ``used[0]..used[1]-1`` laid out
-    range after range from ``starts`` (each range's first slot), in index order within a range;
-    a stable counting sort by range, one block of samples at a time on :data:`THREADS` threads."""
-    shift, offset, (r0, r1) = 8 * key.itemsize - 16, 1 << 15, used
-    order, keys = np.empty(m, dtype=itype), np.empty(m, dtype=key.dtype)
+def _gather_ranges(scores, lut, counts, starts, used: tuple[int, int], m: int, itype) -> tuple[np.ndarray, np.ndarray]:
+    """([m] sample indices, [m] their :func:`score_keys`): the samples of ranges ``used[0]..used[1]-1``
+    laid out range after range from ``starts`` (each range's first slot), in index order within a
+    range; a stable counting sort by range, one block of samples at a time on :data:`THREADS` threads."""
+    r0, r1 = used
+    order, keys = np.empty(m, dtype=itype), np.empty(m, dtype=np.int32 if scores.dtype == np.float32 else np.int64)
     fill = starts + np.cumsum(counts, axis=0) - counts  # [blocks, ranges] first slot of each block's run
 
     def block(i: int) -> None:
         a = i * _BLOCK
-        part = key[a : a + _BLOCK]
-        o = np.argsort(lut[(part >> shift) + offset], kind="stable")  # a radix sort of 8/16-bit range ids
+        part = score_keys(scores[a : a + _BLOCK])
+        o = np.argsort(lut[_top16(part)], kind="stable")  # a radix sort of 8/16-bit range ids
         part_keys, o = part[o], o.astype(itype) + itype(a)
         done = np.cumsum(counts[i]) - counts[i]
         for r in range(r0, r1):
@@ -175,17 +180,20 @@ def group_bounds(keys: np.ndarray, c: int) -> tuple[int, int]:
     return int(np.searchsorted(keys, keys[c], "left")), int(np.searchsorted(keys, keys[c], "right"))
 
 
-def mid2(keys: np.ndarray, lo: int = 0, hi: int | None = None, base: int = 0, n: int | None = None) -> np.ndarray:
+def mid2(
+    keys: np.ndarray, lo: int = 0, hi: int | None = None, base: int = 0, n: int | None = None, overwrite: bool = False
+) -> np.ndarray:
     """Twice the tie-aware rank of positions ``lo..hi-1`` of the sorted ``keys``: ``first + last``
     of the position's group of equal keys (also where the group reaches past ``lo`` or ``hi``).
 
     ``keys`` may be a part of the N sorted keys that holds whole groups (:func:`rank_part`): its
     position 0 is descending position ``base`` of ``n`` scores (default: all of them, ``base = 0``).
     Integer, so exact: [hi - lo] int32 when ``2 N < 2^31``, else int64. O(hi - lo).
+    ``overwrite``: write the result over ``keys[lo:hi]`` when the dtypes agree (no new array).
     """
     hi = len(keys) if hi is None else hi
     itype = np.int32 if 2 * (len(keys) if n is None else n) < 2**31 else np.int64
-    twice = np.empty(max(hi - lo, 0), dtype=itype)
+    twice = keys[lo:hi] if overwrite and keys.dtype == itype else np.empty(max(hi - lo, 0), dtype=itype)
     spans, a = [], group_bounds(keys, lo)[0] if hi > lo else hi
     while a < hi:
         b = group_bounds(keys, min(a + _BLOCK, len(keys)) - 1)[1]  # the block ends with a whole group
@@ -199,7 +207,7 @@ def mid2(keys: np.ndarray, lo: int = 0, hi: int | None = None, base: int = 0, n:
         np.not_equal(part[1:], part[:-1], out=new[1:])
         starts = np.flatnonzero(new)
         sizes = np.diff(starts, append=len(part))
-        i, j = max(lo, a) - a, min(hi, b) - a
+        i, j = max(lo, a) - a, min(hi, b) - a  # the block's keys are read (above) before its result is written
         twice[a + i - lo : a + j - lo] = np.repeat(2 * (starts + a + base) + sizes - 1, sizes)[i:j]  # first + last
 
     _parallel(block, spans)

@@ -108,8 +108,7 @@ def _reference(x: np.ndarray, keep_ratio: float, method: str, seed: int, head=0.
         keep = np.zeros(n - first, dtype=bool)
         keep[:k] = True
     else:
-        w = (twice[first:] / 2).astype(np.float32)
-        keep = subset_draws.gumbel_top_k(w, k, n, 0.5, 0.2, np.random.default_rng(seed))
+        keep = subset_draws.gumbel_top_k(twice[first:], k, n, 0.5, 0.2, np.random.default_rng(seed))
     pct = np.empty(n)
     pct[order] = twice / (2.0 * n)
     idx = np.sort(order[first:][keep])
