@@ -3,8 +3,8 @@
 All methods take a 1-D array of N scores (higher = rated more useful by the rater) and return
 the sorted int64 indices of ``round(keep_ratio * N)`` distinct samples. random, top_k, bottom_k
 and block are O(N) (a partition finds the window's ends); shift_gsample and gsample, and the
-percentiles of a subset, use one radix sort (:func:`alchemist_pl.ranking.rank`), so every method
-scales to 10^8 scores.
+percentiles of a subset, use one radix sort of the positions they may keep
+(:func:`alchemist_pl.ranking.rank_part`), so every method scales to 10^8 scores.
 
 Rank percentile: scores are sorted descending and ``r_i = rank_i / N`` in [0, 1), 0 = top score.
 Equal scores get equal chances: every member of a group of equal scores has the mean of the

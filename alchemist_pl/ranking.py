@@ -7,8 +7,10 @@ and equal selection chances (:mod:`alchemist_pl.pruning`).
 The sort: each score's bits become an integer key (int32 for float32 scores, int64 otherwise)
 that grows as the score falls, -0.0 and 0.0 sharing one key; keys are split by their top 16 bits
 into value ranges of about ``2^20`` samples, and each range is sorted with PyTorch's stable CPU
-radix sort (``torch.sort(..., stable=True)`` on integers). Ties keep the file order. Everything
-after the sort is O(N) and works on the sorted keys, so 10^8 float32 scores need about 2 GB.
+radix sort (``torch.sort(..., stable=True)`` on integers). Ties keep the file order. Only the
+ranges holding the positions a method may keep are sorted (:func:`rank_part`). Everything after
+the sort is O(N) and works on the sorted keys, one block at a time on up to :data:`THREADS`
+threads; 10^8 float32 scores need about 1.5 GB including the scores.
 """
 
 from __future__ import annotations
@@ -71,9 +73,9 @@ def rank_part(scores: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[i
     pass, index order kept within a range) and only the ranges that meet ``[lo, hi)`` are
     radix-sorted, each on its own and up to :data:`THREADS` at a time, so the sort's scratch memory
     stays within a few ranges. ``ranking.order[i]`` / ``ranking.keys[i]``: the sample at position
-    ``a + i`` and its key; ``a = 0, b = N`` at or below ``2^20`` samples. Memory: the N keys, then
-    8 bytes per sorted position (order and keys, int32 at N < 2^31 for float32 scores) plus about
-    40 bytes per sample of each range being sorted.
+    ``a + i`` and its key; ``a = 0, b = N`` at or below ``2^20`` samples. Memory: 8 bytes per
+    sorted position (order and keys, int32 at N < 2^31 for float32 scores; the keys are made a
+    block at a time) plus about 24 bytes per sample of each range being sorted.
     """
     scores = np.asarray(scores)
     n = len(scores)

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["as_ids", "fingerprint", "rows_digest"]
+__all__ = ["as_ids", "feed", "fingerprint", "rows_digest"]
 
 _CHUNK = 1 << 20  # ids per hashed piece (bounds the joined-bytes temporary)
 
@@ -56,11 +56,17 @@ def _terminated(chunk: pa.Array) -> np.ndarray:
     return out
 
 
-def _hash(ids: pa.ChunkedArray) -> str:
-    h = hashlib.sha256()
-    for chunk in ids.chunks:
+def feed(h, sample_ids) -> None:
+    """Add the ids' bytes, each followed by a zero byte, to the hash ``h`` (``hashlib.sha256()``):
+    feeding the rows part after part gives :func:`rows_digest` of all of them."""
+    for chunk in as_ids(sample_ids).chunks:
         for a in range(0, len(chunk), _CHUNK):
             h.update(_terminated(chunk.slice(a, _CHUNK)))
+
+
+def _hash(ids: pa.ChunkedArray) -> str:
+    h = hashlib.sha256()
+    feed(h, ids)
     return h.hexdigest()
 
 

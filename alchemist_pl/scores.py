@@ -20,9 +20,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from .runtime import write_atomic
-from .sample_ids import as_ids, fingerprint, rows_digest
+from .sample_ids import as_ids, feed, fingerprint, rows_digest
 
 META_KEY = b"alchemist"
 
@@ -90,7 +91,6 @@ def _refuse_other_dataset(path, metadata: dict, actual: str, what: str) -> None:
 
 
 def _write(path: str | os.PathLike, columns: dict, metadata: dict) -> Path:
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(metadata, default=str).encode()})
@@ -213,25 +213,44 @@ def read_score_values(path) -> tuple[np.ndarray, dict]:
             float64 cannot hold exactly, null/NaN/inf score (names the sample).
     """
     path, metadata = _open(path, ("sample_id", "score"))
-    col = _column(path, "score")
-    if len(col) == 0:
-        raise ScoresError(f"{path}: the file holds no scores (0 rows)")
+    scores, start = None, 0
 
     def sample_at(i: int) -> str:
-        return _column(path, "sample_id")[i].as_py()
+        return _column(path, "sample_id")[start + i].as_py()
 
-    if col.null_count:
-        i = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ScoresError(f"{path}: sample {sample_at(i)!r} has no score")
-    scores = _score_dtype(path, col, sample_at)
-    del col
-    bad = ~np.isfinite(scores)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ScoresError(
-            f"{path}: {int(bad.sum())} scores are NaN or infinite (first: sample {sample_at(i)!r} = {scores[i]})"
-        )
+    for col in _batches(path, "score"):  # a batch at a time: no second copy of the column
+        if col.null_count:
+            i = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise ScoresError(f"{path}: sample {sample_at(i)!r} has no score")
+        part = _score_dtype(path, col, sample_at)
+        bad = ~np.isfinite(part)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ScoresError(f"{path}: scores are NaN or infinite (first: sample {sample_at(i)!r} = {part[i]})")
+        scores = np.empty(_num_rows(path), dtype=part.dtype) if scores is None else scores
+        scores[start : start + len(part)] = part
+        start += len(part)
+    if scores is None or len(scores) == 0:
+        raise ScoresError(f"{path}: the file holds no scores (0 rows)")
+    pa.default_memory_pool().release_unused()  # the read batches' memory, kept by Arrow's allocator
     return scores, metadata
+
+
+def _batches(path: Path, name: str):
+    """The column's values in row order (as ``pq.read_table`` reads them), an Arrow array per
+    Parquet row group; one row group in memory at a time (``iter_batches`` keeps the column's pages)."""
+    import pyarrow.parquet as pq
+
+    for f in pq.ParquetDataset(path).files:
+        reader = pq.ParquetFile(f)
+        for g in range(reader.metadata.num_row_groups):
+            yield from reader.read_row_group(g, columns=[name], use_threads=False).column(0).chunks
+
+
+def _num_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in pq.ParquetDataset(path).files)
 
 
 def read_sample_ids(path, metadata: dict):
@@ -251,17 +270,46 @@ def _float(values) -> np.ndarray:
     return values if values.dtype == np.float64 else values.astype(np.float32)
 
 
+def read_kept_ids(path, metadata: dict, idx: np.ndarray):
+    """The sample_ids of rows ``idx`` ([k] sorted row indices) as an Arrow string array, read
+    one Parquet batch at a time so that only the kept ids stay in memory. The rows are checked as
+    :func:`read_sample_ids` checks them: while read, against the recorded ``sample_ids_sha256``;
+    without it, or if they changed, by reading and checking all of them.
+
+    Raises:
+        ScoresError: as :func:`read_sample_ids`.
+    """
+
+    path, digest = Path(path), metadata.get("sample_ids_sha256")
+    if digest is not None:
+        h, kept, start = hashlib.sha256(), [], 0
+        for col in _batches(path, "sample_id"):
+            try:
+                feed(h, col)
+            except ValueError as e:
+                raise ScoresError(f"{path}: sample_id must be non-null strings ({e})") from e
+            lo, hi = np.searchsorted(idx, [start, start + len(col)])
+            kept.append(col.take(idx[lo:hi] - start))
+            start += len(col)
+        pa.default_memory_pool().release_unused()  # the read batches' memory, kept by Arrow's allocator
+        if h.hexdigest() == digest:
+            return pa.chunked_array(kept, type=col.type)
+    return read_sample_ids(path, metadata).take(idx)
+
+
 def write_subset(path, sample_ids, scores: np.ndarray, percentile: np.ndarray, metadata: dict) -> Path:
     """Write ``subset.parquet`` atomically (the selected samples only; scores kept as :func:`write_scores` does).
 
-    ``sample_ids``: a sequence of strings, or a pyarrow string array (written as is, without a copy to Python).
-    """
-    import pyarrow as pa
+    ``sample_ids``: a sequence of str, or an Arrow string array or chunked array (written as is,
+    without a copy to Python).
 
+    Raises:
+        ValueError: a sample_id is null or not a string.
+    """
     return _write(
         path,
         {
-            "sample_id": sample_ids if isinstance(sample_ids, pa.Array) else list(sample_ids),
+            "sample_id": as_ids(sample_ids),
             "score": _float(scores),
             "percentile": np.asarray(percentile, dtype=np.float32),
         },

@@ -20,13 +20,14 @@ def by_index(n: int, samples: np.ndarray, twice: np.ndarray | None = None):
     """``samples`` (distinct, in [0, n)) sorted: [k] int64; with ``twice`` ([k] 2 x rank of each),
     also their percentiles in that order ([k] float64, ``2 rank / 2 N`` = ``rank / N`` exactly).
     O(n): a mask (or a rank array) indexed by sample instead of a sort."""
+    mask = np.zeros(n, dtype=bool)
+    mask[samples] = True
+    idx = np.flatnonzero(mask)
     if twice is None:
-        mask = np.zeros(n, dtype=bool)
-        mask[samples] = True
-        return np.flatnonzero(mask)
-    by_sample = np.full(n, -1, dtype=twice.dtype)
+        return idx
+    del mask
+    by_sample = np.empty(n, dtype=twice.dtype)  # read back only where written
     by_sample[samples] = twice
-    idx = np.flatnonzero(by_sample >= 0)
     return idx, by_sample[idx] / (2.0 * n)
 
 

@@ -95,7 +95,7 @@ def _measure(n: str, row: str, repeat: int, root: Path, scores_path: Path) -> di
         cmd = [sys.executable, "-c", CHILD, n, row, str(scores_path)]
         out = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
         if out.returncode:
-            raise RuntimeError(f"{row} at N={n} failed:\n{out.stderr}")
+            raise RuntimeError(f"{row} at N={n} failed (exit status {out.returncode}):\n{out.stderr}")
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     keys = ("wall", "cpu", "peak_gb", "extra_gb")
     med = {k: _median([r[k] for r in runs]) for k in keys}
