@@ -9,7 +9,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from alchemist_pl.sample_ids import fingerprint, rows_digest
-from alchemist_pl.scores import ScoresError, dataset_fingerprint, read_sample_ids, read_scores, write_scores
+from alchemist_pl.scores import (
+    ScoresError,
+    dataset_fingerprint,
+    read_kept_ids,
+    read_sample_ids,
+    read_score_values,
+    read_scores,
+    write_scores,
+)
 
 IDS = ["b", "a", "ü", "", "zz", "aé", "é", "a\u0301", "sample_10", "sample_9", "日本"]
 
@@ -64,3 +72,20 @@ def test_sample_ids_read_as_arrow_match_the_list(tmp_path):
     path = write_scores(tmp_path / "scores.parquet", ids, np.linspace(0, 1, 3000), {})
     got = read_sample_ids(path, read_scores(path)[2])
     assert isinstance(got, pa.ChunkedArray) and got.to_pylist() == ids
+
+
+def test_kept_ids_read_row_group_by_row_group(tmp_path):
+    """read_kept_ids over several files and row groups (the digest checked while read) and over a
+    file without a digest (checked in full) gives the ids of exactly the kept rows."""
+    ids = [f"id-{i}" for i in range(2500)]
+    path = write_scores(tmp_path / "scores.parquet", ids, np.arange(2500.0), {})
+    table, meta = pq.read_table(path), read_scores(path)[2]
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(table.slice(0, 1000), parts / "a.parquet", row_group_size=300)
+    pq.write_table(table.slice(1000), parts / "b.parquet", row_group_size=700)
+    pq.write_table(table.replace_schema_metadata(None), tmp_path / "plain.parquet", row_group_size=400)
+    idx = np.sort(np.random.default_rng(0).choice(2500, 900, replace=False))
+    for source, metadata in ((path, meta), (parts, meta), (tmp_path / "plain.parquet", {})):
+        assert read_kept_ids(source, metadata, idx).to_pylist() == [ids[i] for i in idx], source
+    np.testing.assert_array_equal(read_score_values(parts)[0], np.arange(2500.0))
