@@ -3,8 +3,8 @@
 All methods take a 1-D array of N scores (higher = rated more useful by the rater) and return
 the sorted int64 indices of ``round(keep_ratio * N)`` distinct samples. random, top_k, bottom_k
 and block are O(N) (a partition finds the window's ends); shift_gsample and gsample, and the
-percentiles of a subset, use one radix sort (:func:`alchemist_pl.ranking.rank`), so every method
-scales to 10^8 scores.
+percentiles of a subset, use one radix sort of the positions they may keep
+(:func:`alchemist_pl.ranking.rank_part`), so every method scales to 10^8 scores.
 
 Rank percentile: scores are sorted descending and ``r_i = rank_i / N`` in [0, 1), 0 = top score.
 Equal scores get equal chances: every member of a group of equal scores has the mean of the
@@ -36,8 +36,8 @@ from .ranking import (
     mid2,
     percentiles,
     rank,
+    rank_part,
     ranking_of,
-    ranks_and_mid2,
     shuffle_ties_at,
 )
 from .subset_draws import by_index, gumbel_top_k, uniform_draw, window
@@ -114,32 +114,38 @@ def _first(method: str, n: int, k: int, keep_ratio: float, head, start: float) -
     return int(np.ceil(h * n))  # positions with r = position / N < h are the head
 
 
-def _ranked_draw(ranking: Ranking, k: int, method: str, keep_ratio: float, seed: int, own: bool, twice: bool, **params):
+def _ranked_draw(scores, order, k: int, method: str, keep_ratio: float, seed: int, twice: bool, **params):
     """([k] the samples a rank method keeps, [k] twice their tie-aware rank if ``twice`` else None).
 
-    The windows are runs of the sorted order; shift_gsample and gsample draw from positions
-    ``first..N-1`` with :func:`gumbel_top_k` over their float32 :func:`~alchemist_pl.ranking.tie_ranks`
-    (equal scores, equal rank, equal chances). ``own``: ``ranking.order`` may be shuffled in place.
+    Only the descending positions a method may keep are sorted (:func:`~alchemist_pl.ranking.rank_part`;
+    all of them when the caller passes ``order``, which is left unchanged). The windows are runs of
+    the sorted order; shift_gsample and gsample draw from positions ``first..N-1`` with
+    :func:`gumbel_top_k` over their tie-aware ranks (equal scores, equal rank, equal chances).
     """
-    n = len(ranking.order)
+    n = len(scores)
     first = _first(method, n, k, keep_ratio, params.get("head", "auto"), params.get("start", 0.4))
-    cuts = (first, first + k) if method in WINDOWS else (first,)
-    tie_rng = np.random.default_rng([_TIE_STREAM, seed])
-    order = shuffle_ties_at(ranking.keys, ranking.order, cuts, tie_rng, in_place=own)
-    if method in WINDOWS:
-        return order[first : first + k], mid2(ranking.keys, first, first + k) if twice else None
-    std = params.get("std", DEFAULT_STD)
-    if std <= 0:
-        raise ValueError(f"std must be > 0, got {std}")
-    if k > n - first:
+    if method not in WINDOWS and k > n - first:
         raise ValueError(f"cannot keep {k} samples: only {n - first} remain after discarding the head")
-    w, doubled = ranks_and_mid2(ranking.keys, first, n, np.float32)
-    doubled = doubled if twice else None
-    if k == n - first:
-        return order[first:], doubled
-    keep = gumbel_top_k(w, k, n, params.get("mean", DEFAULT_MEAN), std, np.random.default_rng(seed))
-    del w
-    return order[first:][keep], None if doubled is None else doubled[keep]
+    std = params.get("std", DEFAULT_STD)
+    if method not in WINDOWS and std <= 0:
+        raise ValueError(f"std must be > 0, got {std}")
+    order_given = order
+    if order is None:
+        a, ranking = rank_part(scores, first, first + k if method in WINDOWS else n)
+    else:
+        a, ranking = 0, ranking_of(scores, order)
+    cuts = (first - a, first + k - a) if method in WINDOWS else (first - a,)
+    tie_rng = np.random.default_rng([_TIE_STREAM, seed])
+    keys, order = ranking.keys, shuffle_ties_at(ranking.keys, ranking.order, cuts, tie_rng, in_place=order is None)
+    first -= a  # a position of the sorted part from here on
+    if method in WINDOWS:
+        return order[first : first + k], mid2(keys, first, first + k, a, n) if twice else None
+    doubled = mid2(keys, first, len(keys), a, n, overwrite=order_given is None)  # the sorted keys are not needed after
+    if k == len(keys) - first:
+        return order[first:], doubled if twice else None
+    rng = np.random.default_rng(seed)
+    keep = gumbel_top_k(doubled, k, n, params.get("mean", DEFAULT_MEAN), std, rng, overwrite=not twice)
+    return order[first:][keep], doubled[keep] if twice else None
 
 
 def select(
@@ -189,8 +195,7 @@ def select(
     if method in WINDOWS:
         first = _first(method, n, k, keep_ratio, head, start)
         return window(scores, first, k, np.random.default_rng([_TIE_STREAM, seed]))
-    own = order is None
-    samples, _ = _ranked_draw(ranking_of(scores, order), k, method, keep_ratio, seed, own, False, **params)
+    samples, _ = _ranked_draw(scores, order, k, method, keep_ratio, seed, False, **params)
     return by_index(n, samples)
 
 
@@ -253,19 +258,19 @@ def choose_subset(
 
 
 def _draw_with_percentiles(n: int, scores: np.ndarray, keep_ratio, method: str, seed: int, params: dict):
-    """:func:`select`'s subset and the kept samples' rank percentiles, from one :func:`rank` of the scores."""
+    """:func:`select`'s subset and the kept samples' rank percentiles, from the one sort of the draw
+    (random, full: of all the scores)."""
     if len(scores) != n:
         raise ValueError(f"got {len(scores)} scores for a dataset of {n} samples")
     k = _check(scores, keep_ratio)
     unknown = sorted(set(params) - {"head", "mean", "std", "start"})
     if unknown:
         raise TypeError(f"unknown pruning parameter(s) {unknown}; expected head, mean, std, start")
-    ranking = rank(scores)
     if method in ("random", "full"):
         idx = select(scores, keep_ratio, method, seed, **params)
+        ranking = rank(scores)
         by_sample = np.empty(n, dtype=np.int64 if 2 * n >= 2**31 else np.int32)
         by_sample[ranking.order] = mid2(ranking.keys)
         return idx, by_sample[idx] / (2.0 * n)
-    samples, twice = _ranked_draw(ranking, k, method, keep_ratio, seed, True, True, **params)
-    del ranking
+    samples, twice = _ranked_draw(scores, None, k, method, keep_ratio, seed, True, **params)
     return by_index(n, samples, twice)

@@ -20,8 +20,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from .runtime import write_atomic
+from .sample_ids import as_ids, feed, fingerprint, rows_digest
 
 META_KEY = b"alchemist"
 
@@ -74,11 +76,14 @@ def check_fingerprint(path, metadata: dict, sample_ids, what: str) -> None:
     Raises:
         ScoresError: the recorded fingerprint differs from that of ``sample_ids``.
     """
+    if metadata.get("dataset_fingerprint") is not None:
+        _refuse_other_dataset(path, metadata, dataset_fingerprint(sample_ids), what)
+
+
+def _refuse_other_dataset(path, metadata: dict, actual: str, what: str) -> None:
+    """ScoresError if ``metadata`` records a ``dataset_fingerprint`` other than ``actual``."""
     recorded = metadata.get("dataset_fingerprint")
-    if recorded is None:
-        return
-    actual = dataset_fingerprint(sample_ids)
-    if actual != recorded:
+    if recorded is not None and actual != recorded:
         raise ScoresError(
             f"{path}: the scores were made for another dataset: recorded dataset_fingerprint "
             f"{recorded[:12]}... (train_path={metadata.get('train_path')}), but {what} has {actual[:12]}..."
@@ -86,47 +91,67 @@ def check_fingerprint(path, metadata: dict, sample_ids, what: str) -> None:
 
 
 def _write(path: str | os.PathLike, columns: dict, metadata: dict) -> Path:
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(metadata, default=str).encode()})
-    # no dictionary pages: sample_ids are unique, and dictionary-encoding the float columns doubles the write time
-    return write_atomic(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=False))
+    # no dictionary pages (sample_ids are unique) and no compression: distinct ids and float scores
+    # shrink by about a quarter compressed, and decompressing them doubles the time to read them
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=False, compression="none"))
 
 
-def _read(path: str | os.PathLike, required: tuple[str, ...]):
-    """Read a Parquet file, or a folder of Parquet files (a dataset, as Spark, Dask or
-    ``pyarrow.dataset.write_dataset`` write it; files whose names start with ``_`` or ``.`` are
-    passed over, as pyarrow does), and check its ``sample_id`` column."""
+def _open(path: str | os.PathLike, required: tuple[str, ...]) -> tuple[Path, dict]:
+    """(path, metadata) of a Parquet file, or a folder of Parquet files (a dataset, as Spark, Dask
+    or ``pyarrow.dataset.write_dataset`` write it; files whose names start with ``_`` or ``.`` are
+    passed over, as pyarrow does), once its schema holds the ``required`` columns."""
     import pyarrow.parquet as pq
 
     path = Path(path)
     if not path.exists():
         raise ScoresError(f"{path}: file does not exist (expected a Parquet file or a folder of Parquet files)")
     try:
-        table = pq.read_table(path)
+        schema = pq.ParquetDataset(path).schema
     except Exception as e:
         kind = "folder of Parquet files" if path.is_dir() else "Parquet file"
         raise ScoresError(f"{path}: not a readable {kind} ({e})") from e
-    missing = [c for c in required if c not in table.column_names]
+    missing = [c for c in required if c not in schema.names]
     if missing:
-        raise ScoresError(f"{path}: missing column(s) {missing}; expected {list(required)}, found {table.column_names}")
-    meta = table.schema.metadata or {}
-    metadata = json.loads(meta[META_KEY]) if META_KEY in meta else {}
-    ids = table.column("sample_id").to_pylist()
-    if any(not isinstance(s, str) for s in ids):
-        raise ScoresError(f"{path}: sample_id must be non-null strings")
-    seen: set[str] = set()
-    for s in ids:
-        if s in seen:
-            raise ScoresError(f"{path}: duplicate sample_id {s!r}")
-        seen.add(s)
-    return path, table, ids, metadata
+        raise ScoresError(f"{path}: missing column(s) {missing}; expected {list(required)}, found {schema.names}")
+    meta = schema.metadata or {}
+    return path, json.loads(meta[META_KEY]) if META_KEY in meta else {}
 
 
-def _score_dtype(path: Path, col, ids: list[str]) -> np.ndarray:
+def _column(path: Path, name: str):
+    """One column of the file or folder as an Arrow chunked array."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=[name]).column(name)
+    except Exception as e:
+        raise ScoresError(f"{path}: column {name!r} is not readable ({e})") from e
+
+
+def _sample_ids(path: Path, metadata: dict, own_fingerprint: bool):
+    """The ``sample_id`` column, checked: non-null strings, no id twice and, if ``own_fingerprint``,
+    the recorded ``dataset_fingerprint`` (:func:`check_fingerprint`). Rows that still have the
+    ``sample_ids_sha256`` :func:`write_scores` recorded are the rows it checked, so they are not sorted again."""
+    try:
+        ids = as_ids(_column(path, "sample_id"))
+    except ValueError as e:
+        raise ScoresError(f"{path}: sample_id must be non-null strings ({e})") from e
+    digest = metadata.get("sample_ids_sha256")
+    if digest is not None and rows_digest(ids) == digest:
+        return ids
+    actual, repeated = fingerprint(ids)
+    if repeated is not None:
+        raise ScoresError(f"{path}: duplicate sample_id {repeated!r}")
+    if own_fingerprint:
+        _refuse_other_dataset(path, metadata, actual, "the file's own rows (edited or truncated?)")
+    return ids
+
+
+def _score_dtype(path: Path, col, sample_at) -> np.ndarray:
     """The score column as float32 (float16/32 columns, integers of up to 16 bits) or float64
-    (float64 columns, wider integers): every value kept exactly.
+    (float64 columns, wider integers): every value kept exactly. ``sample_at(i)``: the sample_id of row i.
 
     Raises:
         ScoresError: not numeric, or an integer that float64 cannot hold exactly (|v| > 2^53).
@@ -137,7 +162,7 @@ def _score_dtype(path: Path, col, ids: list[str]) -> np.ndarray:
         raise ScoresError(f"{path}: column 'score' must be numeric (float or int), found {col.type}")
     values = col.to_numpy()
     if pat.is_floating(col.type):
-        return values.astype(np.float64 if col.type.bit_width == 64 else np.float32)
+        return values.astype(np.float64 if col.type.bit_width == 64 else np.float32, copy=False)
     if col.type.bit_width <= 16:
         return values.astype(np.float32)
     out = values.astype(np.float64)
@@ -146,48 +171,97 @@ def _score_dtype(path: Path, col, ids: list[str]) -> np.ndarray:
         i = int(np.flatnonzero(inexact)[0])
         raise ScoresError(
             f"{path}: {int(inexact.sum())} integer scores are too large for a float64 to hold exactly "
-            f"(|score| > 2^53; first: sample {ids[i]!r} = {values[i]}); rescale them"
+            f"(|score| > 2^53; first: sample {sample_at(i)!r} = {values[i]}); rescale them"
         )
     return out
 
 
-def write_scores(path, sample_ids: list[str], scores: np.ndarray, metadata: dict) -> Path:
-    """Write ``scores.parquet`` atomically. ``scores``: [N] numbers aligned with ``sample_ids``,
-    stored as float64 when given as float64, else float32."""
+def write_scores(path, sample_ids, scores: np.ndarray, metadata: dict) -> Path:
+    """Write ``scores.parquet`` atomically. ``sample_ids``: [N] str (a sequence or an Arrow string
+    array); ``scores``: [N] numbers aligned with them, stored as float64 when given as float64, else
+    float32. Records ``dataset_fingerprint`` and ``sample_ids_sha256`` (:mod:`alchemist_pl.sample_ids`).
+
+    Raises:
+        ValueError: lengths differ, or a sample_id is null, not a string or repeated.
+    """
     scores = _float(scores)
-    if len(scores) != len(sample_ids):
-        raise ValueError(f"{len(scores)} scores for {len(sample_ids)} sample_ids")
-    metadata = {**metadata, "dataset_fingerprint": dataset_fingerprint(sample_ids)}
-    return _write(path, {"sample_id": list(sample_ids), "score": scores}, metadata)
+    ids = as_ids(sample_ids)
+    if len(scores) != len(ids):
+        raise ValueError(f"{len(scores)} scores for {len(ids)} sample_ids")
+    actual, repeated = fingerprint(ids)
+    if repeated is not None:
+        raise ValueError(f"duplicate sample_id {repeated!r}")
+    metadata = {**metadata, "dataset_fingerprint": actual, "sample_ids_sha256": rows_digest(ids)}
+    return _write(path, {"sample_id": ids, "score": scores}, metadata)
 
 
 def read_scores(path) -> tuple[list[str], np.ndarray, dict]:
-    """Read ``(sample_ids, scores [N], metadata)`` from a Parquet file or a folder of them.
+    """Read ``(sample_ids, scores [N], metadata)`` from a Parquet file or a folder of them
+    (:func:`read_score_values` and :func:`read_sample_ids`; the ids as a list of str)."""
+    scores, metadata = read_score_values(path)
+    return read_sample_ids(path, metadata).to_pylist(), scores, metadata
+
+
+def read_score_values(path) -> tuple[np.ndarray, dict]:
+    """Read ``(scores [N], metadata)``, the score column only, checked.
 
     The scores keep the column's precision: float64 for float64 (and 32/64-bit integer) columns,
     float32 for float16/float32 (and 8/16-bit integer) columns.
 
     Raises:
         ScoresError: missing file or column, no rows, non-numeric score column, an integer score
-            float64 cannot hold exactly, duplicate sample_id, null/NaN/inf score (names the sample),
-            rows that do not match the recorded ``dataset_fingerprint``.
+            float64 cannot hold exactly, null/NaN/inf score (names the sample).
     """
-    path, table, ids, metadata = _read(path, ("sample_id", "score"))
-    if not ids:
+    path, metadata = _open(path, ("sample_id", "score"))
+    scores, start = None, 0
+
+    def sample_at(i: int) -> str:
+        return _column(path, "sample_id")[start + i].as_py()
+
+    for col in _batches(path, "score"):  # a batch at a time: no second copy of the column
+        if col.null_count:
+            i = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise ScoresError(f"{path}: sample {sample_at(i)!r} has no score")
+        part = _score_dtype(path, col, sample_at)
+        bad = ~np.isfinite(part)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ScoresError(f"{path}: scores are NaN or infinite (first: sample {sample_at(i)!r} = {part[i]})")
+        scores = np.empty(_num_rows(path), dtype=part.dtype) if scores is None else scores
+        scores[start : start + len(part)] = part
+        start += len(part)
+    if scores is None or len(scores) == 0:
         raise ScoresError(f"{path}: the file holds no scores (0 rows)")
-    col = table.column("score")
-    if col.null_count:
-        i = next(i for i, v in enumerate(col.to_pylist()) if v is None)
-        raise ScoresError(f"{path}: sample {ids[i]!r} has no score")
-    scores = _score_dtype(path, col, ids)
-    bad = ~np.isfinite(scores)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ScoresError(
-            f"{path}: {int(bad.sum())} scores are NaN or infinite (first: sample {ids[i]!r} = {scores[i]})"
-        )
-    check_fingerprint(path, metadata, ids, "the file's own rows (edited or truncated?)")
-    return ids, scores, metadata
+    pa.default_memory_pool().release_unused()  # the read batches' memory, kept by Arrow's allocator
+    return scores, metadata
+
+
+def _batches(path: Path, name: str):
+    """The column's values in row order (as ``pq.read_table`` reads them), an Arrow array per
+    Parquet row group; one row group in memory at a time (``iter_batches`` keeps the column's pages)."""
+    import pyarrow.parquet as pq
+
+    for f in pq.ParquetDataset(path).files:
+        reader = pq.ParquetFile(f)
+        for g in range(reader.metadata.num_row_groups):
+            yield from reader.read_row_group(g, columns=[name], use_threads=False).column(0).chunks
+
+
+def _num_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in pq.ParquetDataset(path).files)
+
+
+def read_sample_ids(path, metadata: dict):
+    """The scores file's ``sample_id`` column as an Arrow string array (no Python strings), in row
+    order. ``metadata``: the file's (:func:`read_score_values`).
+
+    Raises:
+        ScoresError: null or non-string ids, a duplicate sample_id, rows that do not match the
+            recorded ``dataset_fingerprint``.
+    """
+    return _sample_ids(Path(path), metadata, own_fingerprint=True)
 
 
 def _float(values) -> np.ndarray:
@@ -196,17 +270,46 @@ def _float(values) -> np.ndarray:
     return values if values.dtype == np.float64 else values.astype(np.float32)
 
 
+def read_kept_ids(path, metadata: dict, idx: np.ndarray):
+    """The sample_ids of rows ``idx`` ([k] sorted row indices) as an Arrow string array, read
+    one Parquet batch at a time so that only the kept ids stay in memory. The rows are checked as
+    :func:`read_sample_ids` checks them: while read, against the recorded ``sample_ids_sha256``;
+    without it, or if they changed, by reading and checking all of them.
+
+    Raises:
+        ScoresError: as :func:`read_sample_ids`.
+    """
+
+    path, digest = Path(path), metadata.get("sample_ids_sha256")
+    if digest is not None:
+        h, kept, start = hashlib.sha256(), [], 0
+        for col in _batches(path, "sample_id"):
+            try:
+                feed(h, col)
+            except ValueError as e:
+                raise ScoresError(f"{path}: sample_id must be non-null strings ({e})") from e
+            lo, hi = np.searchsorted(idx, [start, start + len(col)])
+            kept.append(col.take(idx[lo:hi] - start))
+            start += len(col)
+        pa.default_memory_pool().release_unused()  # the read batches' memory, kept by Arrow's allocator
+        if h.hexdigest() == digest:
+            return pa.chunked_array(kept, type=col.type)
+    return read_sample_ids(path, metadata).take(idx)
+
+
 def write_subset(path, sample_ids, scores: np.ndarray, percentile: np.ndarray, metadata: dict) -> Path:
     """Write ``subset.parquet`` atomically (the selected samples only; scores kept as :func:`write_scores` does).
 
-    ``sample_ids``: a sequence of strings, or a pyarrow string array (written as is, without a copy to Python).
-    """
-    import pyarrow as pa
+    ``sample_ids``: a sequence of str, or an Arrow string array or chunked array (written as is,
+    without a copy to Python).
 
+    Raises:
+        ValueError: a sample_id is null or not a string.
+    """
     return _write(
         path,
         {
-            "sample_id": sample_ids if isinstance(sample_ids, pa.Array) else list(sample_ids),
+            "sample_id": as_ids(sample_ids),
             "score": _float(scores),
             "percentile": np.asarray(percentile, dtype=np.float32),
         },
@@ -215,8 +318,13 @@ def write_subset(path, sample_ids, scores: np.ndarray, percentile: np.ndarray, m
 
 
 def read_subset(path) -> tuple[list[str], dict]:
-    """Read ``(sample_ids, metadata)`` of a subset file (only ``sample_id`` is required)."""
-    _, _, ids, metadata = _read(path, ("sample_id",))
-    if not ids:
+    """Read ``(sample_ids, metadata)`` of a subset file (only ``sample_id`` is required).
+
+    Raises:
+        ScoresError: missing file or column, no rows, null or repeated sample_id.
+    """
+    path, metadata = _open(path, ("sample_id",))
+    ids = _sample_ids(path, metadata, own_fingerprint=False)
+    if not len(ids):
         raise ScoresError(f"{path}: the subset is empty")
-    return ids, metadata
+    return ids.to_pylist(), metadata

@@ -13,18 +13,21 @@ import numpy as np
 
 __all__ = ["by_index", "gumbel_top_k", "uniform_draw", "window"]
 
+_DRAWS = 1 << 20  # Gumbel keys made per block (bounds the uniform draws' buffer)
+
 
 def by_index(n: int, samples: np.ndarray, twice: np.ndarray | None = None):
     """``samples`` (distinct, in [0, n)) sorted: [k] int64; with ``twice`` ([k] 2 x rank of each),
     also their percentiles in that order ([k] float64, ``2 rank / 2 N`` = ``rank / N`` exactly).
     O(n): a mask (or a rank array) indexed by sample instead of a sort."""
+    mask = np.zeros(n, dtype=bool)
+    mask[samples] = True
+    idx = np.flatnonzero(mask)
     if twice is None:
-        mask = np.zeros(n, dtype=bool)
-        mask[samples] = True
-        return np.flatnonzero(mask)
-    by_sample = np.full(n, -1, dtype=twice.dtype)
+        return idx
+    del mask
+    by_sample = np.empty(n, dtype=twice.dtype)  # read back only where written
     by_sample[samples] = twice
-    idx = np.flatnonzero(by_sample >= 0)
     return idx, by_sample[idx] / (2.0 * n)
 
 
@@ -61,26 +64,36 @@ def window(scores: np.ndarray, first: int, k: int, rng: np.random.Generator) -> 
     return np.flatnonzero(keep)
 
 
-def gumbel_top_k(w: np.ndarray, k: int, n: int, mean: float, std: float, rng: np.random.Generator) -> np.ndarray:
-    """[m] bool: k of the m positions whose float32 tie-aware ranks ``w`` holds (overwritten), drawn
-    without replacement with P ∝ exp(-(r - mean)^2 / 2 std^2), ``r = rank / N``.
+def gumbel_top_k(
+    twice: np.ndarray, k: int, n: int, mean: float, std: float, rng: np.random.Generator, overwrite: bool = False
+) -> np.ndarray:
+    """[m] bool: k of the m positions whose tie-aware ranks ``twice / 2`` are given (``twice``: [m]
+    integers, :func:`~alchemist_pl.ranking.mid2`), drawn without replacement with
+    P ∝ exp(-(r - mean)^2 / 2 std^2), ``r = rank / N``.
 
     Gumbel-top-k: adding Gumbel noise to the log-weights and keeping the k largest is an exact
     sample of successive weighted draws without replacement; the k-th largest key is found with a
-    linear-time partition. float32 keys keep memory at 4 bytes per eligible sample.
+    linear-time partition. The keys are float32 (the rank rounded once, then each step in float32),
+    made a block at a time with the uniform draws of the block (one stream, as one call would draw
+    it); ``overwrite``: the keys replace int32 ``twice`` in its memory.
     """
-    m = len(w)
-    w /= np.float32(n)
-    w -= np.float32(mean)
-    np.square(w, out=w)
-    w *= np.float32(-1.0 / (2.0 * std * std))
-    u = rng.random(m, dtype=np.float32)
-    np.maximum(u, np.float32(1e-38), out=u)
-    np.log(u, out=u)
-    np.negative(u, out=u)
-    np.log(u, out=u)
-    w -= u  # + Gumbel(0, 1) = -log(-log(u))
-    del u
+    m = len(twice)
+    w = twice.view(np.float32) if overwrite and twice.dtype == np.int32 else np.empty(m, dtype=np.float32)
+    u = np.empty(min(m, _DRAWS), dtype=np.float32)
+    scale, centre, n32 = np.float32(-1.0 / (2.0 * std * std)), np.float32(mean), np.float32(n)
+    for a in range(0, m, _DRAWS):
+        wb, ub = w[a : a + _DRAWS], u[: min(_DRAWS, m - a)]
+        np.multiply(twice[a : a + _DRAWS], 0.5, out=wb, casting="unsafe")  # the rank, rounded once to float32
+        wb /= n32
+        wb -= centre
+        np.square(wb, out=wb)
+        wb *= scale
+        rng.random(out=ub, dtype=np.float32)
+        np.maximum(ub, np.float32(1e-38), out=ub)
+        np.log(ub, out=ub)
+        np.negative(ub, out=ub)
+        np.log(ub, out=ub)
+        wb -= ub  # + Gumbel(0, 1) = -log(-log(u))
     threshold = np.partition(w, m - k)[m - k]  # k-th largest key
     keep = w > threshold
     keep[np.flatnonzero(w == threshold)[: k - np.count_nonzero(keep)]] = True

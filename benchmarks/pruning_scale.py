@@ -1,22 +1,23 @@
-"""Wall time, CPU time and peak memory of every pruning method on 10^6..10^8 float32 scores.
+"""Wall time, CPU time and peak memory of every pruning method and of the prune stage's path at 10^6..10^8 scores.
 
-    python benchmarks/pruning_scale.py --out benchmarks/results/pruning-scale.md [--sizes 1e6 1e7 1e8] [--repeat 3]
+    python benchmarks/pruning_scale.py --out benchmarks/results/pruning-scale.md [--sizes 1e8] [--repeat 1]
 
 Rows per N (keep_ratio 0.5, seed 0, standard-normal float32 scores: at 10^8 most values tie):
 
 - every method of ``pruning.select`` (``alchemist`` is shift_gsample);
-- ``prune``: what the prune stage does after reading the scores: ``choose_subset`` (the draw and
-  the kept samples' tie-aware percentiles from one sort), the percentile histogram, and
-  ``write_subset`` of the kept samples to a Parquet file (their sample_id strings, the decimal
-  index, are made inside the timed section from the kept indices; reading scores.parquet and the
-  pool's N sample_ids is not part of the row);
+- ``prune``: the prune stage's data path, ``stages.prune.prune_file`` with shift_gsample: read the
+  score column of ``scores.parquet`` (N rows, sample_id = the decimal row index, written by
+  ``write_scores`` before the row in its own process), ``choose_subset`` (the draw and the kept
+  samples' tie-aware percentiles), read and check the N sample_ids, write ``subset.parquet``;
 - ``percentiles``: ``ranking.percentiles`` of all N scores;
-- ``np.argsort``: ``np.argsort(scores)`` (NumPy's default sort), the reference in the same run.
+- ``np.argsort``: ``np.argsort(scores)`` (NumPy's default sort), the yardstick in the same run.
 
 Each (N, row) runs ``--repeat`` times, each in a fresh subprocess, so its peak RSS (``ru_maxrss``
 of that process) is its own; the table gives the median wall time, the median process CPU time
-(user + sys, all threads) of the timed section, the median peak RSS, and the peak minus the RSS
-after the scores were made (the memory the method needs on top of its input).
+(user + sys, all threads) of the timed section, the median peak RSS, the peak minus the RSS before
+the timed section (the memory the method needs on top of its input), and the 1-min load average
+as the row's first run began and as its last ended. On a shared machine wall time grows with the
+load and CPU time much less.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from stamp import commit, machine
 
 ROWS = [
     "shift_gsample",
@@ -43,17 +46,24 @@ ROWS = [
     "np.argsort",
 ]
 
+WRITE = r"""
+import sys, numpy as np, pyarrow as pa, pyarrow.compute as pc
+from alchemist_pl.scores import write_scores
+n = int(float(sys.argv[1]))
+ids = pc.cast(pa.array(np.arange(n)), pa.string())
+write_scores(sys.argv[2], ids, np.random.default_rng(0).standard_normal(n, dtype=np.float32), {"stage": "benchmark"})
+"""
+
 CHILD = r"""
 import json, resource, sys, tempfile, time
 from pathlib import Path
 import numpy as np
-from alchemist_pl.pruning import choose_subset, percentiles, select
-n, row = int(float(sys.argv[1])), sys.argv[2]
-scores = np.random.default_rng(0).standard_normal(n, dtype=np.float32)
+from alchemist_pl.pruning import percentiles, select
+n, row, scores_path = int(float(sys.argv[1])), sys.argv[2], sys.argv[3]
+scores = None if row == "prune" else np.random.default_rng(0).standard_normal(n, dtype=np.float32)
 keep = 1.0 if row == "full" else 0.5
-if row == "prune":  # imported before the clock starts
-    import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet
-    from alchemist_pl.scores import write_subset
+if row == "prune":  # imported before the clock starts, with the stage's dependencies
+    from alchemist_pl.stages.prune import prune_file
 def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -61,11 +71,7 @@ base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with tempfile.TemporaryDirectory() as tmp:
     t, c = time.perf_counter(), cpu()
     if row == "prune":
-        idx, pct = choose_subset(n, scores=scores, keep_ratio=keep, method="shift_gsample", seed=0)
-        hist = np.histogram(pct, bins=10, range=(0.0, 1.0))
-        ids = pc.cast(pa.array(idx), pa.string())  # the kept sample_ids: their decimal index
-        write_subset(Path(tmp) / "subset.parquet", ids, scores[idx], pct, {"stage": "prune"})
-        k = len(idx)
+        k = len(prune_file(scores_path, Path(tmp) / "subset.parquet", keep, "shift_gsample", 0, {}, {})[2])
     elif row == "percentiles":
         k = len(percentiles(scores))
     elif row == "np.argsort":
@@ -82,65 +88,74 @@ def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def _measure(n: str, row: str, repeat: int, root: Path) -> dict:
+def _measure(n: str, row: str, repeat: int, root: Path, scores_path: Path) -> dict:
     runs = []
+    load = os.getloadavg()[0]
     for _ in range(repeat):
-        load = os.getloadavg()[0]
-        out = subprocess.run([sys.executable, "-c", CHILD, n, row], cwd=root, capture_output=True, text=True)
+        cmd = [sys.executable, "-c", CHILD, n, row, str(scores_path)]
+        out = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
         if out.returncode:
-            raise RuntimeError(f"{row} at N={n} failed:\n{out.stderr}")
-        runs.append({**json.loads(out.stdout.strip().splitlines()[-1]), "load": load})
-    keys = ("wall", "cpu", "peak_gb", "extra_gb", "load")
-    return {"n": float(n), "row": row, **{k: _median([r[k] for r in runs]) for k in keys}, "runs": runs}
+            raise RuntimeError(f"{row} at N={n} failed (exit status {out.returncode}):\n{out.stderr}")
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    keys = ("wall", "cpu", "peak_gb", "extra_gb")
+    med = {k: _median([r[k] for r in runs]) for k in keys}
+    return {"n": float(n), "row": row, **med, "load": (load, os.getloadavg()[0]), "runs": runs}
 
 
 def _table(rows: list[dict]) -> list[str]:
     lines = [
-        "| N | method | wall (s) | CPU (s) | peak RSS (GB) | extra over the input (GB) | load at start | all runs: wall / CPU (s) |",
+        "| N | method | wall (s) | CPU (s) | peak RSS (GB) | extra over the input (GB) | 1-min load: start / end |"
+        " all runs: wall / CPU (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         runs = ", ".join(f"{x['wall']:.1f} / {x['cpu']:.1f}" for x in r["runs"])
         lines.append(
             f"| {r['n']:.0e} | {r['row']} | {r['wall']:.2f} | {r['cpu']:.2f} | {r['peak_gb']:.2f} |"
-            f" {r['extra_gb']:.2f} | {r['load']:.1f} | {runs} |"
+            f" {r['extra_gb']:.2f} | {r['load'][0]:.1f} / {r['load'][1]:.1f} | {runs} |"
         )
     return lines
+
+
+def _scores_file(n: str, root: Path, folder: Path) -> tuple[Path, float]:
+    """``scores.parquet`` of N rows written by ``write_scores`` in its own process; its wall time (s)."""
+    path, t = folder / f"scores-{n}.parquet", time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", WRITE, n, str(path)], cwd=root, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"writing the scores file of N={n} failed:\n{out.stderr}")
+    return path, time.perf_counter() - t
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--sizes", nargs="*", default=["1e6", "1e7", "1e8"])
-    p.add_argument("--repeat", type=int, default=3, help="runs per (N, row), each in a fresh process; medians reported")
+    p.add_argument("--sizes", nargs="*", default=["1e8"])
+    p.add_argument("--repeat", type=int, default=1, help="runs per (N, row), each in a fresh process; medians reported")
     p.add_argument("--rows", nargs="*", default=ROWS, choices=ROWS)
-    p.add_argument(
-        "--src", type=Path, default=Path(__file__).resolve().parents[1], help="checkout whose alchemist_pl is timed"
-    )
     args = p.parse_args()
-    root = args.src.resolve()
-    git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    commit, dirty = git("rev-parse", "--short", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
-    load0, started = os.getloadavg(), time.time()
-    rows = []
-    for n in args.sizes:
-        for row in args.rows:
-            rows.append(_measure(n, row, args.repeat, root))
-            print({k: v for k, v in rows[-1].items() if k != "runs"}, flush=True)
+    root = Path(__file__).resolve().parents[1]
+    stamp, started, rows, setup = machine(), time.time(), [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for n in args.sizes:
+            scores_path, seconds = _scores_file(n, root, Path(folder)) if "prune" in args.rows else (Path(), 0.0)
+            setup.append(f"{n}: {seconds:.0f} s")
+            for row in args.rows:
+                rows.append(_measure(n, row, args.repeat, root, scores_path))
+                print({k: v for k, v in rows[-1].items() if k != "runs"}, flush=True)
     minutes = (time.time() - started) / 60
+    command = (
+        f"python benchmarks/pruning_scale.py --out {args.out} --sizes {' '.join(args.sizes)} --repeat {args.repeat}"
+    )
     lines = [
         "# Pruning at scale: every method, the prune stage's path and np.argsort (keep_ratio 0.5, float32 scores)",
         "",
-        f"- command: `python benchmarks/pruning_scale.py --out {args.out} --sizes {' '.join(args.sizes)}"
-        f" --repeat {args.repeat}{' --rows ' + ' '.join(args.rows) if args.rows != ROWS else ''}"
-        f"{' --src ' + str(args.src) if root != Path(__file__).resolve().parents[1] else ''}`",
-        f"- commit of the timed alchemist_pl: `{commit}`{' (with uncommitted changes)' if dirty else ''}",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()},"
-        f" OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; shared with other jobs: load average"
-        f" {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} (1 / 5 / 15 min) at the start,"
-        f" {os.getloadavg()[0]:.1f} at the end; wall time of the whole run {minutes:.1f} min",
-        f"- each cell: median of {args.repeat} runs, each in a fresh process; CPU = user + sys of the timed section"
-        " (all threads); peak RSS = the process's ru_maxrss; load at start = the 1-min load average as the run began",
+        f"- command: `{command}{' --rows ' + ' '.join(args.rows) if args.rows != ROWS else ''}`",
+        f"- commit of the timed alchemist_pl: `{commit()}`",
+        f"- machine: {stamp}; 1-min load at the end {os.getloadavg()[0]:.1f}; OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; wall time of the whole run {minutes:.1f} min"
+        f" (writing the prune row's scores file, outside the rows: {', '.join(setup)})",
+        f"- each cell: median of {args.repeat} run(s), each in a fresh process; CPU = user + sys of the timed section"
+        " (all threads); peak RSS = the process's ru_maxrss",
         "",
         *_table(rows),
         "",

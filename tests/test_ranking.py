@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from alchemist_pl import pruning, ranking
+from alchemist_pl import pruning, ranking, subset_draws
 
 
 def _scores(kind: str, n: int, dtype, seed: int = 0) -> np.ndarray:
@@ -82,3 +82,65 @@ def test_select_leaves_a_given_order_unchanged():
     a = pruning.select(x, 0.5, "shift_gsample", seed=1, order=order)
     np.testing.assert_array_equal(order, before)
     np.testing.assert_array_equal(a, pruning.select(x, 0.5, "shift_gsample", seed=1, order=order))
+
+
+# ------------------------------------------- the partial, range-wise sort against a plain reference
+
+
+def _reference(x: np.ndarray, keep_ratio: float, method: str, seed: int, head=0.25, start=0.4):
+    """select and the kept samples' percentiles the slow way: one stable argsort of every score,
+    the tie shuffle at each cut, each position's tie-aware rank ((first + last) / 2 of its group)."""
+    n, k = len(x), round(keep_ratio * len(x))
+    order = np.argsort(-x.astype(np.float64), kind="stable")
+    s = x[order].astype(np.float64)
+    new = np.r_[True, s[1:] != s[:-1]]  # position starts a group (0.0 and -0.0 tie)
+    group_first = np.maximum.accumulate(np.where(new, np.arange(n), 0))
+    group_last = np.minimum.accumulate(np.where(np.r_[new[1:], True], np.arange(n), n)[::-1])[::-1]
+    first = {"top_k": 0, "bottom_k": n - k, "block": min(int(round(start * n)), n - k), "gsample": 0}.get(method)
+    first = int(np.ceil(head * n)) if first is None else first
+    tie_rng = np.random.default_rng([pruning._TIE_STREAM, seed])
+    for c in (first, first + k) if method in pruning.WINDOWS else (first,):
+        if 0 < c < n and s[c - 1] == s[c]:
+            a, b = group_first[c], group_last[c] + 1
+            order[a:b] = tie_rng.permutation(order[a:b])
+    twice = group_first + group_last
+    if method in pruning.WINDOWS:
+        keep = np.zeros(n - first, dtype=bool)
+        keep[:k] = True
+    else:
+        keep = subset_draws.gumbel_top_k(twice[first:], k, n, 0.5, 0.2, np.random.default_rng(seed))
+    pct = np.empty(n)
+    pct[order] = twice / (2.0 * n)
+    idx = np.sort(order[first:][keep])
+    return idx, pct[idx]
+
+
+@pytest.mark.parametrize("kind", ["normal", "ratings", "zeros", "rounded"])
+@pytest.mark.parametrize("range_size", [64, 700])
+def test_partial_sort_keeps_the_reference_subset(monkeypatch, kind, range_size):
+    """With value ranges of 64 or 700 samples (2000 scores), every rank method's subset and
+    percentiles equal the reference's, whichever range a cut, a window end or the head falls in."""
+    monkeypatch.setattr(ranking, "_RANGE", range_size)
+    monkeypatch.setattr(ranking, "_BLOCK", 256)
+    x = _scores(kind, 2000, np.float32, seed=3)
+    if kind == "rounded":
+        x = np.round(x * 20).astype(np.float32)  # ~150 values: many small groups of equal scores
+    for method in ("shift_gsample", "gsample", "top_k", "bottom_k", "block"):
+        for keep_ratio, seed in ((0.1, 0), (0.5, 1), (0.73, 2)):
+            want, want_pct = _reference(x, keep_ratio, method, seed, start=0.37)
+            got = pruning.select(x, keep_ratio, method, seed=seed, start=0.37, head=0.25)
+            idx, pct = pruning.choose_subset(
+                len(x), scores=x, keep_ratio=keep_ratio, method=method, seed=seed, start=0.37, head=0.25
+            )
+            np.testing.assert_array_equal(got, want, err_msg=f"{method} {keep_ratio}")
+            np.testing.assert_array_equal(idx, want)
+            np.testing.assert_array_equal(pct, want_pct)
+
+
+def test_float32_ranks_are_exact_past_2_to_24():
+    """Ranks above 2^24 in float32: the exact rank rounded once (an arange from 2^24 in float32 repeats 2^24)."""
+    keys = np.arange(2**24, 2**24 + 8, dtype=np.int64)
+    got = ranking.tie_ranks(keys, 0, 8, dtype=np.float32)
+    np.testing.assert_array_equal(got, np.arange(8).astype(np.float32))
+    got, _ = ranking.ranks_and_mid2(keys, 0, 8, np.float32, base=2**24, n=2**26)
+    np.testing.assert_array_equal(got, (np.arange(8) + 2**24).astype(np.float32))

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from ..analysis import subset_quality
 from ..pruning import choose_subset
 from ..runtime import barrier, container, is_global_zero, loggers_for, write_summary
-from ..scores import provenance, read_scores, write_subset
+from ..scores import provenance, read_kept_ids, read_score_values, read_scores, write_subset
 from .report import ground_truth, plot_percentiles
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ def prune(cfg: DictConfig) -> dict:
     (:func:`alchemist_pl.pruning.choose_subset`, parameters ``cfg.pruning``, seed ``cfg.seed``).
 
     Writes ``subset.parquet`` (sample_id, score, percentile), ``percentiles.png`` and ``summary.json``.
+    The sample_ids stay Arrow arrays throughout (no Python string per sample).
 
     Raises:
         ValueError: no ``scores_path``, or a bad method / keep_ratio.
@@ -32,28 +33,56 @@ def prune(cfg: DictConfig) -> dict:
         raise ValueError("prune needs scores: set scores_path=PATH/TO/scores.parquet")
     started = time.time()
     out = Path(cfg.paths.output_dir)
-    ids, scores, meta = read_scores(cfg.scores_path)
     params = container(cfg.pruning)
-    idx, pct = choose_subset(
-        len(scores), scores=scores, keep_ratio=cfg.keep_ratio, method=cfg.method, seed=cfg.seed, **params
-    )
     subset_path, plot = out / "subset.parquet", out / "percentiles.png"
-    kept_ids = [ids[i] for i in idx]
+    subset_meta = {"stage": "prune", "scores_path": str(cfg.scores_path), "method": cfg.method}
+    subset_meta |= {"keep_ratio": cfg.keep_ratio, "seed": cfg.seed, "params": params, "config": container(cfg)}
     # under DDP (prune inside the pipeline) every rank selects the same subset; rank 0 writes
+    n, kept_ids, pct = prune_file(
+        cfg.scores_path,
+        subset_path if is_global_zero() else None,
+        cfg.keep_ratio,
+        cfg.method,
+        cfg.seed,
+        params,
+        {**subset_meta, **provenance()},
+    )
     if is_global_zero():
-        subset_meta = {"stage": "prune", "scores_path": str(cfg.scores_path), "method": cfg.method}
-        subset_meta |= {"keep_ratio": cfg.keep_ratio, "seed": cfg.seed, "params": params, "scores_metadata": meta}
-        write_subset(subset_path, kept_ids, scores[idx], pct, {**subset_meta, "config": container(cfg), **provenance()})
         plot_percentiles(pct, plot, f"{cfg.method}, keep_ratio={cfg.keep_ratio}")
-    metrics = _metrics(len(scores), pct)
+    metrics = _metrics(n, pct)
     gt = ground_truth(cfg.data.train_path)
-    if gt:
-        metrics["subset_quality"] = subset_quality(ids, kept_ids, gt)
+    if gt:  # a planted-noise pool: small enough for Python strings
+        metrics["subset_quality"] = subset_quality(read_scores(cfg.scores_path)[0], kept_ids.to_pylist(), gt)
     _log(cfg, metrics, plot)
-    log.info("prune: %s kept %d of %d samples -> %s", cfg.method, len(idx), len(scores), subset_path)
+    log.info("prune: %s kept %d of %d samples -> %s", cfg.method, len(pct), n, subset_path)
     summary = write_summary(cfg, "prune", started, metrics, {"subset": str(subset_path), "percentiles_plot": str(plot)})
     barrier()  # the other ranks read the subset file next (pipeline under DDP)
     return summary
+
+
+def prune_file(scores_path, subset_path, keep_ratio: float, method: str, seed: int, params: dict, metadata: dict):
+    """The prune stage's data path: read the scores, choose the subset
+    (:func:`~alchemist_pl.pruning.choose_subset`), read the sample_ids, write the kept rows.
+
+    The ids are read after the draw (the sort and the ids are not in memory at once), one batch at
+    a time, and only the kept ones are held, as Arrow arrays (:func:`~alchemist_pl.scores.read_kept_ids`).
+    ``subset_path``: where ``subset.parquet`` goes, or None to write nothing; ``metadata``: the
+    subset file's, to which the scores file's metadata is added as ``scores_metadata``.
+
+    Returns:
+        (N, the k kept sample_ids, [k] float64 percentile of each kept sample).
+
+    Raises:
+        ScoresError: a malformed scores file. ValueError: a bad method / keep_ratio / parameter.
+    """
+    scores, scores_meta = read_score_values(scores_path)
+    idx, pct = choose_subset(len(scores), scores=scores, keep_ratio=keep_ratio, method=method, seed=seed, **params)
+    n, kept_scores = len(scores), scores[idx]
+    del scores  # the N scores are not needed while the ids are read
+    kept_ids = read_kept_ids(scores_path, scores_meta, idx)
+    if subset_path is not None:
+        write_subset(subset_path, kept_ids, kept_scores, pct, {**metadata, "scores_metadata": scores_meta})
+    return n, kept_ids, pct
 
 
 def _metrics(pool_size: int, pct: np.ndarray) -> dict:

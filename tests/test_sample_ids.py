@@ -1,0 +1,91 @@
+"""sample_id columns checked on their Arrow buffers: the fingerprint and duplicates from one sort,
+the rows digest that lets a reader skip that sort, and the scores files that use them."""
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from alchemist_pl.sample_ids import fingerprint, rows_digest
+from alchemist_pl.scores import (
+    ScoresError,
+    dataset_fingerprint,
+    read_kept_ids,
+    read_sample_ids,
+    read_score_values,
+    read_scores,
+    write_scores,
+)
+
+IDS = ["b", "a", "ü", "", "zz", "aé", "é", "a\u0301", "sample_10", "sample_9", "日本"]
+
+
+def _chunked(ids: list[str]) -> pa.ChunkedArray:
+    """The ids in three chunks, the first a slice with a non-zero offset."""
+    head = pa.array(["x", *ids[:4]]).slice(1)
+    return pa.chunked_array([head, pa.array(ids[4:8]), pa.array(ids[8:])])
+
+
+def test_fingerprint_and_digest_of_arrow_ids_equal_the_python_definitions():
+    """sha256 over the sorted ids (Python's str order), each followed by a zero byte; the digest: the same bytes unsorted."""
+    unsorted = hashlib.sha256(b"".join(s.encode() + b"\0" for s in IDS)).hexdigest()
+    for ids in (IDS, pa.array(IDS), pa.array(IDS, pa.large_string()), _chunked(IDS)):
+        assert fingerprint(ids) == (dataset_fingerprint(IDS), None)
+        assert rows_digest(ids) == unsorted
+    assert rows_digest(IDS[::-1]) != unsorted  # the digest sees the order, the fingerprint does not
+    assert fingerprint(IDS[::-1])[0] == dataset_fingerprint(IDS)
+
+
+def test_first_repeated_id_found():
+    assert fingerprint([*IDS, "zz", "a"])[1] == "a"  # the first in sorted order
+    with pytest.raises(ValueError, match="duplicate sample_id 'a'"):
+        write_scores("unused.parquet", ["a", "b", "a"], np.zeros(3), {})
+
+
+def _rewrite(path, table, name: str):
+    """The table written as another tool would, the scores file's metadata kept."""
+    out = path.parent / name
+    pq.write_table(table, out)
+    return out
+
+
+def test_rows_changed_under_a_recorded_digest_are_checked_in_full(tmp_path):
+    """Rows edited after write_scores (metadata kept): a reorder is still the same dataset; a
+    repeated id or a dropped row is refused, although the file carries the writer's digest."""
+    ids = [f"s{i}" for i in range(40)]
+    path = write_scores(tmp_path / "scores.parquet", ids, np.arange(40, dtype=np.float32), {})
+    table = pq.read_table(path)
+    assert "sample_ids_sha256" in read_scores(path)[2]
+    shuffled = _rewrite(path, table.take(np.random.default_rng(0).permutation(40)), "shuffled.parquet")
+    assert sorted(read_scores(shuffled)[0]) == sorted(ids)
+    twice = table.set_column(0, "sample_id", pa.array(ids[:39] + ["s0"]))
+    with pytest.raises(ScoresError, match=r"twice.parquet: duplicate sample_id 's0'"):
+        read_scores(_rewrite(path, twice, "twice.parquet"))
+    with pytest.raises(ScoresError, match="made for another dataset"):
+        read_scores(_rewrite(path, table.slice(1), "cut.parquet"))
+
+
+def test_sample_ids_read_as_arrow_match_the_list(tmp_path):
+    ids = [f"id-{i:04d}" for i in range(3000)]
+    path = write_scores(tmp_path / "scores.parquet", ids, np.linspace(0, 1, 3000), {})
+    got = read_sample_ids(path, read_scores(path)[2])
+    assert isinstance(got, pa.ChunkedArray) and got.to_pylist() == ids
+
+
+def test_kept_ids_read_row_group_by_row_group(tmp_path):
+    """read_kept_ids over several files and row groups (the digest checked while read) and over a
+    file without a digest (checked in full) gives the ids of exactly the kept rows."""
+    ids = [f"id-{i}" for i in range(2500)]
+    path = write_scores(tmp_path / "scores.parquet", ids, np.arange(2500.0), {})
+    table, meta = pq.read_table(path), read_scores(path)[2]
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(table.slice(0, 1000), parts / "a.parquet", row_group_size=300)
+    pq.write_table(table.slice(1000), parts / "b.parquet", row_group_size=700)
+    pq.write_table(table.replace_schema_metadata(None), tmp_path / "plain.parquet", row_group_size=400)
+    idx = np.sort(np.random.default_rng(0).choice(2500, 900, replace=False))
+    for source, metadata in ((path, meta), (parts, meta), (tmp_path / "plain.parquet", {})):
+        assert read_kept_ids(source, metadata, idx).to_pylist() == [ids[i] for i in idx], source
+    np.testing.assert_array_equal(read_score_values(parts)[0], np.arange(2500.0))
