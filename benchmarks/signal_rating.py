@@ -102,6 +102,7 @@ VARIANTS = {
         ["rater=interaction", "bilevel.caption_contrast_weight=0.5"],
     ),
     "interaction": ("the defaults with rater=interaction (r = 64 image × caption products)", ["rater=interaction"]),
+    "default_2p": ("the defaults at twice the budget, rate.pool_passes=2.0", ["rate.pool_passes=2.0"]),
 }
 # variant -> the variant whose iteration cost sets its budget (1.0 × cost(default) / cost(that variant) pool passes)
 EQUAL_TIME = {"k2_time": "k2", "k4_time": "k4", "k1_k2iters": "k2", "k1_k4iters": "k4"}
@@ -476,6 +477,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--cost-iterations", type=int, default=8)
     parser.add_argument("--cost-repeats", type=int, default=3)
+    parser.add_argument(
+        "--cost-variants", default=None, help="variants timed side by side (default: --variants and the cost-only ones)"
+    )
     parser.add_argument("--report-only", action="store_true")
     a = parser.parse_args()
     out, results = Path(a.out).resolve(), Path(a.results).resolve()
@@ -488,8 +492,9 @@ def main() -> None:
     info["commit"] = commit()
     if not a.report_only:
         started = time.time()
-        if not info.get("cost"):
-            info["cost"] = measure_cost([*variants, *COST_ONLY], a.cost_iterations, a.cost_repeats)
+        timed = [*variants, *COST_ONLY] if a.cost_variants is None else [v for v in a.cost_variants.split(",") if v]
+        if not info.get("cost") and timed:
+            info["cost"] = measure_cost(timed, a.cost_iterations, a.cost_repeats)
             report(out, results, seeds, variants, info)
         if set(variants) & {*EQUAL_TIME, *EQUAL_TIME.values()} and not (out / COST_DRAWS).exists():
             out.mkdir(parents=True, exist_ok=True)
