@@ -15,7 +15,8 @@ Keep-scores (higher = keep), each per timestep and per band (sum of per-t z-scor
 ``loss`` = −ℓ(θ; c); ``value_gap`` = ℓ(θ′; c) − ℓ(θ; c); ``contrast`` = ℓ(θ; c₁) − ℓ(θ; c);
 ``null_gap`` = ℓ(θ; ∅) − ℓ(θ; c); ``contrast_pool`` = ℓ(θ′; c₁) − ℓ(θ′; c); ``contrast_pool_k4`` =
 mean_k ℓ(θ′; c_k) − ℓ(θ′; c) over K = 4 other captions c₁..c₄ (each another pool sample's, with a
-different caption text, :func:`alchemist_pl.audit.mismatched_rows`); mixes ``value_gap@a-b + λ·X@c-d``
+different caption text, :func:`alchemist_pl.audit.mismatched_rows`); ``value_gap_other`` =
+ℓ(θ′; c₁) − ℓ(θ; c₁) (the value gap with both models given a wrong caption); mixes ``value_gap@a-b + λ·X@c-d``
 of z-scored bands. Reported: AUROC clean vs corrupted overall (equal samples per kind, as the pool) and
 per kind, mean ± std over seeds, per budget label.
 """
@@ -46,7 +47,7 @@ from alchemist_pl.data import load_split  # noqa: E402
 from alchemist_pl.resolvers import register_resolvers  # noqa: E402
 
 OTHERS = 4  # mismatched captions per sample for the averaged contrast
-SIGNALS = ("loss", "value_gap", "contrast", "null_gap", "contrast_pool", "contrast_pool_k4")
+SIGNALS = ("loss", "value_gap", "contrast", "null_gap", "contrast_pool", "contrast_pool_k4", "value_gap_other")
 COLUMNS = ("all", "caption_swap", "collage", "near_duplicate", "blur", "noise", "blank")
 TERMS = (
     ("val", "own"), ("pool", "own"), ("val", "other1"), ("val", "null"),
@@ -111,6 +112,22 @@ def keep_scores(losses: dict) -> dict:
     own = losses[("pool", "own")]
     out["contrast_pool"] = losses[("pool", "other1")] - own
     out["contrast_pool_k4"] = np.mean([losses[("pool", f"other{k}")] for k in range(1, OTHERS + 1)], axis=0) - own
+    out["value_gap_other"] = losses[("pool", "other1")] - losses[("val", "other1")]
+    return out
+
+
+def caption_scale(scored: dict, timesteps) -> dict:
+    """Per timestep, on clean samples: mean loss of θ and θ′ and their mean caption contrast relative to it."""
+    clean = scored["kinds"] == CLEAN
+    L = scored["losses"]
+    out = {}
+    for i, t in enumerate(timesteps):
+        row = {}
+        for m in ("val", "pool"):
+            own = L[(m, "own")][i, clean]
+            row[f"loss_{m}"] = float(own.mean())
+            row[f"contrast_rel_{m}"] = float((L[(m, "other1")][i, clean] - own).mean() / own.mean())
+        out[str(t)] = row
     return out
 
 
@@ -168,7 +185,24 @@ def render(numbers: dict, context: dict) -> str:
             cells = [_ms([per_seed[s][name][c] for s in seeds]) for c in COLUMNS]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
+        lines += _scale_lines(context["scale"][label], seeds)
     return "\n".join(lines) + "\n"
+
+
+def _scale_lines(scale: dict, seeds) -> list[str]:
+    lines = [
+        "Clean samples, mean over seeds: loss of θ and θ′ and the mismatched-caption contrast relative to the loss",
+        "",
+        "| t | loss θ | loss θ′ | contrast / loss, θ | contrast / loss, θ′ |",
+        "|---|---|---|---|---|",
+    ]
+    for t in scale[seeds[0]]:
+        v = {k: np.mean([scale[s][t][k] for s in seeds]) for k in scale[seeds[0]][t]}
+        lines.append(
+            f"| {t} | {v['loss_val']:.4f} | {v['loss_pool']:.4f} | {v['contrast_rel_val']:+.4f} | "
+            f"{v['contrast_rel_pool']:+.4f} |"
+        )
+    return [*lines, ""]
 
 
 def main() -> None:
@@ -185,7 +219,7 @@ def main() -> None:
     register_resolvers()
     seeds, timesteps = [int(s) for s in a.seeds.split(",")], [int(t) for t in a.timesteps.split(",")]
     runs = dict(item.split("=", 1) for item in a.runs.split(","))
-    out, numbers, metas = Path(a.out), {}, []
+    out, numbers, metas, scales = Path(a.out), {}, [], {}
     for seed in seeds:  # seeds outside: a cut-short audit has whole seeds
         for label, folder in runs.items():
             run, cache = Path(folder) / f"seed{seed}", out / label / f"seed{seed}.npz"
@@ -197,8 +231,9 @@ def main() -> None:
                 np.savez_compressed(cache, kinds=scored["kinds"].astype(str), meta=json.dumps(scored["meta"]),
                                     **{"__".join(k): v for k, v in scored["losses"].items()})  # fmt: skip
             z = np.load(cache)
-            scored = {"losses": {tuple(k.split("__")): z[k] for k in z.files if "__" in k}}
             kinds = z["kinds"].astype(object)
+            scored = {"losses": {tuple(k.split("__")): z[k] for k in z.files if "__" in k}, "kinds": kinds}
+            scales.setdefault(label, {})[seed] = caption_scale(scored, timesteps)
             metas.append({"label": label, **json.loads(str(z["meta"]))})
             table = score_table(scored, timesteps)
             numbers.setdefault(label, {})[seed] = {n: audit.separation(s, kinds) for n, s in table.items()}
@@ -213,6 +248,7 @@ def main() -> None:
         "timesteps": timesteps,
         "clean": a.clean,
         "per_kind": a.per_kind,
+        "scale": scales,
     }
     results = Path(a.results)
     results.parent.mkdir(parents=True, exist_ok=True)
