@@ -106,8 +106,26 @@ VARIANTS = {
 }
 # variant -> the variant whose iteration cost sets its budget (1.0 × cost(default) / cost(that variant) pool passes)
 EQUAL_TIME = {"k2_time": "k2", "k4_time": "k4", "k1_k2iters": "k2", "k1_k4iters": "k4"}
-# measured for cost only: the caption path with cross-attention at 16x16 as well
+# measured for cost only: the caption path with cross-attention at 16x16 as well; θ′'s caption contrast
 COST_ONLY = {
+    "contrast_value": (
+        "the defaults + the mismatched-caption contrast read from θ′ (bilevel.contrast_model=value), λ = 0.5, "
+        "t in [100, 300)",
+        [
+            "bilevel.caption_contrast_weight=0.5",
+            "bilevel.contrast_model=value",
+            "bilevel.contrast_timesteps=[100,300]",
+        ],
+    ),
+    "contrast_value_k4": (
+        "contrast_value averaged over 4 other captions (bilevel.contrast_captions=4)",
+        [
+            "bilevel.caption_contrast_weight=0.5",
+            "bilevel.contrast_model=value",
+            "bilevel.contrast_timesteps=[100,300]",
+            "bilevel.contrast_captions=4",
+        ],
+    ),
     "value_gap_text16": (
         "value_gap_text with proxy=unet_tiny_text16",
         [
@@ -116,7 +134,7 @@ COST_ONLY = {
             "bilevel.caption_dropout=0.1",
             "bilevel.caption_contrast_weight=0.5",
         ],
-    )
+    ),
 }
 METHODS = ("shift_gsample", "gsample", "top_k")
 FIRST_VARIANTS = ("first_order", "value_gap", "value_gap_text")  # pruned with every method of METHODS
