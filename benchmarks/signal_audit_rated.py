@@ -214,6 +214,7 @@ def main() -> None:
     parser.add_argument("--per-kind", type=int, default=100)
     parser.add_argument("--out", default="outputs/signal-audit-rated", help="scored losses per run (reused)")
     parser.add_argument("--results", default="benchmarks/results/signal-audit-f2.md")
+    parser.add_argument("--notes", default=None, help="a markdown file appended to the report as its reading")
     a = parser.parse_args()
     torch.set_num_threads(1)
     register_resolvers()
@@ -252,7 +253,8 @@ def main() -> None:
     }
     results = Path(a.results)
     results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(render(numbers, context))
+    notes = Path(a.notes).read_text() if a.notes else ""
+    results.write_text(render(numbers, context) + ("\n## Reading\n\n" + notes if notes else ""))
     results.with_suffix(".json").write_text(json.dumps({"context": context, "numbers": numbers}, indent=1))
     print(results.read_text())
 
