@@ -76,6 +76,9 @@ class BilevelRater(RaterLosses, LightningModule):
             (:func:`alchemist_pl.signals.embed_null_caption`); needed when ``caption_dropout > 0``.
         caption_contrast_weight: λ ≥ 0 of the mismatched-caption contrast.
         contrast_timesteps: [low, high) of the contrast's timestep.
+        contrast_model: "proxy" (θ) or "value" (θ′, ``value_gap`` only): the model whose losses form
+            the caption contrast.
+        contrast_captions: K ≥ 1 other captions per sample, their losses averaged in the contrast.
         draws_per_sample: K (t, ε) draws per training sample; signals are averaged over them.
         logit_anchor: λ ≥ 0 of ``λ · mean_B(a)²`` in the rater's loss, ``a`` the instance logits. The
             batch softmax leaves the logits' common level free; without an anchor Adam can drift it
@@ -119,6 +122,8 @@ class BilevelRater(RaterLosses, LightningModule):
         null_caption: dict | None = None,
         caption_contrast_weight: float = 0.0,
         contrast_timesteps: tuple[int, int] = (300, 500),
+        contrast_model: str = "proxy",
+        contrast_captions: int = 1,
         draws_per_sample: int = 1,
         logit_anchor: float = 0.0,
         value_timesteps: str = "signal",

@@ -12,6 +12,7 @@ NOISE_MODES = ("independent", "shared")
 TIMESTEP_MODES = ("shared", "stratified", "uniform")
 LOSS_WEIGHTINGS = ("none", "min_snr")
 VALUE_WEIGHTS = ("uniform", "rater")
+CONTRAST_MODELS = ("proxy", "value")
 
 
 def _range(name: str, value, num_t: int) -> tuple[int, int]:
@@ -29,9 +30,9 @@ def check_options(h, noise_scheduler) -> tuple[tuple[int, int], tuple[int, int]]
 
     Raises:
         ValueError: an unknown choice, a range outside [0, num_train_timesteps), a negative weight
-            or probability, ``inner_steps`` or ``draws_per_sample`` < 1, or a combination the
-            signal does not support (the exact estimator with a caption contrast or K > 1 draws;
-            the literal objective with a caption contrast).
+            or probability, ``inner_steps``, ``draws_per_sample`` or ``contrast_captions`` < 1, or a
+            combination the signal does not support (the exact estimator with a caption contrast or K > 1 draws;
+            the literal objective with a caption contrast; θ′'s contrast without θ′).
     """
     num_t = noise_scheduler.config.num_train_timesteps
     rater_t = _range("rater_timesteps", h.rater_timesteps, num_t)
@@ -44,6 +45,7 @@ def check_options(h, noise_scheduler) -> tuple[tuple[int, int], tuple[int, int]]
         ("rater_timestep_sampling", TIMESTEP_MODES),
         ("value_weights", VALUE_WEIGHTS),
         ("value_timesteps", ("signal", "uniform")),
+        ("contrast_model", CONTRAST_MODELS),
     ):
         if h[name] not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {h[name]!r}")
@@ -57,6 +59,10 @@ def check_options(h, noise_scheduler) -> tuple[tuple[int, int], tuple[int, int]]
         raise ValueError(f"caption_contrast_weight must be >= 0, got {h.caption_contrast_weight}")
     if h.inner_steps < 1 or h.draws_per_sample < 1:
         raise ValueError(f"inner_steps and draws_per_sample must be >= 1, got {h.inner_steps}, {h.draws_per_sample}")
+    if h.contrast_captions < 1:
+        raise ValueError(f"contrast_captions must be >= 1, got {h.contrast_captions}")
+    if h.contrast_model == "value" and h.rater_signal != "value_gap":
+        raise ValueError(f"contrast_model=value needs rater_signal=value_gap (θ′), got {h.rater_signal!r}")
     if h.rater_signal == "exact" and (h.caption_contrast_weight > 0 or h.draws_per_sample > 1):
         raise ValueError("rater_signal=exact takes neither a caption contrast nor draws_per_sample > 1")
     if h.rater_signal == "first_order" and h.rater_objective == "literal" and h.caption_contrast_weight > 0:

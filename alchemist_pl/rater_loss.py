@@ -36,6 +36,10 @@ class embedding (diffusers ``class_embed_type="projection"``) gets the pooled ca
 ``c_i = ℓ_i(θ | caption of sample i+1) − ℓ_i(θ | own caption)`` at a timestep of
 ``contrast_timesteps`` with the first draw's noise (a caption that does not help denoise its image
 looks worse); the mean gap is logged per 100-step timestep band (``rate/caption_gap_t{band}``).
+``contrast_captions = K`` averages the first term over the captions of samples i+1..i+K;
+``contrast_model="value"`` takes both terms from θ′ instead of θ (``value_gap`` only): θ′ has fitted
+the pool's own captions, θ mostly D_val's, so θ′ can tell a pool image's caption from another's
+where θ must generalise to captions it never saw.
 """
 
 from __future__ import annotations
@@ -99,12 +103,21 @@ class RaterLosses:
 
     @torch.no_grad()
     def _caption_contrast(self, raw, draw):
-        """``c_i / σ_c`` [B]: ``ℓ_i(θ | caption of i+1) − ℓ_i(θ | own caption)`` at one contrast timestep."""
-        b = len(raw["image"])
+        """``c_i / σ_c`` [B]: ``mean_k ℓ_i(m | caption of i+k) − ℓ_i(m | own caption)``, k = 1..K
+        (``contrast_captions``), at one contrast timestep with the first draw's noise for every caption;
+        ``m`` = θ (``contrast_model="proxy"``) or θ′ (``"value"``).
+
+        Raises:
+            ValueError: K ≥ B (a roll by B pairs a sample with its own caption).
+        """
+        b, k = len(raw["image"]), self.hparams.contrast_captions
+        if k >= b:
+            raise ValueError(f"contrast_captions={k} needs a training batch of more than {k} samples, got {b}")
+        model = self.value_proxy if self.hparams.contrast_model == "value" else self.proxy
         t = draw_timesteps("shared", b, *self.contrast_t, device=self.device)
         noise = draw.noise[:b]
-        own = self._losses(self.proxy, raw, t, noise)
-        gap = self._losses(self.proxy, roll_captions(raw), t, noise) - own
+        own = self._losses(model, raw, t, noise)
+        gap = torch.stack([self._losses(model, roll_captions(raw, j), t, noise) for j in range(1, k + 1)]).mean(0) - own
         z = self.contrast_moments.normalise(gap, t)
         self.contrast_moments.update(gap, t)
         band = int(t[0]) // 100 * 100

@@ -102,11 +102,30 @@ VARIANTS = {
         ["rater=interaction", "bilevel.caption_contrast_weight=0.5"],
     ),
     "interaction": ("the defaults with rater=interaction (r = 64 image × caption products)", ["rater=interaction"]),
+    "default_2p": ("the defaults at twice the budget, rate.pool_passes=2.0", ["rate.pool_passes=2.0"]),
 }
 # variant -> the variant whose iteration cost sets its budget (1.0 × cost(default) / cost(that variant) pool passes)
 EQUAL_TIME = {"k2_time": "k2", "k4_time": "k4", "k1_k2iters": "k2", "k1_k4iters": "k4"}
-# measured for cost only: the caption path with cross-attention at 16x16 as well
+# measured for cost only: the caption path with cross-attention at 16x16 as well; θ′'s caption contrast
 COST_ONLY = {
+    "contrast_value": (
+        "the defaults + the mismatched-caption contrast read from θ′ (bilevel.contrast_model=value), λ = 0.5, "
+        "t in [100, 300)",
+        [
+            "bilevel.caption_contrast_weight=0.5",
+            "bilevel.contrast_model=value",
+            "bilevel.contrast_timesteps=[100,300]",
+        ],
+    ),
+    "contrast_value_k4": (
+        "contrast_value averaged over 4 other captions (bilevel.contrast_captions=4)",
+        [
+            "bilevel.caption_contrast_weight=0.5",
+            "bilevel.contrast_model=value",
+            "bilevel.contrast_timesteps=[100,300]",
+            "bilevel.contrast_captions=4",
+        ],
+    ),
     "value_gap_text16": (
         "value_gap_text with proxy=unet_tiny_text16",
         [
@@ -115,7 +134,7 @@ COST_ONLY = {
             "bilevel.caption_dropout=0.1",
             "bilevel.caption_contrast_weight=0.5",
         ],
-    )
+    ),
 }
 METHODS = ("shift_gsample", "gsample", "top_k")
 FIRST_VARIANTS = ("first_order", "value_gap", "value_gap_text")  # pruned with every method of METHODS
@@ -473,6 +492,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--cost-iterations", type=int, default=8)
     parser.add_argument("--cost-repeats", type=int, default=3)
+    parser.add_argument(
+        "--cost-variants", default=None, help="variants timed side by side (default: --variants and the cost-only ones)"
+    )
     parser.add_argument("--report-only", action="store_true")
     a = parser.parse_args()
     out, results = Path(a.out).resolve(), Path(a.results).resolve()
@@ -485,8 +507,9 @@ def main() -> None:
     info["commit"] = commit()
     if not a.report_only:
         started = time.time()
-        if not info.get("cost"):
-            info["cost"] = measure_cost([*variants, *COST_ONLY], a.cost_iterations, a.cost_repeats)
+        timed = [*variants, *COST_ONLY] if a.cost_variants is None else [v for v in a.cost_variants.split(",") if v]
+        if not info.get("cost") and timed:
+            info["cost"] = measure_cost(timed, a.cost_iterations, a.cost_repeats)
             report(out, results, seeds, variants, info)
         if set(variants) & {*EQUAL_TIME, *EQUAL_TIME.values()} and not (out / COST_DRAWS).exists():
             out.mkdir(parents=True, exist_ok=True)
