@@ -137,7 +137,7 @@ def _sample_ids(path: Path, metadata: dict, own_fingerprint: bool):
     try:
         ids = as_ids(_column(path, "sample_id"))
     except ValueError as e:
-        raise ScoresError(f"{path}: sample_id must be non-null strings ({e})") from e
+        raise ScoresError(f"{path}: {e}") from e
     digest = metadata.get("sample_ids_sha256")
     if digest is not None and rows_digest(ids) == digest:
         return ids
@@ -285,11 +285,11 @@ def read_kept_ids(path, metadata: dict, idx: np.ndarray):
         h, kept, start = hashlib.sha256(), [], 0
         for col in _batches(path, "sample_id"):
             try:
-                feed(h, col)
-            except ValueError as e:
-                raise ScoresError(f"{path}: sample_id must be non-null strings ({e})") from e
+                feed(h, col := as_ids(col))
+            except ValueError:
+                break  # read_sample_ids names the file and the row
             lo, hi = np.searchsorted(idx, [start, start + len(col)])
-            kept.append(col.take(idx[lo:hi] - start))
+            kept += col.take(idx[lo:hi] - start).chunks
             start += len(col)
         pa.default_memory_pool().release_unused()  # the read batches' memory, kept by Arrow's allocator
         if h.hexdigest() == digest:

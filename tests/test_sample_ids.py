@@ -89,3 +89,28 @@ def test_kept_ids_read_row_group_by_row_group(tmp_path):
     for source, metadata in ((path, meta), (parts, meta), (tmp_path / "plain.parquet", {})):
         assert read_kept_ids(source, metadata, idx).to_pylist() == [ids[i] for i in idx], source
     np.testing.assert_array_equal(read_score_values(parts)[0], np.arange(2500.0))
+
+
+def test_dictionary_and_string_view_ids_read_as_their_strings(tmp_path):
+    """A sample_id column stored dictionary-encoded (pandas ``category``) or as string_view is the
+    same ids: read, and the kept ids read under the writer's digest, equal the written ones."""
+    ids = [f"id-{i}" for i in range(300)]
+    path = write_scores(tmp_path / "scores.parquet", ids, np.arange(300.0), {})
+    table, meta = pq.read_table(path), read_scores(path)[2]
+    idx = np.arange(0, 300, 7)
+    for kind, column in (
+        ("dict", table.column(0).dictionary_encode()),
+        ("view", table.column(0).cast(pa.string_view())),
+    ):
+        other = _rewrite(path, table.set_column(0, "sample_id", column), f"{kind}.parquet")
+        assert read_scores(other)[0] == ids, kind
+        assert read_kept_ids(other, meta, idx).to_pylist() == [ids[i] for i in idx], kind
+
+
+def test_null_sample_id_named_by_row(tmp_path):
+    table = pa.table({"sample_id": pa.array(["a", "b", None, "d"]), "score": np.arange(4.0)})
+    pq.write_table(table, tmp_path / "nulls.parquet")
+    with pytest.raises(
+        ScoresError, match=r"nulls.parquet: sample_id must be non-null strings: 1 null\(s\), the first at row 2"
+    ):
+        read_scores(tmp_path / "nulls.parquet")
