@@ -114,3 +114,49 @@ def test_null_sample_id_named_by_row(tmp_path):
         ScoresError, match=r"nulls.parquet: sample_id must be non-null strings: 1 null\(s\), the first at row 2"
     ):
         read_scores(tmp_path / "nulls.parquet")
+
+
+def _folder(tmp_path, name: str, tables) -> object:
+    folder = tmp_path / name
+    folder.mkdir()
+    for i, t in enumerate(tables):
+        pq.write_table(t, folder / f"part-{i}.parquet")
+    return folder
+
+
+def test_folder_files_of_different_types_read_exactly(tmp_path):
+    """A folder whose files store the scores as float32 and float64, and the ids as string and
+    large_string (the writer's metadata kept): the float64 scores keep their precision (the top
+    rows differ by 1e-9) and the kept ids read under the digest are those of the kept rows."""
+    ids, scores = [f"s{i}" for i in range(600)], 1.0 + np.arange(600) * 1e-9
+    table = pq.read_table(write_scores(tmp_path / "scores.parquet", ids, scores, {}))
+    head, tail = table.slice(0, 200), table.slice(200)
+    head = head.set_column(1, "score", head.column(1).cast(pa.float32()))
+    tail = tail.set_column(0, "sample_id", tail.column(0).cast(pa.large_string()))
+    folder = _folder(tmp_path, "mixed", [head, tail])
+    got, meta = read_score_values(folder)
+    np.testing.assert_array_equal(got[200:], scores[200:])
+    idx = np.arange(150, 600, 3)
+    assert read_kept_ids(folder, meta, idx).to_pylist() == [ids[i] for i in idx]
+
+
+def test_folder_files_missing_a_column_or_fingerprinting_other_rows_refused(tmp_path):
+    """A file of a folder without the score column is named; two scores files of their own in one
+    folder (each fingerprints its own rows) are refused naming both, while parts whose metadata
+    differs in other keys only (a streaming run's shards) are read."""
+    ids, scores = [f"s{i}" for i in range(100)], np.arange(100.0)
+    table = pa.table({"sample_id": ids, "score": scores})
+    lacking = _folder(tmp_path, "lacking", [table.slice(0, 50), table.slice(50).select(["sample_id"])])
+    with pytest.raises(ScoresError, match=r"part-1.parquet: missing column 'score'"):
+        read_score_values(lacking)
+    own = tmp_path / "own"
+    own.mkdir()
+    write_scores(own / "a.parquet", ids[:50], scores[:50], {})
+    write_scores(own / "b.parquet", ids[50:], scores[50:], {})
+    with pytest.raises(ScoresError, match=r"a.parquet and .*b.parquet record the fingerprints of different rows"):
+        read_scores(own)
+    shards = [
+        t.replace_schema_metadata({b"alchemist": f'{{"shard": {i}}}'.encode()})
+        for i, t in enumerate([table.slice(0, 50), table.slice(50)])
+    ]
+    assert read_scores(_folder(tmp_path, "shards", shards))[0] == ids
