@@ -18,6 +18,7 @@ from alchemist_pl.scores import (
     read_scores,
     write_scores,
 )
+from alchemist_pl.stages.prune import prune_file
 
 IDS = ["b", "a", "ü", "", "zz", "aé", "é", "a\u0301", "sample_10", "sample_9", "日本"]
 
@@ -160,3 +161,23 @@ def test_folder_files_missing_a_column_or_fingerprinting_other_rows_refused(tmp_
         for i, t in enumerate([table.slice(0, 50), table.slice(50)])
     ]
     assert read_scores(_folder(tmp_path, "shards", shards))[0] == ids
+
+
+def test_prune_path_checks_rows_edited_under_a_recorded_digest(tmp_path):
+    """The prune stage reads only the kept ids (read_kept_ids), so that read is its only check of
+    the ids: a repeated id or a dropped row under the writer's stale digest is refused, and a
+    reordered file keeps each kept score with its own sample_id."""
+    ids = [f"s{i}" for i in range(40)]
+    path = write_scores(tmp_path / "scores.parquet", ids, np.arange(40, dtype=np.float32), {})
+    table = pq.read_table(path)
+    twice = _rewrite(path, table.set_column(0, "sample_id", pa.array(ids[:39] + ["s0"])), "twice.parquet")
+    with pytest.raises(ScoresError, match=r"twice.parquet: duplicate sample_id 's0'"):
+        prune_file(twice, None, 0.5, "top_k", 0, {}, {})
+    with pytest.raises(ScoresError, match="cut.parquet: the scores were made for another dataset"):
+        prune_file(_rewrite(path, table.slice(1), "cut.parquet"), None, 0.5, "top_k", 0, {}, {})
+    shuffled = _rewrite(path, table.take(np.random.default_rng(0).permutation(40)), "shuffled.parquet")
+    subset = tmp_path / "subset.parquet"
+    prune_file(shuffled, subset, 0.25, "top_k", 0, {}, {})
+    kept = pq.read_table(subset)
+    assert sorted(kept.column("sample_id").to_pylist()) == [f"s{i}" for i in range(30, 40)]
+    assert kept.column("sample_id").to_pylist() == [f"s{int(s)}" for s in kept.column("score").to_numpy()]
