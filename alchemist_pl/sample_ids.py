@@ -25,18 +25,26 @@ _CHUNK = 1 << 20  # ids per hashed piece (bounds the joined-bytes temporary)
 
 
 def as_ids(sample_ids) -> pa.ChunkedArray:
-    """``sample_ids`` (a sequence of str, or an Arrow string array) as a chunked Arrow string array.
+    """``sample_ids`` (a sequence of str, or an Arrow string array) as a chunked Arrow string or
+    large_string array; dictionary-encoded strings (pandas ``category``) and ``string_view`` are
+    decoded to the same values.
 
     Raises:
-        ValueError: an id that is not a string, or a null.
+        ValueError: an id that is not a string, or a null (names its row).
     """
     if isinstance(sample_ids, pa.ChunkedArray | pa.Array):
         ids = sample_ids
     else:
         ids = pa.array(sample_ids if isinstance(sample_ids, list) else list(sample_ids), type=pa.string())
     ids = ids if isinstance(ids, pa.ChunkedArray) else pa.chunked_array([ids], type=ids.type)
-    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)) or ids.null_count:
-        raise ValueError(f"sample_id must be non-null strings, got {ids.type} with {ids.null_count} nulls")
+    value = ids.type.value_type if pa.types.is_dictionary(ids.type) else ids.type
+    if pa.types.is_dictionary(ids.type) or pa.types.is_string_view(value):
+        ids = ids.cast(pa.large_string() if pa.types.is_large_string(value) else pa.string())
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        raise ValueError(f"sample_id must be strings, got {ids.type}")
+    if ids.null_count:
+        row = pc.index(ids.is_null(), True).as_py()
+        raise ValueError(f"sample_id must be non-null strings: {ids.null_count} null(s), the first at row {row}")
     return ids
 
 

@@ -17,10 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+import pyarrow.types as pat
 
 from .runtime import write_atomic
 from .sample_ids import as_ids, feed, fingerprint, rows_digest
@@ -43,8 +46,6 @@ def dataset_fingerprint(sample_ids) -> str:
 
 def provenance() -> dict:
     """``{"version": package version, "commit": git commit of the source tree or None}``."""
-    import subprocess
-
     from . import __version__
 
     commit = None
@@ -91,8 +92,6 @@ def _refuse_other_dataset(path, metadata: dict, actual: str, what: str) -> None:
 
 
 def _write(path: str | os.PathLike, columns: dict, metadata: dict) -> Path:
-    import pyarrow.parquet as pq
-
     table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(metadata, default=str).encode()})
     # no dictionary pages (sample_ids are unique) and no compression: distinct ids and float scores
     # shrink by about a quarter compressed, and decompressing them doubles the time to read them
@@ -103,27 +102,32 @@ def _open(path: str | os.PathLike, required: tuple[str, ...]) -> tuple[Path, dic
     """(path, metadata) of a Parquet file, or a folder of Parquet files (a dataset, as Spark, Dask
     or ``pyarrow.dataset.write_dataset`` write it; files whose names start with ``_`` or ``.`` are
     passed over, as pyarrow does), once its schema holds the ``required`` columns."""
-    import pyarrow.parquet as pq
-
     path = Path(path)
     if not path.exists():
         raise ScoresError(f"{path}: file does not exist (expected a Parquet file or a folder of Parquet files)")
     try:
-        schema = pq.ParquetDataset(path).schema
+        dataset = pq.ParquetDataset(path)
+        metas = [json.loads((pq.read_schema(f).metadata or {}).get(META_KEY, b"{}")) for f in dataset.files]
     except Exception as e:
         kind = "folder of Parquet files" if path.is_dir() else "Parquet file"
         raise ScoresError(f"{path}: not a readable {kind} ({e})") from e
-    missing = [c for c in required if c not in schema.names]
+    missing = [c for c in required if c not in dataset.schema.names]
     if missing:
-        raise ScoresError(f"{path}: missing column(s) {missing}; expected {list(required)}, found {schema.names}")
-    meta = schema.metadata or {}
-    return path, json.loads(meta[META_KEY]) if META_KEY in meta else {}
+        raise ScoresError(
+            f"{path}: missing column(s) {missing}; expected {list(required)}, found {dataset.schema.names}"
+        )
+    rows = [(m.get("dataset_fingerprint"), m.get("sample_ids_sha256")) for m in metas]  # each of its own file
+    other = next((i for i, r in enumerate(rows) if r != rows[0]), None)
+    if other is not None:
+        raise ScoresError(
+            f"{path}: {dataset.files[0]} and {dataset.files[other]} record the fingerprints of different rows "
+            "(scores files of their own): write them as one file, or strip their schema metadata to join them"
+        )
+    return path, metas[0]
 
 
 def _column(path: Path, name: str):
     """One column of the file or folder as an Arrow chunked array."""
-    import pyarrow.parquet as pq
-
     try:
         return pq.read_table(path, columns=[name]).column(name)
     except Exception as e:
@@ -137,7 +141,7 @@ def _sample_ids(path: Path, metadata: dict, own_fingerprint: bool):
     try:
         ids = as_ids(_column(path, "sample_id"))
     except ValueError as e:
-        raise ScoresError(f"{path}: sample_id must be non-null strings ({e})") from e
+        raise ScoresError(f"{path}: {e}") from e
     digest = metadata.get("sample_ids_sha256")
     if digest is not None and rows_digest(ids) == digest:
         return ids
@@ -156,8 +160,6 @@ def _score_dtype(path: Path, col, sample_at) -> np.ndarray:
     Raises:
         ScoresError: not numeric, or an integer that float64 cannot hold exactly (|v| > 2^53).
     """
-    import pyarrow.types as pat
-
     if not (pat.is_floating(col.type) or pat.is_integer(col.type)):
         raise ScoresError(f"{path}: column 'score' must be numeric (float or int), found {col.type}")
     values = col.to_numpy()
@@ -213,7 +215,7 @@ def read_score_values(path) -> tuple[np.ndarray, dict]:
             float64 cannot hold exactly, null/NaN/inf score (names the sample).
     """
     path, metadata = _open(path, ("sample_id", "score"))
-    scores, start = None, 0
+    scores, start, n = None, 0, sum(pq.ParquetFile(f).metadata.num_rows for f in pq.ParquetDataset(path).files)
 
     def sample_at(i: int) -> str:
         return _column(path, "sample_id")[start + i].as_py()
@@ -227,7 +229,8 @@ def read_score_values(path) -> tuple[np.ndarray, dict]:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ScoresError(f"{path}: scores are NaN or infinite (first: sample {sample_at(i)!r} = {part[i]})")
-        scores = np.empty(_num_rows(path), dtype=part.dtype) if scores is None else scores
+        scores = np.empty(n, dtype=part.dtype) if scores is None else scores
+        scores = scores.astype(part.dtype) if part.dtype.itemsize > scores.itemsize else scores  # files of a folder
         scores[start : start + len(part)] = part
         start += len(part)
     if scores is None or len(scores) == 0:
@@ -239,18 +242,12 @@ def read_score_values(path) -> tuple[np.ndarray, dict]:
 def _batches(path: Path, name: str):
     """The column's values in row order (as ``pq.read_table`` reads them), an Arrow array per
     Parquet row group; one row group in memory at a time (``iter_batches`` keeps the column's pages)."""
-    import pyarrow.parquet as pq
-
     for f in pq.ParquetDataset(path).files:
         reader = pq.ParquetFile(f)
+        if name not in reader.schema_arrow.names:
+            raise ScoresError(f"{f}: missing column {name!r} (a file of the folder {path})")
         for g in range(reader.metadata.num_row_groups):
             yield from reader.read_row_group(g, columns=[name], use_threads=False).column(0).chunks
-
-
-def _num_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in pq.ParquetDataset(path).files)
 
 
 def read_sample_ids(path, metadata: dict):
@@ -285,15 +282,16 @@ def read_kept_ids(path, metadata: dict, idx: np.ndarray):
         h, kept, start = hashlib.sha256(), [], 0
         for col in _batches(path, "sample_id"):
             try:
-                feed(h, col)
-            except ValueError as e:
-                raise ScoresError(f"{path}: sample_id must be non-null strings ({e})") from e
+                feed(h, col := as_ids(col))
+            except ValueError:
+                break  # read_sample_ids names the file and the row
             lo, hi = np.searchsorted(idx, [start, start + len(col)])
-            kept.append(col.take(idx[lo:hi] - start))
+            kept += col.take(idx[lo:hi] - start).chunks
             start += len(col)
         pa.default_memory_pool().release_unused()  # the read batches' memory, kept by Arrow's allocator
-        if h.hexdigest() == digest:
-            return pa.chunked_array(kept, type=col.type)
+        if h.hexdigest() == digest:  # the files of a folder may hold string and large_string ids
+            wide = len({c.type for c in kept}) > 1
+            return pa.chunked_array([c.cast(pa.large_string()) for c in kept] if wide else kept, type=col.type)
     return read_sample_ids(path, metadata).take(idx)
 
 

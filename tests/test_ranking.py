@@ -144,3 +144,19 @@ def test_float32_ranks_are_exact_past_2_to_24():
     np.testing.assert_array_equal(got, np.arange(8).astype(np.float32))
     got, _ = ranking.ranks_and_mid2(keys, 0, 8, np.float32, base=2**24, n=2**26)
     np.testing.assert_array_equal(got, (np.arange(8) + 2**24).astype(np.float32))
+
+
+@pytest.mark.parametrize("kind", ["normal", "rounded"])
+def test_rank_part_holds_every_start_position(monkeypatch, kind):
+    """rank_part(lo, lo + 1) for every lo (ranges of 32 of 400 scores, so lo falls on the first and
+    the last position of every range): the sorted part starts at or before lo, reaches lo + 1, and
+    its positions are those of the stable descending argsort."""
+    monkeypatch.setattr(ranking, "_RANGE", 32)
+    monkeypatch.setattr(ranking, "_BLOCK", 128)
+    x = _scores("normal", 400, np.float32, seed=5)
+    x = np.round(x * 20).astype(np.float32) if kind == "rounded" else x
+    want = np.argsort(-x.astype(np.float64), kind="stable")
+    for lo in range(len(x)):
+        a, part = ranking.rank_part(x, lo, lo + 1)
+        assert a <= lo < a + len(part.order), (lo, a, len(part.order))
+        np.testing.assert_array_equal(part.order, want[a : a + len(part.order)], err_msg=f"lo={lo}")

@@ -18,6 +18,7 @@ from alchemist_pl.scores import (
     read_scores,
     write_scores,
 )
+from alchemist_pl.stages.prune import prune_file
 
 IDS = ["b", "a", "ü", "", "zz", "aé", "é", "a\u0301", "sample_10", "sample_9", "日本"]
 
@@ -89,3 +90,94 @@ def test_kept_ids_read_row_group_by_row_group(tmp_path):
     for source, metadata in ((path, meta), (parts, meta), (tmp_path / "plain.parquet", {})):
         assert read_kept_ids(source, metadata, idx).to_pylist() == [ids[i] for i in idx], source
     np.testing.assert_array_equal(read_score_values(parts)[0], np.arange(2500.0))
+
+
+def test_dictionary_and_string_view_ids_read_as_their_strings(tmp_path):
+    """A sample_id column stored dictionary-encoded (pandas ``category``) or as string_view is the
+    same ids: read, and the kept ids read under the writer's digest, equal the written ones."""
+    ids = [f"id-{i}" for i in range(300)]
+    path = write_scores(tmp_path / "scores.parquet", ids, np.arange(300.0), {})
+    table, meta = pq.read_table(path), read_scores(path)[2]
+    idx = np.arange(0, 300, 7)
+    for kind, column in (
+        ("dict", table.column(0).dictionary_encode()),
+        ("view", table.column(0).cast(pa.string_view())),
+    ):
+        other = _rewrite(path, table.set_column(0, "sample_id", column), f"{kind}.parquet")
+        assert read_scores(other)[0] == ids, kind
+        assert read_kept_ids(other, meta, idx).to_pylist() == [ids[i] for i in idx], kind
+
+
+def test_null_sample_id_named_by_row(tmp_path):
+    table = pa.table({"sample_id": pa.array(["a", "b", None, "d"]), "score": np.arange(4.0)})
+    pq.write_table(table, tmp_path / "nulls.parquet")
+    with pytest.raises(
+        ScoresError, match=r"nulls.parquet: sample_id must be non-null strings: 1 null\(s\), the first at row 2"
+    ):
+        read_scores(tmp_path / "nulls.parquet")
+
+
+def _folder(tmp_path, name: str, tables) -> object:
+    folder = tmp_path / name
+    folder.mkdir()
+    for i, t in enumerate(tables):
+        pq.write_table(t, folder / f"part-{i}.parquet")
+    return folder
+
+
+def test_folder_files_of_different_types_read_exactly(tmp_path):
+    """A folder whose files store the scores as float32 and float64, and the ids as string and
+    large_string (the writer's metadata kept): the float64 scores keep their precision (the top
+    rows differ by 1e-9) and the kept ids read under the digest are those of the kept rows."""
+    ids, scores = [f"s{i}" for i in range(600)], 1.0 + np.arange(600) * 1e-9
+    table = pq.read_table(write_scores(tmp_path / "scores.parquet", ids, scores, {}))
+    head, tail = table.slice(0, 200), table.slice(200)
+    head = head.set_column(1, "score", head.column(1).cast(pa.float32()))
+    tail = tail.set_column(0, "sample_id", tail.column(0).cast(pa.large_string()))
+    folder = _folder(tmp_path, "mixed", [head, tail])
+    got, meta = read_score_values(folder)
+    np.testing.assert_array_equal(got[200:], scores[200:])
+    idx = np.arange(150, 600, 3)
+    assert read_kept_ids(folder, meta, idx).to_pylist() == [ids[i] for i in idx]
+
+
+def test_folder_files_missing_a_column_or_fingerprinting_other_rows_refused(tmp_path):
+    """A file of a folder without the score column is named; two scores files of their own in one
+    folder (each fingerprints its own rows) are refused naming both, while parts whose metadata
+    differs in other keys only (a streaming run's shards) are read."""
+    ids, scores = [f"s{i}" for i in range(100)], np.arange(100.0)
+    table = pa.table({"sample_id": ids, "score": scores})
+    lacking = _folder(tmp_path, "lacking", [table.slice(0, 50), table.slice(50).select(["sample_id"])])
+    with pytest.raises(ScoresError, match=r"part-1.parquet: missing column 'score'"):
+        read_score_values(lacking)
+    own = tmp_path / "own"
+    own.mkdir()
+    write_scores(own / "a.parquet", ids[:50], scores[:50], {})
+    write_scores(own / "b.parquet", ids[50:], scores[50:], {})
+    with pytest.raises(ScoresError, match=r"a.parquet and .*b.parquet record the fingerprints of different rows"):
+        read_scores(own)
+    shards = [
+        t.replace_schema_metadata({b"alchemist": f'{{"shard": {i}}}'.encode()})
+        for i, t in enumerate([table.slice(0, 50), table.slice(50)])
+    ]
+    assert read_scores(_folder(tmp_path, "shards", shards))[0] == ids
+
+
+def test_prune_path_checks_rows_edited_under_a_recorded_digest(tmp_path):
+    """The prune stage reads only the kept ids (read_kept_ids), so that read is its only check of
+    the ids: a repeated id or a dropped row under the writer's stale digest is refused, and a
+    reordered file keeps each kept score with its own sample_id."""
+    ids = [f"s{i}" for i in range(40)]
+    path = write_scores(tmp_path / "scores.parquet", ids, np.arange(40, dtype=np.float32), {})
+    table = pq.read_table(path)
+    twice = _rewrite(path, table.set_column(0, "sample_id", pa.array(ids[:39] + ["s0"])), "twice.parquet")
+    with pytest.raises(ScoresError, match=r"twice.parquet: duplicate sample_id 's0'"):
+        prune_file(twice, None, 0.5, "top_k", 0, {}, {})
+    with pytest.raises(ScoresError, match="cut.parquet: the scores were made for another dataset"):
+        prune_file(_rewrite(path, table.slice(1), "cut.parquet"), None, 0.5, "top_k", 0, {}, {})
+    shuffled = _rewrite(path, table.take(np.random.default_rng(0).permutation(40)), "shuffled.parquet")
+    subset = tmp_path / "subset.parquet"
+    prune_file(shuffled, subset, 0.25, "top_k", 0, {}, {})
+    kept = pq.read_table(subset)
+    assert sorted(kept.column("sample_id").to_pylist()) == [f"s{i}" for i in range(30, 40)]
+    assert kept.column("sample_id").to_pylist() == [f"s{int(s)}" for s in kept.column("score").to_numpy()]
