@@ -192,6 +192,9 @@ def mid2(
     position 0 is descending position ``base`` of ``n`` scores (default: all of them, ``base = 0``).
     Integer, so exact: [hi - lo] int32 when ``2 N < 2^31``, else int64. O(hi - lo).
     ``overwrite``: write the result over ``keys[lo:hi]`` when the dtypes agree (no new array).
+
+    Raises:
+        RuntimeError: the keys are not sorted where a block of groups would end (it would not advance).
     """
     hi = len(keys) if hi is None else hi
     itype = np.int32 if 2 * (len(keys) if n is None else n) < 2**31 else np.int64
@@ -199,6 +202,8 @@ def mid2(
     spans, a = [], group_bounds(keys, lo)[0] if hi > lo else hi
     while a < hi:
         b = group_bounds(keys, min(a + _BLOCK, len(keys)) - 1)[1]  # the block ends with a whole group
+        if b <= a:
+            raise RuntimeError(f"mid2: keys are not sorted near position {a}; sort them first")
         spans.append((a, b))
         a = b
 

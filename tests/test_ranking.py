@@ -160,3 +160,12 @@ def test_rank_part_holds_every_start_position(monkeypatch, kind):
         a, part = ranking.rank_part(x, lo, lo + 1)
         assert a <= lo < a + len(part.order), (lo, a, len(part.order))
         np.testing.assert_array_equal(part.order, want[a : a + len(part.order)], err_msg=f"lo={lo}")
+
+
+def test_unsorted_keys_raise_instead_of_looping():
+    """mid2 walks the sorted keys block by block; keys that are not sorted stop it with an error
+    (a block that would not advance) instead of an endless loop."""
+    keys = np.random.default_rng(0).standard_normal(5000).astype(np.float32)
+    with pytest.raises(RuntimeError, match="not sorted"):
+        ranking.mid2(keys)
+    assert ranking.mid2(np.sort(keys)).shape == (5000,)
