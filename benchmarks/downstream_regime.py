@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's alchemist_pl, not another installed copy
 
+import stamp  # noqa: E402  (benchmarks/stamp.py, beside this script)
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
@@ -62,19 +62,19 @@ SETTINGS = {
     "vpred": ("+ v-prediction", VPRED),
     "pooled_minsnr": ("pooled caption + min-SNR-5", (*POOLED, "model.snr_gamma=5")),
     "pooled_xattn": ("pooled caption + cross-attention at every resolution", (*POOLED, *XATTN)),
+    "vpred_pooled": ("v-prediction + pooled caption", (*VPRED, *POOLED)),
     "nocfg": ("base sampled without guidance (CFG 1): what CFG buys", ("eval.guidance_scale=1.0",)),
 }
 
 
-def _git(*args) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+def _commit() -> tuple[str, bool]:
+    """(short HEAD, whether the code a run imports and this script are committed), by benchmarks/stamp.py."""
+    stamped = stamp.commit("alchemist_pl", "conf", "benchmarks/downstream_regime.py", "train.py")
+    return stamped.split()[0], stamped == stamped.split()[0]
 
 
 def _machine() -> str:
-    return (
-        f"{platform.node()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch thread(s), Python {platform.python_version()}"
-    )
+    return f"{stamp.machine()}; {torch.get_num_threads()} torch thread(s)"
 
 
 def _command(args) -> list[str]:
@@ -103,7 +103,7 @@ def _record(args, cmd, clean, load, wall, cpu, curve, test_loss, note=None, comm
         "setting": args.setting,
         "description": SETTINGS[args.setting][0],
         "command": " ".join(["python", *cmd[1:]]),
-        "commit": commit or _git("rev-parse", "--short", "HEAD"),
+        "commit": commit,
         "clean_tree": clean,
         "machine": _machine(),
         "load_average_at_start": [round(x, 1) for x in load],
@@ -123,8 +123,7 @@ def _record(args, cmd, clean, load, wall, cpu, curve, test_loss, note=None, comm
 
 def run(args) -> None:
     name, out, cmd = args.setting, Path(args.work) / args.setting, _command(args)
-    clean = not _git("status", "--porcelain", "--untracked-files=no")
-    commit = _git("rev-parse", "--short", "HEAD")  # at the start: the code the run imports
+    commit, clean = _commit()  # at the start: the code the run imports
     load = os.getloadavg()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
