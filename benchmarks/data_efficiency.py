@@ -18,7 +18,8 @@ learning rate and a data order that does not depend on the run's length make the
 of the longer one). :mod:`efficiency_report` writes ``report.md`` and ``curves.png`` to ``--results``,
 stamped by :mod:`stamp` (command, commit and whether the code was committed, machine, load, wall and
 CPU time); ``times.json`` holds the same stamp and every run's wall time, CPU time and load. A run whose
-``summary.json`` exists is not run again. Extra arguments after ``--`` go to every ``train.py`` call.
+``summary.json`` exists is not run again; with ``--deadline-min`` no run starts after that many minutes
+and the report covers the runs that finished (n per row). Extra arguments after ``--`` go to every ``train.py`` call.
 """
 
 from __future__ import annotations
@@ -61,9 +62,14 @@ class Job:
         self.name, self.phase, self.run_dir, self.overrides, self.after = name, phase, run_dir, overrides, list(after)
         self.record: dict = {}
 
-    def run(self, base: list[str], futures: dict) -> dict:
+    def run(self, base: list[str], futures: dict, deadline: float) -> dict:
         for dep in self.after:
-            futures[dep].result()  # raises if the run it needs failed
+            if futures[dep].result().get("skipped") == "deadline":
+                self.record = {"name": self.name, "phase": self.phase, "skipped": "deadline"}
+                return self.record
+        if time.time() > deadline:
+            self.record = {"name": self.name, "phase": self.phase, "skipped": "deadline"}
+            return self.record
         summary = self.run_dir / "summary.json"
         if summary.exists() and json.loads(summary.read_text()).get("status") != "failed":
             self.record = {"name": self.name, "phase": self.phase, "skipped": "summary.json exists"}
@@ -103,17 +109,23 @@ def jobs_for(out: Path, seeds: list[int], keep_ratio: float, steps: int, every: 
             args = [o.format(out=out, seed=s) for o in overrides] + kr + [f"seed={s}", *train]
             after = {"alchemist": [f"rate-seed{s}"], "clip_score": ["score-clip_score"]}.get(row, [])
             jobs[row, s] = Job(f"{row}-seed{s}", "train", out / "train" / f"{row}-seed{s}", args, after)
-    order = [rates[0], score, *rates[1:]]
-    order += [jobs[r, s] for s in seeds for r in ("full", "random")]
-    order += [jobs[r, s] for s in seeds for r in ("alchemist", "clip_score")]
+    order = [rates[0], score]  # seed by seed, so that a deadline leaves whole seeds
+    for i, s in enumerate(seeds):
+        order += [
+            jobs["full", s],
+            jobs["random", s],
+            *rates[i + 1 : i + 2],
+            jobs["alchemist", s],
+            jobs["clip_score", s],
+        ]
     return order
 
 
-def run_all(jobs: list[Job], base: list[str], workers: int) -> None:
+def run_all(jobs: list[Job], base: list[str], workers: int, deadline: float) -> None:
     futures: dict = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for job in jobs:  # submitted in order; a job waits for the runs it needs inside its worker
-            futures[job.name] = pool.submit(job.run, base, futures)
+            futures[job.name] = pool.submit(job.run, base, futures, deadline)
         for f in futures.values():
             f.result()
 
@@ -127,6 +139,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=800, help="training steps of every run (equal steps)")
     parser.add_argument("--every", type=int, default=100, help="evaluate every N steps")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
+    parser.add_argument(
+        "--deadline-min", type=float, default=None, help="start no run after this many minutes (the report says so)"
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every train.py call (after --)")
     args = parser.parse_args()
     half = round(args.steps * args.keep_ratio)
@@ -143,7 +158,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     jobs = jobs_for(out, seeds, args.keep_ratio, args.steps, args.every)
     started = time.time()
-    run_all(jobs, [sys.executable, "train.py", "+experiment=efficiency", *args.overrides], args.jobs)
+    deadline = started + 60 * args.deadline_min if args.deadline_min else float("inf")
+    run_all(jobs, [sys.executable, "train.py", "+experiment=efficiency", *args.overrides], args.jobs, deadline)
     times = {
         **started_stamp,
         "clean_tree": "uncommitted" not in started_stamp["commit"],

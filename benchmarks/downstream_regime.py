@@ -204,14 +204,14 @@ def _table(r: dict) -> list[str]:
 
 
 def _summary(records: list[dict]) -> list[str]:
-    """One row per (setting, evaluation at step 400 and at the run's last step)."""
+    """One row per (setting, evaluation at a multiple of 500 steps or at the run's last step)."""
     lines = [
         "| setting | step | ≈CPU min | top-1 | top-5 | top-1 shuffled | top-5 shuffled | domain KID |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         for p in r["curve"]:
-            if p["step"] in (400, r["curve"][-1]["step"]):
+            if p["step"] % 500 == 0 or p["step"] == r["curve"][-1]["step"]:
                 lines.append(
                     f"| {r['setting']} | {p['step']} | {r['cpu_s'] / 60 * p['step'] / r['steps']:.1f} | "
                     f"{p['retrieval_top1']:.3f} | {p['retrieval_top5']:.3f} | {p['retrieval_top1_shuffled']:.3f} | "

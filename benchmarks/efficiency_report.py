@@ -38,10 +38,9 @@ def _cell(values, digits: int) -> str:
 
 
 def load(out: Path, rows, seeds) -> dict:
-    """``{row: {seed: train summary}}`` from ``{out}/train/{row}-seed{seed}/summary.json``."""
-    return {
-        r: {s: json.loads((out / "train" / f"{r}-seed{s}" / "summary.json").read_text()) for s in seeds} for r in rows
-    }
+    """``{row: {seed: train summary}}`` from ``{out}/train/{row}-seed{seed}/summary.json``, the runs that exist."""
+    paths = {r: {s: out / "train" / f"{r}-seed{s}" / "summary.json" for s in seeds} for r in rows}
+    return {r: {s: json.loads(p.read_text()) for s, p in by_seed.items() if p.exists()} for r, by_seed in paths.items()}
 
 
 def _row_table(runs: dict, step_of, title: str) -> list[str]:
@@ -51,6 +50,9 @@ def _row_table(runs: dict, step_of, title: str) -> list[str]:
     for row, by_seed in runs.items():
         step = step_of(row)
         ms = [s["metrics"] for s in by_seed.values()]
+        if not ms:
+            lines.append(f"| {row} | 0 | not run (deadline) |" + " |" * (len(head) - 3))
+            continue
         share = [m.get("subset_quality", {}).get("subset_corrupted_share") for m in ms]
         cells = [row, str(len(ms)), f"{np.mean([m['train_samples'] for m in ms]):.0f}", str(step), _cell(share, 3)]
         cells += [_cell([curve_at(s, k, step) for s in by_seed.values()], d) for k, _, _, d in METRICS]
@@ -91,6 +93,9 @@ def _time_to_match(runs: dict, steps: int, every: int) -> list[str]:
             "",
         ]
     for sub, base in MATCHES:
+        if not set(runs[sub]) & set(runs[base]):
+            lines.append(f"| {sub} | {base} | no seed with both runs | — | — | — |")
+            continue
         t = paired_time_to_match(runs[sub], runs[base], "domain_kid")
         per = ", ".join(
             "not reached" if v["steps"] is None else f"{v['steps']:.0f}" + ("*" if v["steps"] == v["first"] else "")
@@ -145,6 +150,8 @@ def _rating(out: Path, seeds) -> list[str]:
 def _plot(runs: dict, chance5: float, path: Path) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     for row, by_seed in runs.items():
+        if not by_seed:
+            continue
         steps = [p["step"] for p in next(iter(by_seed.values()))["metrics"]["eval_curve"]]
         for a, key in zip(ax, ("domain_kid", "retrieval_top5"), strict=True):
             ci = [t_interval([curve_at(s, key, t) for s in by_seed.values()]) for t in steps]
