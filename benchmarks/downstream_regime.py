@@ -160,8 +160,11 @@ def reference(args) -> None:
     metrics.set_reference(to_model_range(test.images))
     m = args.num_images
     values = metrics.compute(to_model_range(test.images[:m]), test.text.pooled[test.caption_rows[:m]].float())
+    commit, clean = _commit()
+    stamped = {"command": f"python benchmarks/downstream_regime.py reference --num-images {m}", "commit": commit}
+    stamped |= {"clean_tree": clean, "machine": _machine()}
     Path(args.runs).mkdir(parents=True, exist_ok=True)
-    (Path(args.runs) / "reference.json").write_text(json.dumps({"num_images": m, **values}, indent=1))
+    (Path(args.runs) / "reference.json").write_text(json.dumps({"num_images": m, **values, **stamped}, indent=1))
     print(values)
 
 
@@ -255,7 +258,12 @@ def report(args) -> None:
             f"Ceiling: the {v['num_images']} prompts' own real test images score retrieval top-1 "
             f"{v['retrieval_top1']:.3f}, top-5 {v['retrieval_top5']:.3f} (shuffled {v['retrieval_top1_shuffled']:.3f} / "
             f"{v['retrieval_top5_shuffled']:.3f}; chance {v['retrieval_chance_top1']:.3f} / "
-            f"{v['retrieval_chance_top5']:.3f}), domain KID {v['domain_kid']:.4f} against all test images.",
+            f"{v['retrieval_chance_top5']:.3f}), domain KID {v['domain_kid']:.4f} against all test images"
+            + (
+                f" (`{v['command']}` at {v['commit']}{'' if v['clean_tree'] else ' + uncommitted changes'})."
+                if "commit" in v
+                else "."
+            ),
             "",
         ]
     for r in records:
