@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--results", default="benchmarks/results/efficiency", help="where report.md goes")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--keep-ratio", type=float, default=0.5)
-    parser.add_argument("--steps", type=int, default=800, help="training steps of every run (equal steps)")
+    parser.add_argument("--steps", type=int, default=400, help="training steps of every run (equal steps)")
     parser.add_argument("--every", type=int, default=100, help="evaluate every N steps")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
     parser.add_argument(

@@ -136,6 +136,7 @@ def _rating(out: Path, seeds) -> list[str]:
         q = json.loads(path.read_text())["metrics"].get("rating_quality") if path.exists() else None
         return None if q is None else q["auroc"]
 
+    seeds = [s for s in seeds if (out / "rate" / f"seed{s}" / "summary.json").exists()]
     rate = [auroc(out / "rate" / f"seed{s}" / "summary.json") for s in seeds]
     clip = auroc(out / "score" / "summary.json")
     return [
@@ -186,11 +187,32 @@ def _header(times: dict, setup: dict) -> list[str]:
     ]
 
 
+def _setup(runs: dict, out: Path, seeds) -> list[str]:
+    """What the runs trained and measured, read from the resolved configs they recorded."""
+    cfg = next(iter(runs["full"].values()))["config"]
+    unet, m, ev = cfg["model"]["unet"], cfg["model"], cfg["eval"]
+    rate_path = out / "rate" / f"seed{seeds[0]}" / "summary.json"
+    rc = json.loads(rate_path.read_text())["config"] if rate_path.exists() else cfg
+    pooled = " + pooled caption" if unet.get("class_embed_type") == "projection" else ""
+    return [
+        f"Setup (from the runs' resolved configs): pool {cfg['data']['train_path']} ({cfg['corruption']['pool_size']} "
+        f"samples, {cfg['corruption']['fraction']:g} planted noise: {', '.join(cfg['corruption']['kinds'])}); "
+        f"downstream UNet {unet['block_out_channels']} at {unet['sample_size']} px, "
+        f"{m['noise_scheduler']['prediction_type']}{pooled}, AdamW lr {m['optimizer']['lr']:g}, batch "
+        f"{cfg['train']['batch_size']}, caption dropout {m['caption_dropout']:g}; evaluation on the first "
+        f"{ev['num_images']} test prompts (fixed seeds, {ev['sample_steps']} DDIM steps, CFG {ev['guidance_scale']:g}) "
+        f"against all test images. Rater: {rc['bilevel'].get('rater_signal', 'first_order')} signal, "
+        f"rate.max_epochs {rc['rate']['max_epochs']}, rate.pool_passes {rc['rate']['pool_passes']}; the alchemist "
+        f"subset is `{runs['alchemist'][min(runs['alchemist'])]['method'] if runs['alchemist'] else '?'}` on its scores.",
+        "",
+    ]
+
+
 def write(out: Path, results: Path, times: dict, setup: dict) -> Path:
     """Write ``report.md`` and ``curves.png`` to ``results`` from the runs under ``out``; returns the report."""
     steps, half = setup["steps"], round(setup["steps"] * setup["keep_ratio"])
     runs = load(out, setup["rows"], setup["seeds"])
-    lines = _header(times, setup)
+    lines = _header(times, setup) + _setup(runs, out, setup["seeds"])
     lines += _row_table(runs, lambda r: steps, f"## Equal steps: every run {steps} steps")
     lines += _row_table(
         runs,
