@@ -20,8 +20,9 @@ signal           definition                                        source
 ===============  ================================================  ==========================================
 
 ``c`` is the sample's own caption, ``c_other`` the caption of another pool sample with a different
-caption text (:func:`mismatched_rows`), ``∅`` the empty caption. Losses are ε-MSE (or the scheduler's
-target) per sample, the paper's ``ℓ_i``.
+caption text (:func:`mismatched_rows`), ``∅`` the empty caption. Losses are the paper's per-sample
+``ℓ_i``, taken through the proxy hook the bilevel loop uses (:func:`alchemist_pl.plugins.proxy_loss`),
+so a proxy is a diffusers UNet or any module with the :class:`~alchemist_pl.plugins.ProxyLoss` hook.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 
 from .analysis import auroc
 from .corruption import CLEAN
-from .diffusion import per_sample_loss
+from .plugins import proxy_loss
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +43,22 @@ SIGNALS = ("loss", "value_gap", "contrast", "null_gap")
 LOSS_TERMS = (("val", "own"), ("pool", "own"), ("val", "other"), ("val", "null"))
 
 
-def denoising_loss(unet, scheduler, images, states, mask, pooled, timesteps, noise) -> torch.Tensor:
-    """Per-sample denoising MSE [B] (:func:`alchemist_pl.diffusion.per_sample_loss`); the pooled caption
-    [B, 384] goes in as ``class_labels`` when the UNet has a class embedding
-    (``class_embed_type="projection"``), else unused.
+def denoising_loss(proxy, scheduler, images, states, mask, pooled, timesteps, noise) -> torch.Tensor:
+    """Per-sample losses [B] of ``proxy`` through the proxy hook the bilevel loop calls
+    (:func:`alchemist_pl.plugins.proxy_loss`): its own ``per_sample_loss`` hook when it defines one,
+    else the diffusers UNet's denoising MSE (:func:`alchemist_pl.diffusion.per_sample_loss`, the pooled
+    caption as ``class_labels`` when the UNet has a class embedding).
 
-    Args: images [B, C, H, W] in [-1, 1]; states [B, T, D]; mask [B, T] bool; timesteps [B] int64;
-    noise [B, C, H, W]. Raises ValueError for a prediction type other than epsilon / v / sample.
+    Args: images [B, C, H, W] in [-1, 1]; states [B, T, D]; mask [B, T] bool; pooled [B, D];
+    timesteps [B] int64; noise [B, C, H, W].
+
+    Raises:
+        TypeError: the proxy has neither the hook nor the diffusers call signature.
+        ValueError: the hook returns no [B] floating losses or draws its own noise; for a diffusers
+            UNet, a prediction type other than epsilon / v / sample.
     """
-    labels = pooled if unet.config.class_embed_type is not None else None
-    return per_sample_loss(unet, scheduler, images, states, mask, timesteps, noise, class_labels=labels)
+    batch = {"image": images, "states": states, "mask": mask, "pooled": pooled}
+    return proxy_loss(proxy, scheduler, batch, timesteps, noise)
 
 
 def null_row(dataset) -> int:
@@ -88,10 +95,11 @@ def _conditioning(dataset, rows: torch.Tensor):
 
 
 def train_proxy(
-    unet, scheduler, dataset, indices, steps: int, batch_size: int, optimizer, grad_clip: float,
+    proxy, scheduler, dataset, indices, steps: int, batch_size: int, optimizer, grad_clip: float,
     caption_dropout: float, generator: torch.Generator,
 ) -> list[float]:  # fmt: skip
-    """Train ``unet`` in place for ``steps`` steps on ``dataset[indices]`` with uniform sample weights.
+    """Train ``proxy`` in place (any proxy :func:`denoising_loss` accepts) for ``steps`` steps on
+    ``dataset[indices]`` with uniform sample weights.
 
     Batches of ``batch_size`` come from a fresh shuffle per pass (drop_last, as the rating loaders);
     t ~ U{0, …, T−1}; a ``caption_dropout`` share of each batch's captions (states, mask, pooled) is
@@ -106,7 +114,7 @@ def train_proxy(
     per_pass = len(indices) // batch_size
     null = null_row(dataset)
     num_t = scheduler.config.num_train_timesteps
-    unet.train()
+    proxy.train()
     history, order = [], None
     for step in range(steps):
         if step % per_pass == 0:
@@ -118,13 +126,13 @@ def train_proxy(
         images = dataset.images[idx].float() / 127.5 - 1.0
         t = torch.randint(0, num_t, (len(idx),), generator=generator)
         noise = torch.randn(images.shape, generator=generator)
-        loss = denoising_loss(unet, scheduler, images, states, mask, pooled, t, noise).mean()
+        loss = denoising_loss(proxy, scheduler, images, states, mask, pooled, t, noise).mean()
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_(proxy.parameters(), grad_clip)
         optimizer.step()
         history.append(loss.item())
-    unet.eval()
+    proxy.eval()
     return history
 
 
@@ -143,7 +151,7 @@ def score_losses(
     """Per-sample losses of every (model, caption) term on a fixed timestep grid, common random numbers.
 
     Args:
-        models: name -> UNet (e.g. ``{"val": θ_val, "pool": θ′}``).
+        models: name -> proxy (e.g. ``{"val": θ_val, "pool": θ′}``; any proxy :func:`denoising_loss` accepts).
         captions: name -> [N] caption rows into ``dataset.text`` (e.g. own, other, null).
         timesteps: the grid, ints in [0, T); draws: noise draws per (sample, t), averaged.
         terms: (model name, caption name) pairs to score.

@@ -1,8 +1,9 @@
 """Which checkpoint a run may resume: only one written by the same run.
 
-A stage that trains records its identity in ``{output_dir}/checkpoints/run-identity.json`` before
-fitting: the resolved config (without :data:`IGNORED`, which only says where results go and how
-they are logged) and a fingerprint of the samples it trains and evaluates on (sha256 of the sorted
+A stage that trains records its identity in ``{output_dir}/run-identity.json`` before fitting
+(beside, not in, the checkpoint folder, which Lightning expects empty at a fresh start; a record in
+``checkpoints/run-identity.json``, where earlier versions wrote it, is read too): the resolved
+config (without :data:`IGNORED`, which only says where results go and how they are logged) and a fingerprint of the samples it trains and evaluates on (sha256 of the sorted
 sample_ids, :func:`alchemist_pl.scores.dataset_fingerprint`). A rerun into the same folder resumes
 ``checkpoints/last.ckpt`` only when both match; otherwise it refuses, naming the folder and the
 differing keys (:class:`ResumeError`): it never continues another run's checkpoint and relabels its
@@ -83,7 +84,8 @@ def _short(value) -> str:
 def resume_checkpoint(output_dir, identity: dict) -> str | None:
     """The checkpoint to resume from, or None to start fresh.
 
-    Returns ``{output_dir}/checkpoints/last.ckpt`` when it exists and the recorded identity equals
+    Returns ``{output_dir}/checkpoints/last.ckpt`` when it exists and the identity recorded in
+    ``{output_dir}/run-identity.json`` (else ``{output_dir}/checkpoints/run-identity.json``) equals
     ``identity``; None when there is no checkpoint.
 
     Raises:
@@ -91,12 +93,14 @@ def resume_checkpoint(output_dir, identity: dict) -> str | None:
             the differing keys), or it has no recorded identity.
     """
     folder = Path(output_dir) / "checkpoints"
-    ckpt, record = folder / "last.ckpt", folder / IDENTITY_FILE
+    ckpt, record = folder / "last.ckpt", Path(output_dir) / IDENTITY_FILE
     if not ckpt.exists():
         return None
+    if not record.exists() and (folder / IDENTITY_FILE).exists():
+        record = folder / IDENTITY_FILE
     if not record.exists():
         raise ResumeError(
-            f"{folder}: last.ckpt has no record of the run that wrote it ({IDENTITY_FILE}); it cannot be told "
+            f"{folder}: last.ckpt has no record of the run that wrote it ({record}); it cannot be told "
             f"apart from another run's: choose another output folder (hydra.run.dir=...) or delete {folder}"
         )
     diff = differences(json.loads(record.read_text()), identity)
@@ -111,8 +115,8 @@ def resume_checkpoint(output_dir, identity: dict) -> str | None:
 
 
 def record_identity(output_dir, identity: dict) -> Path:
-    """Write ``identity`` to ``{output_dir}/checkpoints/run-identity.json`` (atomically)."""
-    path = Path(output_dir) / "checkpoints" / IDENTITY_FILE
+    """Write ``identity`` to ``{output_dir}/run-identity.json`` (atomically)."""
+    path = Path(output_dir) / IDENTITY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(identity, indent=1, sort_keys=True))

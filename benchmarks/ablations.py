@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from stamp import machine as _machine  # noqa: E402
+from stamp import mean_std  # noqa: E402
 
 ABLATIONS = ROOT / "conf" / "experiment" / "ablation"
 #: this benchmark's setup, pinned (conf/experiment/efficiency.yaml has moved on since it was measured)
@@ -139,15 +139,6 @@ def run_all(out: Path, seeds: list[int], overrides: list[str], variants, scorers
     return times
 
 
-def _ms(values, digits=3) -> str:
-    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return "–"
-    if len(v) == 1:
-        return f"{v[0]:.{digits}f} (n=1)"
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
-
-
 def _load(path: Path) -> dict | None:
     p = path / "summary.json"
     return json.loads(p.read_text()) if p.exists() else None
@@ -200,13 +191,15 @@ def report(out: Path, seeds: list[int], variants, scorers) -> str:
             {
                 "name": name,
                 "n": len(summ),
-                "d_auroc": _ms(delta_auroc) if delta_auroc else "–",
-                "d_share": _ms(delta_share) if delta_share else "–",
-                "auroc": _ms([r.get("auroc") for r in q]),
-                **{k: _ms([r.get("per_kind", {}).get(k, {}).get("auroc") for r in q], 2) for k in KINDS},
-                "share": _ms(share),
-                "rho": _ms([x["metrics"].get("score_timestep_spearman") for _, _, x in summ]) if is_rater else "n/a",
-                "time": _ms([x["wall_time_s"] for _, _, x in summ], 0),
+                "d_auroc": mean_std(delta_auroc) if delta_auroc else "–",
+                "d_share": mean_std(delta_share) if delta_share else "–",
+                "auroc": mean_std([r.get("auroc") for r in q]),
+                **{k: mean_std([r.get("per_kind", {}).get(k, {}).get("auroc") for r in q], 2) for k in KINDS},
+                "share": mean_std(share),
+                "rho": mean_std([x["metrics"].get("score_timestep_spearman") for _, _, x in summ])
+                if is_rater
+                else "n/a",
+                "time": mean_std([x["wall_time_s"] for _, _, x in summ], 0),
             }
         )
     lines = [
@@ -255,10 +248,10 @@ def report(out: Path, seeds: list[int], variants, scorers) -> str:
         ]
         label = f"{name} ({'Shift-Gsample' if name in variants else 'top-k'} 50%)"
         lines.append(
-            f"| {label} | {len(m)} | {_ms(fid, 2)} | {_ms(delta, 2) if delta else '–'} | "
-            f"{_ms([v.get('eval/domain_kid') for v in m.values()])} | "
-            f"{_ms([v.get('eval/domain_clip') for v in m.values()], 2)} | "
-            f"{_ms([v.get('subset_quality', {}).get('subset_corrupted_share') for v in m.values()])} |"
+            f"| {label} | {len(m)} | {mean_std(fid, 2)} | {mean_std(delta, 2) if delta else '–'} | "
+            f"{mean_std([v.get('eval/domain_kid') for v in m.values()])} | "
+            f"{mean_std([v.get('eval/domain_clip') for v in m.values()], 2)} | "
+            f"{mean_std([v.get('subset_quality', {}).get('subset_corrupted_share') for v in m.values()])} |"
         )
     lines += ["", "## Variants", ""] + [
         f"- `{k}`: {v[0]}; overrides `{' '.join(v[1]) or '(none)'}`" for k, v in VARIANTS.items() if k in variants

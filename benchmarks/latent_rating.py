@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from stamp import commit, machine  # noqa: E402
+from stamp import commit, machine, mean_std  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -138,13 +138,6 @@ def collect(out: Path, seeds: list[int]) -> dict:
     return rows
 
 
-def _ms(values, digits=3) -> str:
-    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return "–"
-    return f"{v[0]:.{digits}f}" if len(v) == 1 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
-
-
 def report(header: dict, cost: dict, rows: dict) -> str:
     ae = cost["autoencoder"]
     lines = [
@@ -181,8 +174,8 @@ def report(header: dict, cost: dict, rows: dict) -> str:
         "|---|---|---|" + "---|" * len(KINDS) + "---|",
     ]
     for s, runs in rows.items():
-        cells = [_ms([r["auroc"] for r in runs])] + [_ms([r[k] for r in runs], 2) for k in KINDS]
-        lines.append(f"| {s} | {len(runs)} | " + " | ".join(cells) + f" | {_ms([r['wall_s'] for r in runs], 0)} |")
+        cells = [mean_std([r["auroc"] for r in runs])] + [mean_std([r[k] for r in runs], 2) for k in KINDS]
+        lines.append(f"| {s} | {len(runs)} | " + " | ".join(cells) + f" | {mean_std([r['wall_s'] for r in runs], 0)} |")
     lines += ["", "Per seed:", "", "| space | seed | AUROC | " + " | ".join(KINDS) + " | iterations |"]
     lines.append("|---|---|---|" + "---|" * len(KINDS) + "---|")
     for s, runs in rows.items():

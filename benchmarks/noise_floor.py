@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's alchemist_pl, not another insta
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from stamp import commit  # noqa: E402
+from stamp import commit, mean_std  # noqa: E402
 
 from alchemist_pl.data import load_split  # noqa: E402
 from alchemist_pl.emoji import build_emoji_dataset  # noqa: E402
@@ -34,10 +33,6 @@ from alchemist_pl.metrics import real_noise_floor  # noqa: E402
 from alchemist_pl.pixels import to_model_range  # noqa: E402
 
 SIZES = (128, 256, None)
-
-
-def _ms(values: list[float], digits: int) -> str:
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -49,8 +44,8 @@ def table(rows: list[dict]) -> list[str]:
         sel = [r for r in rows if r["images"] == m]
         fid, kid = [r["domain_fid"] for r in sel], [r["domain_kid"] for r in sel]
         lines.append(
-            f"| {m} | {sel[0]['reference_images']} | {_ms(fid, 3)} | {min(fid):.3f}–{max(fid):.3f} | "
-            f"{_ms(kid, 4)} | {min(kid):.4f}–{max(kid):.4f} |"
+            f"| {m} | {sel[0]['reference_images']} | {mean_std(fid, 3)} | {min(fid):.3f}–{max(fid):.3f} | "
+            f"{mean_std(kid, 4)} | {min(kid):.4f}–{max(kid):.4f} |"
         )
     return lines
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from stamp import mean_std
 
 from alchemist_pl import audit
 from alchemist_pl.corruption import CLEAN, KINDS
@@ -92,22 +93,13 @@ def analyse(run: dict) -> dict:
     return {"signals": signals, "scale": scale(run)}
 
 
-def _ms(values, digits=2) -> str:
-    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return "–"
-    if len(v) == 1:
-        return f"{v[0]:.{digits}f}"
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
-
-
 def _table(per_seed: list[dict], names, half: str) -> list[str]:
     lines = [
         "| signal | " + " | ".join(c.replace("top50_corrupted_share", "top-50% corrupted") for c in COLUMNS) + " |",
         "|---|" + "---|" * len(COLUMNS),
     ]
     for name in names:
-        cells = [_ms([n["signals"][name][half].get(c) for n in per_seed]) for c in COLUMNS]
+        cells = [mean_std([n["signals"][name][half].get(c) for n in per_seed], 2) for c in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -128,7 +120,7 @@ def _best(per_seed: list[dict]) -> list[str]:
         cells = []
         for sig in audit.SIGNALS:
             best = max((k for k in names if k.startswith(sig + "@")), key=lambda k: mean(k, "B", col))
-            b = _ms([n["signals"][best]["B"].get(col) for n in per_seed])
+            b = mean_std([n["signals"][best]["B"].get(col) for n in per_seed], 2)
             cells.append(f"{b} ({mean(best, 'A', col):.2f}) @{best.split('@')[1]}")
         lines.append(f"| {col} | " + " | ".join(cells) + " |")
     return lines

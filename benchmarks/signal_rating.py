@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from stamp import commit, machine  # noqa: E402
+from stamp import commit, machine, mean_std  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -280,13 +280,6 @@ def measure_cost(variants: list[str], iterations: int, repeats: int) -> dict:
     }
 
 
-def _ms(values, digits=3) -> str:
-    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return "–"
-    return f"{v[0]:.{digits}f} (n=1)" if len(v) == 1 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
-
-
 def _load(path: Path) -> dict | None:
     return json.loads(path.read_text())["metrics"] if path.exists() else None
 
@@ -346,16 +339,16 @@ def _budget_section(rows: dict) -> list[str]:
         cpu_min = [x["run_cpu_s"] / 60 for x in r]
         cells = [
             str(r[0]["draws_per_sample"]),
-            _ms([x["iterations"] for x in r], 0),
-            _ms([x["pool_views"] for x in r], 2),
-            _ms([x["pool_views"] * x["draws_per_sample"] for x in r], 2),
-            _ms([x["samples_seen"] for x in r], 0),
-            _ms([x["auroc"] for x in r]),
-            _ms([x["share_top_k"] for x in r]),
-            _ms([x["run_wall_s"] for x in r], 0),
-            _ms(cpu_min, 1),
-            _ms([(x["auroc"] - 0.5) / c for x, c in zip(r, cpu_min)]),
-            _ms([x["run_load_start"] for x in r], 1) + " → " + _ms([x["run_load_end"] for x in r], 1),
+            mean_std([x["iterations"] for x in r], 0),
+            mean_std([x["pool_views"] for x in r], 2),
+            mean_std([x["pool_views"] * x["draws_per_sample"] for x in r], 2),
+            mean_std([x["samples_seen"] for x in r], 0),
+            mean_std([x["auroc"] for x in r]),
+            mean_std([x["share_top_k"] for x in r]),
+            mean_std([x["run_wall_s"] for x in r], 0),
+            mean_std(cpu_min, 1),
+            mean_std([(x["auroc"] - 0.5) / c for x, c in zip(r, cpu_min)]),
+            mean_std([x["run_load_start"] for x in r], 1) + " → " + mean_std([x["run_load_end"] for x in r], 1),
         ]
         lines.append(f"| {name} | {len(r)} | " + " | ".join(cells) + " |")
     return lines
@@ -393,7 +386,9 @@ def _halves_section(rows: dict) -> list[str]:
     for name, r in runs.items():
         for half in ("A", "B"):
             q = [x["halves"][half] for x in r]
-            cells = [_ms([x["auroc"] for x in q])] + [_ms([x["per_kind"][k]["auroc"] for x in q], 2) for k in KINDS]
+            cells = [mean_std([x["auroc"] for x in q])] + [
+                mean_std([x["per_kind"][k]["auroc"] for x in q], 2) for k in KINDS
+            ]
             lines.append(f"| {name} | {len(r)} | {half} | " + " | ".join(cells) + " |")
     lines += ["", "Per seed, AUROC A / B / B − A:", ""]
     for name, r in runs.items():
@@ -427,8 +422,10 @@ def report(out: Path, results: Path, seeds: list[int], variants: list[str], info
         "|---" * (4 + len(KINDS) + len(METHODS)) + "|",
     ]
     for name, runs in rows.items():
-        cells = [_ms([r["auroc"] for r in runs])] + [_ms([r[k] for r in runs], 2) for k in KINDS]
-        cells += [_ms([r[f"share_{m}"] for r in runs]) for m in METHODS] + [_ms([r["wall_s"] for r in runs], 0)]
+        cells = [mean_std([r["auroc"] for r in runs])] + [mean_std([r[k] for r in runs], 2) for k in KINDS]
+        cells += [mean_std([r[f"share_{m}"] for r in runs]) for m in METHODS] + [
+            mean_std([r["wall_s"] for r in runs], 0)
+        ]
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -456,7 +453,7 @@ def report(out: Path, results: Path, seeds: list[int], variants: list[str], info
         lines += ["", "## Earlier value_gap settings (same protocol; rating quality from their scores)", ""]
         lines += ["| setting | n | AUROC | " + " | ".join(KINDS) + " |", "|---" * (3 + len(KINDS)) + "|"]
         for label, runs in info["tried"].items():
-            cells = [_ms([r["auroc"] for r in runs])] + [_ms([r[k] for r in runs], 2) for k in KINDS]
+            cells = [mean_std([r["auroc"] for r in runs])] + [mean_std([r[k] for r in runs], 2) for k in KINDS]
             lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
     if info.get("notes"):
         lines += ["", "## Reading", "", *info["notes"]]

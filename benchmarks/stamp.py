@@ -1,4 +1,5 @@
-"""The stamp every benchmark result carries: the commit it ran at and the machine it ran on."""
+"""The stamp every benchmark result carries (the commit it ran at and the machine it ran on), and the
+mean ± std cell of the results tables."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import platform
 import subprocess
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,3 +32,14 @@ def commit(*paths: str) -> str:
     status = ["git", "status", "--porcelain", *(paths or ("alchemist_pl", "conf"))]
     dirty = subprocess.run(status, cwd=ROOT, capture_output=True, text=True)
     return head.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def mean_std(values, digits: int = 3) -> str:
+    """A table cell over seeds: ``mean ± std`` (sample std, ddof 1) of the finite values with ``digits``
+    decimals, ``x (n=1)`` for a single value, ``–`` for none (None and NaN are left out)."""
+    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return "–"
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f} (n=1)"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"

@@ -51,6 +51,10 @@ def test_custom_downstream_model_trains_and_is_evaluated(tmp_path, emoji_dir):
     curve = json.loads((tmp_path / "eval_curve.json").read_text())
     assert curve[-1]["step"] == 4 and np.isfinite(curve[-1]["domain_fid"])
     assert (tmp_path / "eval_samples.png").stat().st_size > 0 and (tmp_path / "samples.png").stat().st_size > 0
+    # the example writes a grid without captions; the summary lists exactly what is there
+    assert (
+        summary["outputs"]["samples"] == str(tmp_path / "samples.png") and "sample_captions" not in summary["outputs"]
+    )
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert any(k.startswith("net.") for k in ckpt["state_dict"])  # the example's own network was trained
     assert ckpt["state_dict"]["null_caption"].abs().sum() > 0  # set_null_caption got the empty caption's states

@@ -4,6 +4,7 @@ The whole smoke pipeline (rate -> prune -> three trainings with evaluation) is m
 other tests start from a one-epoch rating of the same corrupted slice (``rated``).
 """
 
+import io
 import json
 import os
 import subprocess
@@ -14,10 +15,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from hydra.errors import ConfigCompositionException, InstantiationException
+from rich.console import Console
 
 from alchemist_pl import pruning
 from alchemist_pl.scores import read_scores, read_subset
 from alchemist_pl.stages import run
+from alchemist_pl.stages.pipeline import comparison_table
 from alchemist_pl.stages.rate import _views
 
 from .conftest import DATA_DIR, ROOT, compose_run
@@ -47,6 +50,7 @@ def test_smoke_pipeline_outputs(smoke):
     assert set(rows) == {"top_k", "random", "full"}  # the default: the value-gap rater's scores, top-k
     assert rows["full"]["samples"] == 512 and rows["top_k"]["samples"] == rows["random"]["samples"] == 256
     assert all(np.isfinite(r["test_loss"]) and r["test_loss"] > 0 for r in rows.values())
+    assert all(np.isfinite(r["domain_kid"]) and np.isfinite(r["domain_fid"]) for r in rows.values())
 
     ids, scores, meta = read_scores(out / "rate" / "scores.parquet")
     assert len(ids) == 512 and len(set(ids)) == 512 and scores.std() > 0
@@ -302,12 +306,46 @@ def test_equal_epochs_sets_the_steps(make_cfg):
 
 def test_rating_reports_how_often_the_rater_saw_the_pool(rated, caplog):
     """debug=smoke rates with rate.pool_passes=0.25: ceil(0.25 * 512 / 32) = 4 iterations in the one
-    epoch, an average pool sample seen 0.25 times, D_val's 64 samples twice; below 0.5 it warns."""
+    epoch, an average pool sample seen 0.25 times, D_val's 64 samples twice. The smoke config's own
+    budget does not warn; the default threshold (0.5) warns at that budget."""
     out, _ = rated
     m = json.loads((out / "rate" / "summary.json").read_text())["metrics"]
     assert m["bilevel_iterations"] == 4
     assert m["pool_views_per_sample"] == 0.25 and m["val_views_per_sample"] == 2.0
+    smoke = compose_run(out / "unused", "+experiment=rate")
+    default = compose_run(out / "unused", "+experiment=rate", base=())
     dm = SimpleNamespace(batch_size=32, val_batch_size=32, pool=range(512), val_set=range(64), pool_passes=0.25)
+    trainer = SimpleNamespace(global_step=8, world_size=1)
     with caplog.at_level("WARNING"):
-        _views(dm, SimpleNamespace(global_step=8, world_size=1))
+        _views(dm, trainer, smoke.rate.warn_below_pool_views)
+    assert "rate.pool_passes" not in caplog.text
+    with caplog.at_level("WARNING"):
+        _views(dm, trainer, default.rate.warn_below_pool_views)
     assert "rate.pool_passes" in caplog.text
+
+
+def test_comparison_table_shows_kid_first_and_each_metric_direction():
+    """The printed table leads with domain KID, then FID; each metric header carries its own direction."""
+    rows = [
+        dict(
+            run="top_k",
+            samples=256,
+            domain_kid=0.0123,
+            domain_fid=45.6,
+            domain_clip=0.25,
+            test_loss=0.1,
+            train_time_s=9,
+        ),
+        dict(
+            run="full", samples=512, domain_kid=None, domain_fid=None, domain_clip=None, test_loss=0.2, train_time_s=18
+        ),
+    ]
+    console = Console(record=True, width=200, file=io.StringIO())
+    console.print(comparison_table(rows, 0.5, 0))
+    lines = console.export_text().splitlines()
+    header = next(line for line in lines if "run" in line and "samples" in line)
+    assert header.index("KID ↓") < header.index("FID ↓") < header.index("CLIP ↑")
+    assert "test loss ↓" in header and "lower is better" not in lines[0]
+    top_k = next(line for line in lines if "top_k" in line).split()
+    assert "0.0123" in top_k and "45.60" in top_k and "0.2500" in top_k
+    assert next(line for line in lines if "full" in line).count("—") == 3

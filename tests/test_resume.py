@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from alchemist_pl.resume import ResumeError, resume_checkpoint
 from alchemist_pl.scores import read_scores
 
 from .conftest import DATA_DIR, ROOT
@@ -70,3 +71,19 @@ def test_killed_rating_resumes_to_the_same_scores(tmp_path, emoji_dir):
     np.testing.assert_array_equal(scores_a, scores_b)
     assert meta_b["dataset_fingerprint"] == meta_a["dataset_fingerprint"]
     assert meta_b["version"] and "commit" in meta_b and meta_b["config"]["seed"] == 0
+
+
+def test_a_record_in_the_checkpoint_folder_is_still_read(tmp_path):
+    """A run folder whose identity sits in checkpoints/ (where earlier versions wrote it) resumes when
+    the identity matches and is refused, naming the key, when it does not."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "last.ckpt").write_bytes(b"")
+    identity = {"config": {"seed": 0}, "data": {"pool": "abc"}}
+    (folder / "run-identity.json").write_text(json.dumps(identity))
+    assert resume_checkpoint(tmp_path, identity) == str(folder / "last.ckpt")
+    with pytest.raises(ResumeError, match="seed: 0 -> 1"):
+        resume_checkpoint(tmp_path, {"config": {"seed": 1}, "data": {"pool": "abc"}})
+    (folder / "run-identity.json").unlink()
+    with pytest.raises(ResumeError, match="no record"):
+        resume_checkpoint(tmp_path, identity)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -37,8 +38,15 @@ QUICK_RATE = ("+experiment=rate", "debug=smoke", "~logger", "rate.max_epochs=1",
 def test_another_runs_checkpoint_is_not_resumed(make_cfg, tmp_path):
     """The field report: a baseline run, then a random-0.5 seed-1 run into the same folder. The second
     is refused, naming the folder and the differing keys, and the first run's summary stays as it was."""
-    first = run(make_cfg("+experiment=baseline", *QUICK_TRAIN))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = run(make_cfg("+experiment=baseline", *QUICK_TRAIN))
     assert first["metrics"]["steps"] == 2
+    # the identity sits beside the checkpoint folder, which a fresh run leaves to Lightning alone
+    assert json.loads((tmp_path / "run-identity.json").read_text())["config"]["task_name"] == "baseline"
+    assert all(p.suffix == ".ckpt" for p in (tmp_path / "checkpoints").iterdir())
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]
+    assert not (tmp_path / "samples.png").exists() and "samples" not in first["outputs"]  # model.num_samples=0
     written = (tmp_path / "summary.json").read_text()
     second = make_cfg("+experiment=subset", "method=random", "keep_ratio=0.5", "seed=1", *QUICK_TRAIN)
     with pytest.raises(ResumeError) as e:

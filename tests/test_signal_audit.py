@@ -10,6 +10,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from alchemist_pl import audit
 from alchemist_pl.corruption import CLEAN, corrupt_image
 from alchemist_pl.data import ImageCaptionDataset
+from examples.tiny_proxy import TinyConvProxy
 
 # conf/proxy/unet_tiny.yaml at 16 px, with the pooled caption path of the audit's cfg_pooled variant
 UNET = dict(
@@ -104,3 +105,34 @@ def test_mismatched_captions_differ_and_separation_counts_the_top_half(small_spl
     sep = audit.separation(scores, kinds)
     assert sep["blur"] == pytest.approx(11 / 12) and sep["noise"] == pytest.approx(10 / 12)
     assert sep["top50_corrupted_share"] == 0.0
+
+
+def _tiny_proxy(seed: int = 0) -> TinyConvProxy:
+    torch.manual_seed(seed)
+    return TinyConvProxy(width=16)
+
+
+def test_a_custom_proxy_is_audited_through_its_own_hook(small_split):
+    """examples/tiny_proxy's TinyConvProxy (no diffusers UNet) trains and scores through its
+    per_sample_loss hook: the audit's losses are the hook's at the same (t, ε), common random numbers."""
+    torch.set_num_threads(1)
+    split = ImageCaptionDataset(
+        small_split.sample_ids[:32], small_split.images[:32], small_split.captions[:32], small_split.text
+    )
+    scheduler = DDPMScheduler()
+    proxy = _tiny_proxy()
+    opt = torch.optim.AdamW(proxy.parameters(), lr=1e-3)
+    history = audit.train_proxy(proxy, scheduler, split, torch.arange(32), 3, 16, opt, 2.0, 0.1, torch.Generator())
+    assert len(history) == 3 and np.isfinite(history).all()
+    own = {"own": split.caption_rows}
+    terms = (("val", "own"), ("pool", "own"))
+    losses = audit.score_losses({"val": proxy, "pool": proxy}, scheduler, split, own, (100,), seed=2, terms=terms)
+    assert np.all(audit.keep_scores(losses)["value_gap"] == 0)
+    text, rows = split.text, split.caption_rows
+    states, mask, pooled = text.states[rows].float(), text.mask[rows], text.pooled[rows].float()
+    images = split.images.float() / 127.5 - 1.0
+    noise = audit.crn_noise(split.images.shape, 2, 100, 0)
+    t = torch.full((32,), 100, dtype=torch.long)
+    with torch.no_grad():
+        expected = proxy.per_sample_loss(scheduler, images, states, mask, t, noise, pooled)
+    np.testing.assert_allclose(losses[("val", "own")][0], expected.double().numpy(), rtol=1e-5)

@@ -51,7 +51,9 @@ def pipeline(cfg: DictConfig) -> dict:
             "run": k[len("train-") :],
             "samples": v["metrics"]["train_samples"],
             "test_loss": v["metrics"]["test/loss"],
+            "domain_kid": v["metrics"].get("eval/domain_kid"),
             "domain_fid": v["metrics"].get("eval/domain_fid"),
+            "domain_clip": v["metrics"].get("eval/domain_clip"),
             "train_time_s": v["metrics"]["train_time_s"],
         }
         for k, v in results.items()
@@ -69,12 +71,38 @@ def pipeline(cfg: DictConfig) -> dict:
     return write_summary(cfg, "pipeline", started, metrics, outputs)
 
 
-def print_comparison(rows: list[dict], keep_ratio: float, seed: int) -> None:
-    """The compared runs as a table on the console (run, samples, test loss, domain FID, time)."""
-    table = Table(title=f"keep_ratio={keep_ratio}, seed={seed} (lower is better)")
-    for col in ("run", "samples", "test_loss", "domain_fid", "train_time_s"):
-        table.add_column(col, justify="left" if col == "run" else "right")
+# row key, column label, lower is better (None: not a quality metric), format
+COLUMNS = (
+    ("samples", "samples", None, "{}"),
+    ("domain_kid", "KID", True, "{:.4f}"),
+    ("domain_fid", "FID", True, "{:.2f}"),
+    ("domain_clip", "CLIP", False, "{:.4f}"),
+    ("test_loss", "test loss", True, "{:.4f}"),
+    ("train_time_s", "time (s)", None, "{:.0f}"),
+)
+
+
+def comparison_table(rows: list[dict], keep_ratio: float, seed: int) -> Table:
+    """The compared runs as a table: one row per run, one column per entry of :data:`COLUMNS`.
+
+    Domain KID comes first among the metrics (its estimator is unbiased at small sample counts,
+    FID's is not), then domain FID, CLIP score and test loss; each metric's header carries its
+    direction (``↓`` lower is better, ``↑`` higher is better). A metric a run did not compute
+    (``None``, e.g. no evaluator) shows ``—``.
+    """
+    table = Table(
+        title=f"keep_ratio={keep_ratio}, seed={seed}; KID, FID, CLIP score on the domain evaluator",
+        caption="↓ lower is better, ↑ higher is better",
+    )
+    table.add_column("run", no_wrap=True)
+    for _, label, lower, _ in COLUMNS:
+        table.add_column(label if lower is None else f"{label} {'↓' if lower else '↑'}", justify="right", no_wrap=True)
     for r in rows:
-        fid = "—" if r.get("domain_fid") is None else f"{r['domain_fid']:.2f}"
-        table.add_row(r["run"], str(r["samples"]), f"{r['test_loss']:.4f}", fid, f"{r['train_time_s']:.0f}")
-    Console().print(table)
+        cells = ["—" if r.get(key) is None else form.format(r[key]) for key, _, _, form in COLUMNS]
+        table.add_row(r["run"], *cells)
+    return table
+
+
+def print_comparison(rows: list[dict], keep_ratio: float, seed: int) -> None:
+    """Print :func:`comparison_table` of ``rows`` on the console."""
+    Console().print(comparison_table(rows, keep_ratio, seed))

@@ -105,18 +105,14 @@ def _checkpoints_per_iteration(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-#: below this many views of an average pool sample the rate stage warns: the rater has not seen
-#: most of the pool and must generalise to it
-FEW_VIEWS = 0.5
-
-
-def _views(dm, trainer) -> dict:
+def _views(dm, trainer, warn_below: float) -> dict:
     """How often the bilevel loop drew an average pool and D_val sample (all ranks together); logs a
-    warning naming ``rate.pool_passes`` when the pool's is below :data:`FEW_VIEWS`."""
+    warning naming ``rate.pool_passes`` when the pool's is below ``warn_below``
+    (``rate.warn_below_pool_views``; 0 never warns)."""
     iterations = trainer.global_step // OPTIMIZER_STEPS_PER_ITERATION
     pool = iterations * dm.batch_size * trainer.world_size / len(dm.pool)
     val = iterations * dm.val_batch_size * trainer.world_size / len(dm.val_set)
-    if pool < FEW_VIEWS:
+    if pool < warn_below:
         log.warning(
             "rate: the rater saw an average pool sample %.2f times (%d iterations of %d over %d samples); "
             "raise rate.pool_passes (now %s) for a rater that has seen the pool",
@@ -154,7 +150,7 @@ def _fit_and_score(cfg: DictConfig, dm, model, trainer, ckpt, loggers, streaming
         "score_std": float(scores.std()),
         "scoring_time_s": round(score_time, 2),
         "bilevel_iterations": int(trainer.global_step // OPTIMIZER_STEPS_PER_ITERATION),
-        **_views(dm, trainer),
+        **_views(dm, trainer, cfg.rate.warn_below_pool_views),
         "input": _input(dm),
         **model.timestep_correlation(pool_scores),  # score_timestep_spearman, samples_seen
     }

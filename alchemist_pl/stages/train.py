@@ -102,7 +102,9 @@ def _fit_and_evaluate(cfg: DictConfig, dm, model, trainer, ckpt, extra: list, ev
     }
     if dm.scores is not None and trainer.is_global_zero:  # the subset drawn from the scores, for reports
         _write_drawn_subset(cfg, dm, out / "subset.parquet")
-    outputs = {"samples": str(out / "samples.png")}
+    # the sample grid and its captions are the downstream model's own output: listed when it wrote them
+    grid = {"samples": out / "samples.png", "sample_captions": out / "samples.txt"}
+    outputs = {k: str(p) for k, p in grid.items() if p.is_file()}
     metrics.update(_subset_and_eval_metrics(cfg, dm, extra, eval_info, out, outputs))
     n, pool, loss = metrics["train_samples"], metrics["pool_size"], metrics.get("test/loss", float("nan"))
     log.info("train: %s on %d of %d samples, test loss %.4f -> %s", cfg.method, n, pool, loss, out)
