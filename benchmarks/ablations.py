@@ -43,6 +43,8 @@ SETUP = (
     "eval.every_n_steps=50",
     "model.noise_scheduler.prediction_type=epsilon",
     "model.sampling_scheduler.prediction_type=epsilon",
+    "~model.unet.class_embed_type",
+    "~model.unet.projection_class_embeddings_input_dim",
 )
 
 

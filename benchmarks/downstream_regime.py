@@ -74,7 +74,7 @@ def _commit() -> tuple[str, bool]:
 
 
 def _machine() -> str:
-    return f"{stamp.machine()}; {torch.get_num_threads()} torch thread(s)"
+    return f"{stamp.machine().split('; load')[0]}; {torch.get_num_threads()} torch thread(s)"  # load: own fields
 
 
 def _command(args) -> list[str]:
