@@ -55,7 +55,7 @@ VPRED = ("model.noise_scheduler.prediction_type=v_prediction", "model.sampling_s
 
 #: setting name -> (description, train.py overrides)
 SETTINGS = {
-    "base": ("unet_tiny as the efficiency benchmark trains it (attention at 8x8, caption dropout 0.1, CFG 3)", ()),
+    "base": ("unet_tiny, epsilon-prediction (attention at 8x8, caption dropout 0.1, CFG 3)", ()),
     "xattn": ("+ cross-attention at every resolution (32, 16, 8 px)", XATTN),
     "pooled": ("+ pooled caption added to the time embedding (class_embed_type=projection)", POOLED),
     "minsnr": ("+ min-SNR-5 loss weighting", ("model.snr_gamma=5",)),
@@ -207,14 +207,14 @@ def _table(r: dict) -> list[str]:
 
 
 def _summary(records: list[dict]) -> list[str]:
-    """One row per (setting, evaluation at a multiple of 500 steps or at the run's last step)."""
+    """One row per (setting, evaluation at step 400, 500, 1,000 or the run's last step)."""
     lines = [
         "| setting | step | ≈CPU min | top-1 | top-5 | top-1 shuffled | top-5 shuffled | domain KID |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         for p in r["curve"]:
-            if p["step"] % 500 == 0 or p["step"] == r["curve"][-1]["step"]:
+            if p["step"] in (400, 500, 1000) or p["step"] == r["curve"][-1]["step"]:
                 lines.append(
                     f"| {r['setting']} | {p['step']} | {r['cpu_s'] / 60 * p['step'] / r['steps']:.1f} | "
                     f"{p['retrieval_top1']:.3f} | {p['retrieval_top5']:.3f} | {p['retrieval_top1_shuffled']:.3f} | "
