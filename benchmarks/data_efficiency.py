@@ -130,6 +130,30 @@ def run_all(jobs: list[Job], base: list[str], workers: int, deadline: float) -> 
             f.result()
 
 
+def _times(stamp_: dict, started: float, jobs: list[Job], previous_path: Path) -> dict:
+    """This invocation's stamp and run records. Runs skipped because an earlier invocation of the same
+    command finished them keep that invocation's record; ``invocations`` lists every invocation's
+    stamp and wall time, and the totals add them up."""
+    this = {**stamp_, "clean_tree": "uncommitted" not in stamp_["commit"], "wall_s": round(time.time() - started, 1)}
+    previous = json.loads(previous_path.read_text()) if previous_path.exists() else {}
+    same = previous.get("command") == stamp_["command"] and "runs" in previous
+    earlier = {r["name"]: r for r in previous.get("runs", []) if "cpu_s" in r} if same else {}
+    runs = [
+        earlier.get(j.name, j.record) if j.record.get("skipped") == "summary.json exists" else j.record for j in jobs
+    ]
+    invocations = (previous.get("invocations") or [previous]) if same else []
+    invocations = [{k: v for k, v in i.items() if k not in ("runs", "invocations")} for i in invocations] + [this]
+    return {
+        **this,
+        "clean_tree": all(i["clean_tree"] for i in invocations),
+        "total_wall_s": round(sum(i.get("wall_s", i.get("total_wall_s", 0.0)) for i in invocations), 1),
+        "total_cpu_s": round(sum(r.get("cpu_s", 0.0) for r in runs), 1),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "invocations": invocations,
+        "runs": runs,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/efficiency", help="run folder (summaries, checkpoints, logs)")
@@ -160,17 +184,10 @@ def main() -> None:
     started = time.time()
     deadline = started + 60 * args.deadline_min if args.deadline_min else float("inf")
     run_all(jobs, [sys.executable, "train.py", "+experiment=efficiency", *args.overrides], args.jobs, deadline)
-    times = {
-        **started_stamp,
-        "clean_tree": "uncommitted" not in started_stamp["commit"],
-        "total_wall_s": round(time.time() - started, 1),
-        "total_cpu_s": round(sum(j.record.get("cpu_s", 0.0) for j in jobs), 1),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "runs": [j.record for j in jobs],
-    }
-    setup = {"steps": args.steps, "every": args.every, "keep_ratio": args.keep_ratio, "seeds": seeds, "rows": ROWS}
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
+    times = _times(started_stamp, started, jobs, results / "times.json")
+    setup = {"steps": args.steps, "every": args.every, "keep_ratio": args.keep_ratio, "seeds": seeds, "rows": ROWS}
     (results / "times.json").write_text(json.dumps(times, indent=2))
     path = efficiency_report.write(out, results, times, setup)
     print(path.read_text())

@@ -168,6 +168,17 @@ def _plot(runs: dict, chance5: float, path: Path) -> None:
     plt.close(fig)
 
 
+def _invocations(times: dict) -> str:
+    inv = times.get("invocations", [])
+    if len(inv) < 2:
+        return ""
+    parts = [
+        f"{i['date']} at {i['commit'].split()[0]}, {i.get('wall_s', i.get('total_wall_s', 0.0)) / 60:.1f} min"
+        for i in inv
+    ]
+    return f"; {len(inv)} invocations of the command, each running what the earlier left: " + "; ".join(parts)
+
+
 def _header(times: dict, setup: dict) -> list[str]:
     clean = "clean tree" if times["clean_tree"] else "uncommitted changes"
     return [
@@ -178,7 +189,7 @@ def _header(times: dict, setup: dict) -> list[str]:
         f"Machine: {times['machine']}; 1-min load at end {times['load_average_at_end'][0]}  ",
         f"Date: {times['date']}  ",
         f"Wall time {times['total_wall_s'] / 60:.1f} min; CPU time of all runs {times['total_cpu_s'] / 60:.1f} min "
-        "(user + system; per run in times.json)",
+        "(user + system; per run in times.json)" + _invocations(times),
         "",
         "Rows: " + "; ".join(f"**{r}**: {d}" for r, (d, _) in setup["rows"].items()) + f". Subsets keep "
         f"{setup['keep_ratio']:g} of the pool. Seeds {', '.join(map(str, setup['seeds']))}; each row's cell is the "
