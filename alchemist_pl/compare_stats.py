@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 METRICS = (  # key in summary["metrics"], label, lower is better
     ("eval/domain_fid", "domain FID", True),
@@ -97,18 +98,79 @@ def time_to_match(groups, method, baseline, metric: str = "eval/domain_fid", low
     if len(bs) == 0 or len(ms) == 0:
         return None
     target = float(bv[-1])
-    better = (mv <= target) if lower else (mv >= target)
-    hit = None
-    if better.any():
-        j = int(np.argmax(better))
-        if j == 0:
-            hit = float(ms[0])
-        else:  # interpolate between the evaluation points around the crossing
-            v0, v1, s0, s1 = mv[j - 1], mv[j], ms[j - 1], ms[j]
-            hit = float(s0 + (s1 - s0) * (target - v0) / (v1 - v0)) if v1 != v0 else float(s1)
+    hit = crossing(ms, mv, target, lower)
     return {
         "target": target,
         "baseline_steps": int(bs[-1]),
         "steps": hit,
         "ratio": None if hit is None else hit / float(bs[-1]),
+    }
+
+
+def crossing(steps, values, target: float, lower: bool = True) -> float | None:
+    """The first step at which the curve ``values`` (at ``steps``) reaches ``target`` (≤ when
+    ``lower``, else ≥), linearly interpolated between the evaluation points around the crossing;
+    ``steps[0]`` when the first point already reaches it (the crossing is then only known to be at
+    or before it); None when no point does."""
+    steps, values = np.asarray(steps, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    better = (values <= target) if lower else (values >= target)
+    if not better.any():
+        return None
+    j = int(np.argmax(better))
+    if j == 0:
+        return float(steps[0])
+    v0, v1, s0, s1 = values[j - 1], values[j], steps[j - 1], steps[j]
+    return float(s0 + (s1 - s0) * (target - v0) / (v1 - v0)) if v1 != v0 else float(s1)
+
+
+def t_interval(values, level: float = 0.95) -> tuple[float, float, int]:
+    """(mean, half-width, n) of the two-sided Student-t interval for the mean of ``values`` (None and
+    NaN left out): mean ± t_{(1+level)/2, n-1} · s / √n with s the sample std. Half-width NaN for n < 2."""
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
+    if len(v) == 0:
+        return float("nan"), float("nan"), 0
+    if len(v) == 1:
+        return float(v[0]), float("nan"), 1
+    half = stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return float(v.mean()), float(half), len(v)
+
+
+def curve_at(run: dict, metric: str, step: int) -> float | None:
+    """``metric`` (e.g. ``domain_kid``) of ``run``'s evaluation at ``step``; None if it has none there."""
+    return next((p[metric] for p in run["metrics"].get("eval_curve", []) if p["step"] == step), None)
+
+
+def paired_time_to_match(runs: dict, baselines: dict, metric: str, lower: bool = True) -> dict:
+    """Per seed: the steps run ``runs[seed]`` needs to reach the final value of ``baselines[seed]``
+    (same seed; :func:`crossing` on its evaluation curve), and their mean with a 95 % t-interval.
+
+    ``runs`` / ``baselines``: ``{seed: train summary}``. Returns ``{"per_seed": {seed: {"target", "first",
+    "steps", "baseline_steps"}}, "reached": n, "n": seeds, "at_first_point": n, "steps": (mean,
+    half, n) over the seeds that reached it, "ratio": the same for steps / baseline steps}``.
+    ``steps`` of a seed is None when its curve never reaches the target; a seed that reaches it at its
+    first evaluation counts in ``at_first_point`` (its crossing is only bounded by that step).
+
+    Raises:
+        ValueError: no common seed, or a run has fewer than two evaluation points (a crossing
+            needs a curve).
+    """
+    seeds = sorted(set(runs) & set(baselines))
+    if not seeds:
+        raise ValueError(f"paired_time_to_match: no common seed ({sorted(runs)} vs {sorted(baselines)})")
+    per_seed = {}
+    for seed in seeds:
+        curve, base = runs[seed]["metrics"].get("eval_curve", []), baselines[seed]["metrics"].get("eval_curve", [])
+        if len(curve) < 2 or not base:
+            raise ValueError(f"paired_time_to_match: seed {seed} has {len(curve)} evaluation point(s); need >= 2")
+        target = base[-1][metric]
+        hit = crossing([p["step"] for p in curve], [p[metric] for p in curve], target, lower)
+        per_seed[seed] = {"target": target, "steps": hit, "baseline_steps": base[-1]["step"], "first": curve[0]["step"]}
+    hits = [v for v in per_seed.values() if v["steps"] is not None]
+    return {
+        "per_seed": per_seed,
+        "n": len(seeds),
+        "reached": len(hits),
+        "at_first_point": sum(v["steps"] == v["first"] for v in hits),
+        "steps": t_interval([v["steps"] for v in hits]),
+        "ratio": t_interval([v["steps"] / v["baseline_steps"] for v in hits]),
     }

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's alchemist_pl, not another installed copy
 
+import stamp  # noqa: E402  (benchmarks/stamp.py, beside this script)
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
@@ -55,26 +55,26 @@ VPRED = ("model.noise_scheduler.prediction_type=v_prediction", "model.sampling_s
 
 #: setting name -> (description, train.py overrides)
 SETTINGS = {
-    "base": ("unet_tiny as the efficiency benchmark trains it (attention at 8x8, caption dropout 0.1, CFG 3)", ()),
+    "base": ("unet_tiny, epsilon-prediction (attention at 8x8, caption dropout 0.1, CFG 3)", ()),
     "xattn": ("+ cross-attention at every resolution (32, 16, 8 px)", XATTN),
     "pooled": ("+ pooled caption added to the time embedding (class_embed_type=projection)", POOLED),
     "minsnr": ("+ min-SNR-5 loss weighting", ("model.snr_gamma=5",)),
     "vpred": ("+ v-prediction", VPRED),
     "pooled_minsnr": ("pooled caption + min-SNR-5", (*POOLED, "model.snr_gamma=5")),
     "pooled_xattn": ("pooled caption + cross-attention at every resolution", (*POOLED, *XATTN)),
+    "vpred_pooled": ("v-prediction + pooled caption", (*VPRED, *POOLED)),
     "nocfg": ("base sampled without guidance (CFG 1): what CFG buys", ("eval.guidance_scale=1.0",)),
 }
 
 
-def _git(*args) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+def _commit() -> tuple[str, bool]:
+    """(short HEAD, whether the code a run imports and this script are committed), by benchmarks/stamp.py."""
+    stamped = stamp.commit("alchemist_pl", "conf", "benchmarks/downstream_regime.py", "train.py")
+    return stamped.split()[0], stamped == stamped.split()[0]
 
 
 def _machine() -> str:
-    return (
-        f"{platform.node()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch thread(s), Python {platform.python_version()}"
-    )
+    return f"{stamp.machine().split('; load')[0]}; {torch.get_num_threads()} torch thread(s)"  # load: own fields
 
 
 def _command(args) -> list[str]:
@@ -103,7 +103,7 @@ def _record(args, cmd, clean, load, wall, cpu, curve, test_loss, note=None, comm
         "setting": args.setting,
         "description": SETTINGS[args.setting][0],
         "command": " ".join(["python", *cmd[1:]]),
-        "commit": commit or _git("rev-parse", "--short", "HEAD"),
+        "commit": commit,
         "clean_tree": clean,
         "machine": _machine(),
         "load_average_at_start": [round(x, 1) for x in load],
@@ -123,8 +123,7 @@ def _record(args, cmd, clean, load, wall, cpu, curve, test_loss, note=None, comm
 
 def run(args) -> None:
     name, out, cmd = args.setting, Path(args.work) / args.setting, _command(args)
-    clean = not _git("status", "--porcelain", "--untracked-files=no")
-    commit = _git("rev-parse", "--short", "HEAD")  # at the start: the code the run imports
+    commit, clean = _commit()  # at the start: the code the run imports
     load = os.getloadavg()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
@@ -161,8 +160,11 @@ def reference(args) -> None:
     metrics.set_reference(to_model_range(test.images))
     m = args.num_images
     values = metrics.compute(to_model_range(test.images[:m]), test.text.pooled[test.caption_rows[:m]].float())
+    commit, clean = _commit()
+    stamped = {"command": f"python benchmarks/downstream_regime.py reference --num-images {m}", "commit": commit}
+    stamped |= {"clean_tree": clean, "machine": _machine()}
     Path(args.runs).mkdir(parents=True, exist_ok=True)
-    (Path(args.runs) / "reference.json").write_text(json.dumps({"num_images": m, **values}, indent=1))
+    (Path(args.runs) / "reference.json").write_text(json.dumps({"num_images": m, **values, **stamped}, indent=1))
     print(values)
 
 
@@ -205,14 +207,14 @@ def _table(r: dict) -> list[str]:
 
 
 def _summary(records: list[dict]) -> list[str]:
-    """One row per (setting, evaluation at step 400 and at the run's last step)."""
+    """One row per (setting, evaluation at step 400, 500, 1,000 or the run's last step)."""
     lines = [
         "| setting | step | ≈CPU min | top-1 | top-5 | top-1 shuffled | top-5 shuffled | domain KID |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         for p in r["curve"]:
-            if p["step"] in (400, r["curve"][-1]["step"]):
+            if p["step"] in (400, 500, 1000) or p["step"] == r["curve"][-1]["step"]:
                 lines.append(
                     f"| {r['setting']} | {p['step']} | {r['cpu_s'] / 60 * p['step'] / r['steps']:.1f} | "
                     f"{p['retrieval_top1']:.3f} | {p['retrieval_top5']:.3f} | {p['retrieval_top1_shuffled']:.3f} | "
@@ -256,7 +258,12 @@ def report(args) -> None:
             f"Ceiling: the {v['num_images']} prompts' own real test images score retrieval top-1 "
             f"{v['retrieval_top1']:.3f}, top-5 {v['retrieval_top5']:.3f} (shuffled {v['retrieval_top1_shuffled']:.3f} / "
             f"{v['retrieval_top5_shuffled']:.3f}; chance {v['retrieval_chance_top1']:.3f} / "
-            f"{v['retrieval_chance_top5']:.3f}), domain KID {v['domain_kid']:.4f} against all test images.",
+            f"{v['retrieval_chance_top5']:.3f}), domain KID {v['domain_kid']:.4f} against all test images"
+            + (
+                f" (`{v['command']}` at {v['commit']}{'' if v['clean_tree'] else ' + uncommitted changes'})."
+                if "commit" in v
+                else "."
+            ),
             "",
         ]
     for r in records:
