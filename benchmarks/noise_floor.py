@@ -13,8 +13,6 @@ would score these values; differences between runs smaller than their spread are
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's alchemist_pl, not another insta
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from stamp import commit, mean_std  # noqa: E402
+from stamp import commit, machine, mean_std  # noqa: E402
 
 from alchemist_pl.data import load_split  # noqa: E402
 from alchemist_pl.emoji import build_emoji_dataset  # noqa: E402
@@ -57,7 +55,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    started, load = time.time(), ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    started, host = time.time(), machine()  # its load average is the one at the start
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("config", overrides=[f"paths.data_dir={args.data_dir.resolve()}", "evaluator=domain"])
     build_emoji_dataset(cfg.data.emoji_dir)
@@ -75,9 +73,7 @@ def main() -> None:
         "",
         f"- command: `python benchmarks/noise_floor.py --out {args.out} --repeats {args.repeats} --seed {args.seed}`",
         f"- commit: `{commit()}`",
-        f"- machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} torch thread(s), Python {platform.python_version()}; "
-        f"load average at start {load}",
+        f"- machine: {host}; {torch.get_num_threads()} torch thread(s)",
         f"- wall time {time.time() - started:.0f} s ({encoder_s:.0f} s of it loading or training the encoder)",
         f"- data: `{d.test_path}` ({len(test)} images), domain encoder sha256 `{info.get('sha256')}`",
         f"- {args.repeats} random splits into disjoint halves (seeds {args.seed}..{args.seed + args.repeats - 1}); "

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -22,33 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
-    )
-
-
-def _commit() -> str:
-    try:
-        sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
-        return sha + ("+uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stamp import commit, machine  # noqa: E402  (benchmarks/stamp.py, beside this script)
 
 
 def report(run_dir: Path, command: str) -> str:
@@ -59,8 +32,8 @@ def report(run_dir: Path, command: str) -> str:
         f"# Pipeline run — {datetime.now(timezone.utc):%Y-%m-%d}",
         "",
         f"- command: `{command}`",
-        f"- commit: `{_commit()}`",
-        f"- machine: {_machine()}",
+        f"- commit: `{commit()}`",
+        f"- machine: {machine()}",
         f"- seed: {s['seed']}, keep_ratio: {s['keep_ratio']}, method: {s['method']}",
         f"- samples rated: {m['samples_rated']}; bilevel iterations: {rate.get('bilevel_iterations')}",
         "",

@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from data_efficiency import _machine  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from signal_audit_report import analyse, render  # noqa: E402
+from stamp import commit, machine  # noqa: E402
 
 from alchemist_pl import audit  # noqa: E402
 from alchemist_pl.corruption import GROUND_TRUTH, build_corrupted_pool, read_ground_truth  # noqa: E402
@@ -212,11 +212,10 @@ def main() -> None:
         for v in variants
     }
     numbers = {v: {s: analyse(r) for s, r in rv.items()} for v, rv in runs.items()}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     context = {
         "command": "python benchmarks/signal_audit.py " + " ".join(sys.argv[1:]),
-        "commit": commit.stdout.strip() or "unknown",
-        "machine": _machine(),
+        "commit": commit(),
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "invocation_s": time.time() - started,
         "load": [load0, os.getloadavg()],

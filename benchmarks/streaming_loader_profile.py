@@ -36,6 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's alchemist_pl, not another installed one
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from stamp import commit  # noqa: E402
 
 
 def main() -> None:
@@ -47,7 +49,6 @@ def main() -> None:
     args = ap.parse_args()
     started = time.time()
     import io
-    import subprocess
 
     import numpy as np
     import torch
@@ -127,10 +128,9 @@ def main() -> None:
             best[name] = min(best[name], time.process_time() - t)
     shutil.rmtree(copy_dir)
     size = sum(s.stat().st_size for s in shards) / 2**20
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     lines = [
         f"- command: `python benchmarks/streaming_loader_profile.py --shards {args.shards} --repeats {args.repeats}"
-        f" --resolution {args.resolution}{f' --out {args.out}' if args.out else ''}`; commit `{commit.stdout.strip()}`",
+        f" --resolution {args.resolution}{f' --out {args.out}' if args.out else ''}`; commit `{commit()}`",
         f"- {len(raws)} samples in {len(shards)} shards ({size:.1f} MiB); best of {args.repeats} interleaved runs,"
         f" process CPU time, one thread; {os.cpu_count()} cores; load average at the end"
         f" {tuple(round(x, 2) for x in os.getloadavg())}; wall time {time.time() - started:.0f} s",

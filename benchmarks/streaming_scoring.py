@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -40,6 +39,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from stamp import commit, machine  # noqa: E402  (benchmarks/stamp.py, beside this script)
 
 CHILD = r"""
 import json, os, resource, shutil, sys, time
@@ -194,11 +195,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--data", type=Path, default=ROOT / "data" / "emoji" / "train", help="shard folder")
     args = p.parse_args()
-    started = time.time()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
-    )
+    started, host = time.time(), machine()  # its load average is the one at the start
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pools = make_pools(args.data, tmp, args.repeats)
@@ -214,9 +211,8 @@ def main() -> None:
         "# Streaming scoring against the rater's forward alone",
         "",
         f"- command: `{cmd}`",
-        f"- commit: `{commit.stdout.strip()}`{' (with uncommitted changes)' if dirty.stdout.strip() else ''}",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; shared with"
-        " other jobs (load averages per row below)",
+        f"- commit: `{commit()}`",
+        f"- machine: {host}; shared with other jobs (load averages per row below)",
         f"- wall time {time.time() - started:.0f} s; load average at the end {os.getloadavg()}",
         f"- pool: copy of {args.data} ({len(list(args.data.glob('*.tar')))} shards, {n['samples']} samples, 32 px PNG); batch"
         f" {args.batch_size}; one torch thread in the scoring process; rater = conf/rater default",
