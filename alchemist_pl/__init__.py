@@ -27,6 +27,7 @@ The parts, from the data up (each imports only those above it):
     domain_encoder, metrics,        the domain evaluator, domain FID/KID/CLIP score, and the
     evaluation                      callback that evaluates during training
     scoring, heuristics,            scoring a pool: rater inference, CLIP-score and image heuristics,
+    score_combination,              several scorers' score files combined into one,
     decoded_cache, streaming        shards' decoded pixels cached once (memory-mapped), shard-by-shard
                                     scoring of large pools
     analysis, audit                 rating and subset quality on planted noise; the offline signal

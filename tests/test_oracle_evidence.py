@@ -53,3 +53,20 @@ def test_oracle_rejects_a_ground_truth_of_another_pool(tmp_path, small_split):
     pq.write_table(table, tmp_path / "corruptions.parquet")
     with pytest.raises(DataError, match=r"96 of 96 pool samples have no ground-truth row.*another pool"):
         GroundTruthScorer(str(tmp_path / "train"))(small_split)
+
+
+def test_score_stage_combines_score_files(oracle_scores):
+    """``scorer=combined`` through the real score stage: the oracle's scores combined with a second copy
+    turned around at a smaller weight still rank clean samples first; the sources are recorded."""
+    out, _ = oracle_scores
+    oracle = out / "score" / "scores.parquet"
+    summary = run(
+        compose_run(
+            out / "combined", "+experiment=score", "scorer=combined", f"scorer.sources=[{oracle},{oracle}]",
+            "scorer.weights=[1.0,-0.5]",
+        )
+    )  # fmt: skip
+    assert summary["metrics"]["rating_quality"]["auroc"] > 0.99
+    _, _, meta = read_scores(out / "combined" / "scores.parquet")
+    assert meta["scorer"] == "combined" and meta["params"]["weights"] == [1.0, -0.5]
+    assert meta["params"]["sources"] == [str(oracle)] * 2

@@ -21,8 +21,9 @@ def score(cfg: DictConfig) -> dict:
     """Baseline scorers (paper Table 1): score the pool with the ``scorer`` group's scorer into the
     same ``scores.parquet`` format the rater writes, with the same rating report (ranking grid,
     AUROC on planted noise): ``clarity`` / ``frequency`` / ``edge_density``
-    (:class:`~alchemist_pl.scoring.HeuristicScorer`) or ``clip_score``
-    (:class:`~alchemist_pl.scoring.CaptionAgreementScorer`).
+    (:class:`~alchemist_pl.scoring.HeuristicScorer`), ``clip_score``
+    (:class:`~alchemist_pl.scoring.CaptionAgreementScorer`), ``oracle`` on planted noise, or ``combined``
+    (:class:`~alchemist_pl.score_combination.ScoreCombination`: several score files of the pool).
 
     Writes ``scores.parquet`` (sample_id, score float32; higher = keep first with ``top_k``),
     ``ranking.png`` and ``summary.json`` to ``paths.output_dir``.
