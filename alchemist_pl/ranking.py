@@ -103,14 +103,18 @@ def _top16(key: np.ndarray) -> np.ndarray:
     return (key >> (8 * key.itemsize - 16)) + (1 << 15)
 
 
+def key_bins(values: np.ndarray) -> np.ndarray:
+    """[n] the top 16 bits of the values' :func:`score_keys` as bins 0..2^16-1: a bin's values are
+    all below those of the bins before it (equal values share a bin)."""
+    return _top16(score_keys(values))
+
+
 def _range_counts(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """([blocks, ranges] samples of each :data:`_BLOCK`-block in each value range, [2^16] the range of
     each top-16-bit bin of the :func:`score_keys`): consecutive bins joined into ranges of about
     :data:`_RANGE` samples. The keys are made one block at a time and not kept."""
     blocks = range(0, len(scores), _BLOCK)
-    bins = np.stack(
-        _parallel(lambda a: np.bincount(_top16(score_keys(scores[a : a + _BLOCK])), minlength=1 << 16), blocks)
-    )
+    bins = np.stack(_parallel(lambda a: np.bincount(key_bins(scores[a : a + _BLOCK]), minlength=1 << 16), blocks))
     total = bins.sum(axis=0)
     _, lut = np.unique((np.cumsum(total) - total) // _RANGE, return_inverse=True)  # range of each top-16-bit bin
     first_bin = np.flatnonzero(np.diff(lut, prepend=-1))
