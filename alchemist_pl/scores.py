@@ -226,9 +226,8 @@ def read_score_values(path) -> tuple[np.ndarray, dict]:
             i = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
             raise ScoresError(f"{path}: sample {sample_at(i)!r} has no score")
         part = _score_dtype(path, col, sample_at)
-        bad = ~np.isfinite(part)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
+        if len(part) and not (np.isfinite(part.min()) and np.isfinite(part.max())):  # NaN reaches both, inf one
+            i = int(np.flatnonzero(~np.isfinite(part))[0])
             raise ScoresError(f"{path}: scores are NaN or infinite (first: sample {sample_at(i)!r} = {part[i]})")
         scores = np.empty(n, dtype=part.dtype) if scores is None else scores
         scores = scores.astype(part.dtype) if part.dtype.itemsize > scores.itemsize else scores  # files of a folder

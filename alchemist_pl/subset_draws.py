@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ranking import key_bins
+from .ranking import in_threads, key_bins
 
 __all__ = ["by_index", "gumbel_top_k", "kth_largest", "uniform_draw", "window"]
 
@@ -22,18 +22,33 @@ def by_index(n: int, samples: np.ndarray, twice: np.ndarray | None = None):
     """``samples`` (distinct, in [0, n)) sorted: [k] int64; with ``twice`` ([k] 2 x rank of each,
     non-negative integers below ``2 n``), also their percentiles in that order ([k] float64,
     ``2 rank / 2 N`` = ``rank / N`` exactly). O(n): a mask (with ``twice``: an array of
-    ``twice + 1`` by sample, 0 where none is kept) indexed by sample instead of a sort."""
+    ``twice + 1`` by sample, 0 where none is kept) indexed by sample instead of a sort, filled and
+    read a block at a time on :data:`~alchemist_pl.ranking.THREADS` threads."""
     if twice is None:
         mask = np.zeros(n, dtype=bool)
         mask[samples] = True
         return np.flatnonzero(mask)
     by_sample = np.zeros(n, dtype=twice.dtype)
-    by_sample[samples] = twice + 1  # one scatter marks the kept samples and holds their ranks
-    idx = np.flatnonzero(by_sample)
-    kept = by_sample[idx]
-    del by_sample
-    kept -= 1
-    return idx, kept / (2.0 * n)
+    k = len(samples)
+
+    def mark(a: int) -> None:  # one scatter marks the kept samples and holds their ranks
+        by_sample[samples[a : a + _DRAWS]] = twice[a : a + _DRAWS] + 1
+
+    in_threads(mark, range(0, k, _DRAWS))
+    blocks = range(0, n, _DRAWS)
+    counts = np.array(in_threads(lambda a: np.count_nonzero(by_sample[a : a + _DRAWS]), blocks), dtype=np.int64)
+    slots = np.cumsum(counts) - counts
+    idx, pct = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.float64)
+
+    def read(i: int) -> None:
+        a, s, c = blocks[i], slots[i], counts[i]
+        block = by_sample[a : a + _DRAWS]
+        found = np.flatnonzero(block)
+        np.add(found, a, out=idx[s : s + c])
+        np.divide(block[found] - 1, 2.0 * n, out=pct[s : s + c])
+
+    in_threads(read, range(len(blocks)))
+    return idx, pct
 
 
 def uniform_draw(n: int, k: int, seed: int) -> np.ndarray:

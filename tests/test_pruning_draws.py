@@ -60,8 +60,11 @@ def test_gumbel_top_k_keeps_the_k_largest_keys(monkeypatch, overwrite):
         assert got.sum() == k
 
 
-def test_by_index_puts_the_ranks_in_index_order():
-    """Samples in a drawn order with their ranks, the top sample (twice its rank = 0) among them."""
+@pytest.mark.parametrize("block", [4, 1 << 20])
+def test_by_index_puts_the_ranks_in_index_order(monkeypatch, block):
+    """Samples in a drawn order with their ranks, the top sample (twice its rank = 0) among them;
+    read in blocks of 4 (blocks without a kept sample, blocks of the samples and of the n rows) or one."""
+    monkeypatch.setattr(subset_draws, "_DRAWS", block)
     n = 50
     samples = np.array([17, 3, 44, 0, 25, 9], dtype=np.int32)
     twice = np.array([0, 4, 4, 9, 30, 97], dtype=np.int32)
