@@ -18,27 +18,31 @@ __all__ = ["by_index", "gumbel_top_k", "kth_largest", "uniform_draw", "window"]
 _DRAWS = 1 << 20  # Gumbel keys made per block (bounds the uniform draws' buffer)
 
 
-def by_index(n: int, samples: np.ndarray, twice: np.ndarray | None = None):
+def by_index(n: int, samples: np.ndarray, twice: np.ndarray | None = None, keep: np.ndarray | None = None):
     """``samples`` (distinct, in [0, n)) sorted: [k] int64; with ``twice`` ([k] 2 x rank of each,
     non-negative integers below ``2 n``), also their percentiles in that order ([k] float64,
-    ``2 rank / 2 N`` = ``rank / N`` exactly). O(n): a mask (with ``twice``: an array of
-    ``twice + 1`` by sample, 0 where none is kept) indexed by sample instead of a sort, filled and
-    read a block at a time on :data:`~alchemist_pl.ranking.THREADS` threads."""
-    if twice is None:
-        mask = np.zeros(n, dtype=bool)
-        mask[samples] = True
-        return np.flatnonzero(mask)
-    by_sample = np.zeros(n, dtype=twice.dtype)
-    k = len(samples)
+    ``2 rank / 2 N`` = ``rank / N`` exactly). ``keep``: [m] bool, when ``samples`` and ``twice``
+    are [m] candidates of which only these are meant.
+
+    O(n): a mask (with ``twice``: an array of ``twice + 1`` by sample, 0 where none is kept) indexed
+    by sample instead of a sort, filled and read a block at a time on
+    :data:`~alchemist_pl.ranking.THREADS` threads (the candidates are never gathered).
+    """
+    by_sample = np.zeros(n, dtype=bool if twice is None else twice.dtype)
 
     def mark(a: int) -> None:  # one scatter marks the kept samples and holds their ranks
-        by_sample[samples[a : a + _DRAWS]] = twice[a : a + _DRAWS] + 1
+        s, t = samples[a : a + _DRAWS], None if twice is None else twice[a : a + _DRAWS]
+        if keep is not None:
+            s, t = s[keep[a : a + _DRAWS]], None if t is None else t[keep[a : a + _DRAWS]]
+        by_sample[s] = True if t is None else t + 1
 
-    in_threads(mark, range(0, k, _DRAWS))
+    in_threads(mark, range(0, len(samples), _DRAWS))
+    if twice is None:
+        return np.flatnonzero(by_sample)
     blocks = range(0, n, _DRAWS)
     counts = np.array(in_threads(lambda a: np.count_nonzero(by_sample[a : a + _DRAWS]), blocks), dtype=np.int64)
     slots = np.cumsum(counts) - counts
-    idx, pct = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.float64)
+    idx, pct = np.empty(counts.sum(), dtype=np.int64), np.empty(counts.sum(), dtype=np.float64)
 
     def read(i: int) -> None:
         a, s, c = blocks[i], slots[i], counts[i]

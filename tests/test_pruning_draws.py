@@ -74,3 +74,9 @@ def test_by_index_puts_the_ranks_in_index_order(monkeypatch, block):
     np.testing.assert_array_equal(pct, twice[order] / (2.0 * n))
     np.testing.assert_array_equal(subset_draws.by_index(n, samples), samples[order])
     np.testing.assert_array_equal(twice, [0, 4, 4, 9, 30, 97])  # the caller's ranks unchanged
+    keep = np.array([True, False, True, True, False, True])  # candidates: only these are meant
+    idx, pct = subset_draws.by_index(n, samples, twice, keep)
+    order = np.argsort(samples[keep])
+    np.testing.assert_array_equal(idx, samples[keep][order])
+    np.testing.assert_array_equal(pct, twice[keep][order] / (2.0 * n))
+    np.testing.assert_array_equal(subset_draws.by_index(n, samples, keep=keep), np.sort(samples[keep]))
