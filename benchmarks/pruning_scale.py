@@ -9,6 +9,7 @@ Rows per N (keep_ratio 0.5, seed 0, standard-normal float32 scores: at 10^8 most
   score column of ``scores.parquet`` (N rows, sample_id = the decimal row index, written by
   ``write_scores`` before the row in its own process), ``choose_subset`` (the draw and the kept
   samples' tie-aware percentiles), read and check the N sample_ids, write ``subset.parquet``;
+- ``prune steps``: the same calls as ``prune_file`` makes, one at a time, each timed (a second table);
 - ``percentiles``: ``ranking.percentiles`` of all N scores;
 - ``np.argsort``: ``np.argsort(scores)`` (NumPy's default sort), the yardstick in the same run.
 
@@ -42,6 +43,7 @@ ROWS = [
     "block",
     "full",
     "prune",
+    "prune steps",
     "percentiles",
     "np.argsort",
 ]
@@ -60,18 +62,35 @@ from pathlib import Path
 import numpy as np
 from alchemist_pl.pruning import percentiles, select
 n, row, scores_path = int(float(sys.argv[1])), sys.argv[2], sys.argv[3]
-scores = None if row == "prune" else np.random.default_rng(0).standard_normal(n, dtype=np.float32)
+scores = None if row.startswith("prune") else np.random.default_rng(0).standard_normal(n, dtype=np.float32)
 keep = 1.0 if row == "full" else 0.5
-if row == "prune":  # imported before the clock starts, with the stage's dependencies
+if row.startswith("prune"):  # imported before the clock starts, with the stage's dependencies
+    from alchemist_pl.pruning import choose_subset
+    from alchemist_pl.scores import read_kept_ids, read_score_values, write_subset
     from alchemist_pl.stages.prune import prune_file
 def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+steps, last = {}, [0.0, 0.0]
+def step(name):
+    now = [time.perf_counter(), cpu()]
+    steps[name] = [now[0] - last[0], now[1] - last[1]]
+    last[:] = now
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with tempfile.TemporaryDirectory() as tmp:
     t, c = time.perf_counter(), cpu()
+    last[:] = [t, c]
     if row == "prune":
         k = len(prune_file(scores_path, Path(tmp) / "subset.parquet", keep, "shift_gsample", 0, {}, {})[2])
+    elif row == "prune steps":  # prune_file's calls
+        scores, meta = read_score_values(scores_path); step("read the score column")
+        idx, pct = choose_subset(len(scores), scores=scores, keep_ratio=keep, method="shift_gsample", seed=0)
+        step("the draw and the kept samples' percentiles (choose_subset)")
+        kept_scores, k = scores[idx], len(idx)
+        del scores
+        ids = read_kept_ids(scores_path, meta, idx); step("read and check the sample_ids, keep the kept ones")
+        write_subset(Path(tmp) / "subset.parquet", ids, kept_scores, pct, {"scores_metadata": meta})
+        step("write subset.parquet")
     elif row == "percentiles":
         k = len(percentiles(scores))
     elif row == "np.argsort":
@@ -80,7 +99,7 @@ with tempfile.TemporaryDirectory() as tmp:
         k = len(select(scores, keep, row, seed=0))
     wall, proc = time.perf_counter() - t, cpu() - c
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"wall": wall, "cpu": proc, "peak_gb": peak / 2**20, "extra_gb": (peak - base) / 2**20, "k": k}))
+print(json.dumps({"wall": wall, "cpu": proc, "peak_gb": peak / 2**20, "extra_gb": (peak - base) / 2**20, "k": k, "steps": steps}))
 """
 
 
@@ -117,6 +136,26 @@ def _table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _steps_table(rows: list[dict]) -> list[str]:
+    """The ``prune steps`` rows: each step's median wall and CPU time over the runs."""
+    lines = []
+    for r in (r for r in rows if r["row"] == "prune steps"):
+        lines += [
+            "",
+            f"The prune path's steps at N = {r['n']:.0e} (median of {len(r['runs'])} run(s); all runs: wall / CPU):",
+            "",
+            "| step | wall (s) | CPU (s) | all runs: wall / CPU (s) |",
+            "|---|---|---|---|",
+        ]
+        for name in r["runs"][0]["steps"]:
+            got = [x["steps"][name] for x in r["runs"]]
+            runs = ", ".join(f"{w:.1f} / {c:.1f}" for w, c in got)
+            lines.append(
+                f"| {name} | {_median([w for w, _ in got]):.2f} | {_median([c for _, c in got]):.2f} | {runs} |"
+            )
+    return lines
+
+
 def _scores_file(n: str, root: Path, folder: Path) -> tuple[Path, float]:
     """``scores.parquet`` of N rows written by ``write_scores`` in its own process; its wall time (s)."""
     path, t = folder / f"scores-{n}.parquet", time.perf_counter()
@@ -137,7 +176,8 @@ def main() -> None:
     stamp, started, rows, setup = machine(), time.time(), [], []
     with tempfile.TemporaryDirectory() as folder:
         for n in args.sizes:
-            scores_path, seconds = _scores_file(n, root, Path(folder)) if "prune" in args.rows else (Path(), 0.0)
+            prunes = any(r.startswith("prune") for r in args.rows)
+            scores_path, seconds = _scores_file(n, root, Path(folder)) if prunes else (Path(), 0.0)
             setup.append(f"{n}: {seconds:.0f} s")
             for row in args.rows:
                 rows.append(_measure(n, row, args.repeat, root, scores_path))
@@ -158,6 +198,7 @@ def main() -> None:
         " (all threads); peak RSS = the process's ru_maxrss",
         "",
         *_table(rows),
+        *_steps_table(rows),
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
