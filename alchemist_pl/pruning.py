@@ -83,9 +83,8 @@ def _check(scores: np.ndarray, keep_ratio: float) -> int:
         raise ValueError(f"scores must be 1-D, got shape {scores.shape}")
     if len(scores) == 0:
         raise ValueError("scores is empty")
-    finite = np.isfinite(scores)
-    if not finite.all():
-        bad = ~finite
+    if not (np.isfinite(scores.min()) and np.isfinite(scores.max())):  # NaN reaches both, inf one
+        bad = ~np.isfinite(scores)
         first = np.flatnonzero(bad)[:5].tolist()
         raise ValueError(f"{int(bad.sum())} scores are NaN or infinite (first at indices {first})")
     if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float, np.floating, np.integer)):
@@ -115,7 +114,8 @@ def _first(method: str, n: int, k: int, keep_ratio: float, head, start: float) -
 
 
 def _ranked_draw(scores, order, k: int, method: str, keep_ratio: float, seed: int, twice: bool, **params):
-    """([k] the samples a rank method keeps, [k] twice their tie-aware rank if ``twice`` else None).
+    """([m] candidate samples, [m] twice their tie-aware rank if ``twice`` else None, [m] bool: the k
+    candidates kept, or None when all are): the arguments of :func:`by_index`.
 
     Only the descending positions a method may keep are sorted (:func:`~alchemist_pl.ranking.rank_part`;
     all of them when the caller passes ``order``, which is left unchanged). The windows are runs of
@@ -139,13 +139,13 @@ def _ranked_draw(scores, order, k: int, method: str, keep_ratio: float, seed: in
     keys, order = ranking.keys, shuffle_ties_at(ranking.keys, ranking.order, cuts, tie_rng, in_place=order is None)
     first -= a  # a position of the sorted part from here on
     if method in WINDOWS:
-        return order[first : first + k], mid2(keys, first, first + k, a, n) if twice else None
+        return order[first : first + k], mid2(keys, first, first + k, a, n) if twice else None, None
     doubled = mid2(keys, first, len(keys), a, n, overwrite=order_given is None)  # the sorted keys are not needed after
     if k == len(keys) - first:
-        return order[first:], doubled if twice else None
+        return order[first:], doubled if twice else None, None
     rng = np.random.default_rng(seed)
     keep = gumbel_top_k(doubled, k, n, params.get("mean", DEFAULT_MEAN), std, rng, overwrite=not twice)
-    return order[first:][keep], doubled[keep] if twice else None
+    return order[first:], doubled if twice else None, keep
 
 
 def select(
@@ -195,8 +195,8 @@ def select(
     if method in WINDOWS:
         first = _first(method, n, k, keep_ratio, head, start)
         return window(scores, first, k, np.random.default_rng([_TIE_STREAM, seed]))
-    samples, _ = _ranked_draw(scores, order, k, method, keep_ratio, seed, False, **params)
-    return by_index(n, samples)
+    samples, _, keep = _ranked_draw(scores, order, k, method, keep_ratio, seed, False, **params)
+    return by_index(n, samples, keep=keep)
 
 
 def _check_order(scores: np.ndarray, order) -> None:
@@ -272,5 +272,4 @@ def _draw_with_percentiles(n: int, scores: np.ndarray, keep_ratio, method: str, 
         by_sample = np.empty(n, dtype=np.int64 if 2 * n >= 2**31 else np.int32)
         by_sample[ranking.order] = mid2(ranking.keys)
         return idx, by_sample[idx] / (2.0 * n)
-    samples, twice = _ranked_draw(scores, None, k, method, keep_ratio, seed, True, **params)
-    return by_index(n, samples, twice)
+    return by_index(n, *_ranked_draw(scores, None, k, method, keep_ratio, seed, True, **params))

@@ -94,7 +94,7 @@ def rank_part(scores: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[i
     a, b = int(starts[r0]), int(starts[r1 - 1] + sizes[r1 - 1])
     order, keys = _gather_ranges(scores, lut, counts, starts - a, (r0, r1), b - a, itype)
     spans = [(int(starts[r] - a), int(sizes[r])) for r in range(r0, r1) if sizes[r] > 1]
-    _parallel(lambda span: _sort_range(order, keys, *span), spans)
+    in_threads(lambda span: _sort_range(order, keys, *span), spans)
     return a, Ranking(order, keys)
 
 
@@ -103,14 +103,18 @@ def _top16(key: np.ndarray) -> np.ndarray:
     return (key >> (8 * key.itemsize - 16)) + (1 << 15)
 
 
+def key_bins(values: np.ndarray) -> np.ndarray:
+    """[n] the top 16 bits of the values' :func:`score_keys` as bins 0..2^16-1: a bin's values are
+    all below those of the bins before it (equal values share a bin)."""
+    return _top16(score_keys(values))
+
+
 def _range_counts(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """([blocks, ranges] samples of each :data:`_BLOCK`-block in each value range, [2^16] the range of
     each top-16-bit bin of the :func:`score_keys`): consecutive bins joined into ranges of about
     :data:`_RANGE` samples. The keys are made one block at a time and not kept."""
     blocks = range(0, len(scores), _BLOCK)
-    bins = np.stack(
-        _parallel(lambda a: np.bincount(_top16(score_keys(scores[a : a + _BLOCK])), minlength=1 << 16), blocks)
-    )
+    bins = np.stack(in_threads(lambda a: np.bincount(key_bins(scores[a : a + _BLOCK]), minlength=1 << 16), blocks))
     total = bins.sum(axis=0)
     _, lut = np.unique((np.cumsum(total) - total) // _RANGE, return_inverse=True)  # range of each top-16-bit bin
     first_bin = np.flatnonzero(np.diff(lut, prepend=-1))
@@ -135,7 +139,7 @@ def _gather_ranges(scores, lut, counts, starts, used: tuple[int, int], m: int, i
             c, f, d = int(counts[i, r]), int(fill[i, r]), int(done[r])
             order[f : f + c], keys[f : f + c] = o[d : d + c], part_keys[d : d + c]
 
-    _parallel(block, range(len(counts)))
+    in_threads(block, range(len(counts)))
     return order, keys
 
 
@@ -146,7 +150,7 @@ def _sort_range(order: np.ndarray, keys: np.ndarray, s: int, m: int) -> None:
     order[s : s + m] = order[s : s + m][perm.numpy()]
 
 
-def _parallel(fn, items) -> list:
+def in_threads(fn, items) -> list:
     """``[fn(x) for x in items]`` on up to :data:`THREADS` threads (NumPy and PyTorch release the
     GIL in the array work; each call writes its own slice, so the result does not depend on the count)."""
     items = list(items)
@@ -217,7 +221,7 @@ def mid2(
         i, j = max(lo, a) - a, min(hi, b) - a  # the block's keys are read (above) before its result is written
         twice[a + i - lo : a + j - lo] = np.repeat(2 * (starts + a + base) + sizes - 1, sizes)[i:j]  # first + last
 
-    _parallel(block, spans)
+    in_threads(block, spans)
     return twice
 
 
@@ -237,7 +241,7 @@ def ranks_and_mid2(
     twice = mid2(keys, lo, hi, base, n)
     ranks = np.empty(len(twice), dtype=dtype)
     spans = [(a, min(a + _BLOCK, len(twice))) for a in range(0, len(twice), _BLOCK)]
-    _parallel(lambda s: np.multiply(twice[s[0] : s[1]], 0.5, out=ranks[s[0] : s[1]], casting="unsafe"), spans)
+    in_threads(lambda s: np.multiply(twice[s[0] : s[1]], 0.5, out=ranks[s[0] : s[1]], casting="unsafe"), spans)
     return ranks, twice  # first + last is exact; half of it in float64 is exact, rounded once to dtype
 
 

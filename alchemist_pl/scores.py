@@ -14,10 +14,10 @@ in the same folder, then rename), so a killed run never leaves a half-written fi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pyarrow.types as pat
 
+from .ranking import THREADS
 from .runtime import write_atomic
-from .sample_ids import as_ids, feed, fingerprint, rows_digest
+from .sample_ids import as_ids, digest_and_take, fingerprint, rows_digest
 
 META_KEY = b"alchemist"
 
@@ -91,8 +92,11 @@ def _refuse_other_dataset(path, metadata: dict, actual: str, what: str) -> None:
 def _write(path: str | os.PathLike, columns: dict, metadata: dict) -> Path:
     table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(metadata, default=str).encode()})
     # no dictionary pages (sample_ids are unique) and no compression: distinct ids and float scores
-    # shrink by about a quarter compressed, and decompressing them doubles the time to read them
-    return write_atomic(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=False, compression="none"))
+    # shrink by about a quarter compressed, and decompressing them doubles the time to read them;
+    # no min/max statistics of the sample_ids (comparing the strings is half the time to write them)
+    stats = [name for name in table.column_names if name != "sample_id"]
+    write = partial(pq.write_table, use_dictionary=False, compression="none", write_statistics=stats)
+    return write_atomic(path, lambda tmp: write(table, tmp))
 
 
 def _open(path: str | os.PathLike, required: tuple[str, ...]) -> tuple[Path, dict]:
@@ -222,9 +226,8 @@ def read_score_values(path) -> tuple[np.ndarray, dict]:
             i = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
             raise ScoresError(f"{path}: sample {sample_at(i)!r} has no score")
         part = _score_dtype(path, col, sample_at)
-        bad = ~np.isfinite(part)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
+        if len(part) and not (np.isfinite(part.min()) and np.isfinite(part.max())):  # NaN reaches both, inf one
+            i = int(np.flatnonzero(~np.isfinite(part))[0])
             raise ScoresError(f"{path}: scores are NaN or infinite (first: sample {sample_at(i)!r} = {part[i]})")
         scores = np.empty(n, dtype=part.dtype) if scores is None else scores
         scores = scores.astype(part.dtype) if part.dtype.itemsize > scores.itemsize else scores  # files of a folder
@@ -239,12 +242,8 @@ def read_score_values(path) -> tuple[np.ndarray, dict]:
 def _batches(path: Path, name: str):
     """The column's values in row order (as ``pq.read_table`` reads them), an Arrow array per
     Parquet row group; one row group in memory at a time (``iter_batches`` keeps the column's pages)."""
-    for f in pq.ParquetDataset(path).files:
-        reader = pq.ParquetFile(f)
-        if name not in reader.schema_arrow.names:
-            raise ScoresError(f"{f}: missing column {name!r} (a file of the folder {path})")
-        for g in range(reader.metadata.num_row_groups):
-            yield from reader.read_row_group(g, columns=[name], use_threads=False).column(0).chunks
+    for _, read in _row_groups(path, name):
+        yield from read().chunks
 
 
 def read_sample_ids(path, metadata: dict):
@@ -266,30 +265,44 @@ def _float(values) -> np.ndarray:
 
 def read_kept_ids(path, metadata: dict, idx: np.ndarray):
     """The sample_ids of rows ``idx`` ([k] sorted row indices) as an Arrow string array, read
-    one Parquet batch at a time so that only the kept ids stay in memory. The rows are checked as
-    :func:`read_sample_ids` checks them: while read, against the recorded ``sample_ids_sha256``;
+    one Parquet row group at a time (up to :data:`~alchemist_pl.ranking.THREADS` at once) so that
+    only the kept ids stay in memory. The rows are checked as :func:`read_sample_ids` checks them:
+    while read, against the recorded ``sample_ids_sha256`` (:func:`~alchemist_pl.sample_ids.digest_and_take`);
     without it, or if they changed, by reading and checking all of them.
 
     Raises:
         ScoresError: as :func:`read_sample_ids`.
     """
-
     path, digest = Path(path), metadata.get("sample_ids_sha256")
     if digest is not None:
-        h, kept, start = hashlib.sha256(), [], 0
-        for col in _batches(path, "sample_id"):
-            try:
-                feed(h, col := as_ids(col))
-            except ValueError:
-                break  # read_sample_ids names the file and the row
-            lo, hi = np.searchsorted(idx, [start, start + len(col)])
-            kept += col.take(idx[lo:hi] - start).chunks
-            start += len(col)
-        pa.default_memory_pool().release_unused()  # the read batches' memory, kept by Arrow's allocator
-        if h.hexdigest() == digest:  # the files of a folder may hold string and large_string ids
-            wide = len({c.type for c in kept}) > 1
-            return pa.chunked_array([c.cast(pa.large_string()) for c in kept] if wide else kept, type=col.type)
+        read = digest_and_take(_row_groups(path, "sample_id"), np.asarray(idx), THREADS)
+        pa.default_memory_pool().release_unused()  # the read parts' memory, kept by Arrow's allocator
+        if read is not None and read[0] == digest:  # the files of a folder may hold string and large_string ids
+            kept = read[1]
+            kept = [c.cast(pa.large_string()) for c in kept] if len({c.type for c in kept}) > 1 else kept
+            return pa.chunked_array(kept, kept[0].type if kept else pa.string())
     return read_sample_ids(path, metadata).take(idx)
+
+
+def _row_groups(path: Path, name: str):
+    """``(first row, read)`` of each Parquet row group of the file or folder in row order, ``read()``
+    giving its column ``name`` (each call opens the file: the parts may be read on several threads).
+
+    Raises:
+        ScoresError: a file of the folder lacks the column.
+    """
+    start = 0
+    for f in pq.ParquetDataset(path).files:
+        meta = pq.ParquetFile(f)
+        if name not in meta.schema_arrow.names:
+            raise ScoresError(f"{f}: missing column {name!r} (a file of the folder {path})")
+        for g in range(meta.metadata.num_row_groups):
+            yield start, partial(_read_row_group, f, g, name)
+            start += meta.metadata.row_group(g).num_rows
+
+
+def _read_row_group(f, g: int, name: str):
+    return pq.ParquetFile(f).read_row_group(g, columns=[name], use_threads=False).column(0)
 
 
 def write_subset(path, sample_ids, scores: np.ndarray, percentile: np.ndarray, metadata: dict) -> Path:

@@ -11,24 +11,48 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["by_index", "gumbel_top_k", "uniform_draw", "window"]
+from .ranking import in_threads, key_bins
+
+__all__ = ["by_index", "gumbel_top_k", "kth_largest", "uniform_draw", "window"]
 
 _DRAWS = 1 << 20  # Gumbel keys made per block (bounds the uniform draws' buffer)
 
 
-def by_index(n: int, samples: np.ndarray, twice: np.ndarray | None = None):
-    """``samples`` (distinct, in [0, n)) sorted: [k] int64; with ``twice`` ([k] 2 x rank of each),
-    also their percentiles in that order ([k] float64, ``2 rank / 2 N`` = ``rank / N`` exactly).
-    O(n): a mask (or a rank array) indexed by sample instead of a sort."""
-    mask = np.zeros(n, dtype=bool)
-    mask[samples] = True
-    idx = np.flatnonzero(mask)
+def by_index(n: int, samples: np.ndarray, twice: np.ndarray | None = None, keep: np.ndarray | None = None):
+    """``samples`` (distinct, in [0, n)) sorted: [k] int64; with ``twice`` ([k] 2 x rank of each,
+    non-negative integers below ``2 n``), also their percentiles in that order ([k] float64,
+    ``2 rank / 2 N`` = ``rank / N`` exactly). ``keep``: [m] bool, when ``samples`` and ``twice``
+    are [m] candidates of which only these are meant.
+
+    O(n): a mask (with ``twice``: an array of ``twice + 1`` by sample, 0 where none is kept) indexed
+    by sample instead of a sort, filled and read a block at a time on
+    :data:`~alchemist_pl.ranking.THREADS` threads (the candidates are never gathered).
+    """
+    by_sample = np.zeros(n, dtype=bool if twice is None else twice.dtype)
+
+    def mark(a: int) -> None:  # one scatter marks the kept samples and holds their ranks
+        s, t = samples[a : a + _DRAWS], None if twice is None else twice[a : a + _DRAWS]
+        if keep is not None:
+            s, t = s[keep[a : a + _DRAWS]], None if t is None else t[keep[a : a + _DRAWS]]
+        by_sample[s] = True if t is None else t + 1
+
+    in_threads(mark, range(0, len(samples), _DRAWS))
     if twice is None:
-        return idx
-    del mask
-    by_sample = np.empty(n, dtype=twice.dtype)  # read back only where written
-    by_sample[samples] = twice
-    return idx, by_sample[idx] / (2.0 * n)
+        return np.flatnonzero(by_sample)
+    blocks = range(0, n, _DRAWS)
+    counts = np.array(in_threads(lambda a: np.count_nonzero(by_sample[a : a + _DRAWS]), blocks), dtype=np.int64)
+    slots = np.cumsum(counts) - counts
+    idx, pct = np.empty(counts.sum(), dtype=np.int64), np.empty(counts.sum(), dtype=np.float64)
+
+    def read(i: int) -> None:
+        a, s, c = blocks[i], slots[i], counts[i]
+        block = by_sample[a : a + _DRAWS]
+        found = np.flatnonzero(block)
+        np.add(found, a, out=idx[s : s + c])
+        np.divide(block[found] - 1, 2.0 * n, out=pct[s : s + c])
+
+    in_threads(read, range(len(blocks)))
+    return idx, pct
 
 
 def uniform_draw(n: int, k: int, seed: int) -> np.ndarray:
@@ -72,8 +96,8 @@ def gumbel_top_k(
     P ∝ exp(-(r - mean)^2 / 2 std^2), ``r = rank / N``.
 
     Gumbel-top-k: adding Gumbel noise to the log-weights and keeping the k largest is an exact
-    sample of successive weighted draws without replacement; the k-th largest key is found with a
-    linear-time partition. The keys are float32 (the rank rounded once, then each step in float32),
+    sample of successive weighted draws without replacement; the k-th largest key is found by
+    :func:`kth_largest` (no copy of the keys), and of keys equal to it the first in position order are kept. The keys are float32 (the rank rounded once, then each step in float32),
     made a block at a time with the uniform draws of the block (one stream, as one call would draw
     it); ``overwrite``: the keys replace int32 ``twice`` in its memory.
     """
@@ -94,7 +118,29 @@ def gumbel_top_k(
         np.negative(ub, out=ub)
         np.log(ub, out=ub)
         wb -= ub  # + Gumbel(0, 1) = -log(-log(u))
-    threshold = np.partition(w, m - k)[m - k]  # k-th largest key
+    threshold = kth_largest(w, k)
     keep = w > threshold
     keep[np.flatnonzero(w == threshold)[: k - np.count_nonzero(keep)]] = True
     return keep
+
+
+def kth_largest(values: np.ndarray, k: int):
+    """The k-th largest of the [m] finite ``values`` (1 <= k <= m), exactly as ``np.sort(values)[m - k]``
+    (equal floats such as -0.0 and 0.0 are one value), without a copy of them.
+
+    A radix select: the values' :func:`~alchemist_pl.ranking.key_bins` are counted a block at a
+    time, the bin holding the k-th largest is found from the counts, and only its values are
+    gathered and partitioned. O(m), two passes.
+    """
+    m = len(values)
+    if not 1 <= k <= m:
+        raise ValueError(f"k must be in [1, {m}], got {k}")
+    counts = np.zeros(1 << 16, dtype=np.int64)
+    for a in range(0, m, _DRAWS):
+        counts += np.bincount(key_bins(values[a : a + _DRAWS]), minlength=1 << 16)
+    above = np.cumsum(counts)  # values in this bin or a higher one (the bins descend with the value)
+    b = int(np.searchsorted(above, k))
+    rest = k - int(above[b] - counts[b])  # the rest-th largest of the bin's values
+    found = [values[a : a + _DRAWS][key_bins(values[a : a + _DRAWS]) == b] for a in range(0, m, _DRAWS)]
+    found = np.concatenate(found)
+    return np.partition(found, len(found) - rest)[len(found) - rest]

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -87,10 +89,15 @@ def test_bad_arguments(scores, kwargs, match):
         pruning.select(scores, **kwargs)
 
 
-def test_nan_scores_rejected(scores):
+@pytest.mark.parametrize("bad", [[np.nan, np.nan], [np.inf, 1.0], [1.0, -np.inf], [np.inf, -np.inf]])
+def test_nan_scores_rejected(scores, bad):
+    """NaN, +inf only, -inf only, both: each named by its index."""
     scores = scores.copy()
-    scores[[7, 9]] = np.nan
-    with pytest.raises(ValueError, match=r"2 scores are NaN.*\[7, 9\]"):
+    scores[[7, 9]] = bad
+    found = [i for i, v in zip((7, 9), bad) if not np.isfinite(v)]
+    with pytest.raises(
+        ValueError, match=re.escape(f"{len(found)} scores are NaN or infinite (first at indices {found})")
+    ):
         pruning.select(scores, 0.5)
 
 

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from alchemist_pl import sample_ids, scores
 from alchemist_pl.sample_ids import fingerprint, rows_digest
 from alchemist_pl.scores import (
     ScoresError,
@@ -182,3 +183,40 @@ def test_prune_path_checks_rows_edited_under_a_recorded_digest(tmp_path):
     kept = pq.read_table(subset)
     assert sorted(kept.column("sample_id").to_pylist()) == [f"s{i}" for i in range(30, 40)]
     assert kept.column("sample_id").to_pylist() == [f"s{int(s)}" for s in kept.column("score").to_numpy()]
+
+
+@pytest.mark.parametrize("kind", [pa.string(), pa.large_string()])
+def test_digest_of_ids_hashed_in_pieces_of_few_ids_and_bytes(monkeypatch, kind):
+    """Pieces of at most 3 ids and 5 bytes (an id longer than that is a piece of its own; empty ids
+    at the ends of pieces): the same bytes as the definition, from a chunk that starts at an offset."""
+    monkeypatch.setattr(sample_ids, "_CHUNK", 3)
+    monkeypatch.setattr(sample_ids, "_BYTES", 5)
+    ids = ["", "ab", "", "a-long-id", "c", "", "", "dd", "日本", "e", ""]
+    want = hashlib.sha256(b"".join(s.encode() + b"\0" for s in ids)).hexdigest()
+    assert rows_digest(pa.array(["x", *ids], kind).slice(1)) == want
+    assert rows_digest(pa.array([""], kind)) == hashlib.sha256(b"\0").hexdigest()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_kept_ids_read_on_threads_in_row_order(tmp_path, monkeypatch, threads):
+    """A file of 40 row groups read 1 or 3 at a time ahead of the hash: the kept ids in row order,
+    the digest of all rows; a null id in a late row group is still named by its row."""
+    monkeypatch.setattr(scores, "THREADS", threads)
+    ids = [f"id-{i}" for i in range(2000)]
+    path = write_scores(tmp_path / "scores.parquet", ids, np.arange(2000.0), {})
+    table, meta = pq.read_table(path), read_scores(path)[2]
+    many = tmp_path / "many.parquet"
+    pq.write_table(table, many, row_group_size=50)
+    idx = np.sort(np.random.default_rng(1).choice(2000, 700, replace=False))
+    assert read_kept_ids(many, meta, idx).to_pylist() == [ids[i] for i in idx]
+    column = table.column("sample_id")
+    parts = [(a, lambda a=a: column.slice(a, 50)) for a in range(0, 2000, 50)]
+    digest, kept = sample_ids.digest_and_take(parts, idx, threads)
+    assert digest == meta["sample_ids_sha256"] == rows_digest(ids)
+    assert pa.chunked_array(kept).to_pylist() == [ids[i] for i in idx]
+    hole = table.set_column(0, "sample_id", pa.array(ids[:1900] + [None] + ids[1901:]))
+    pq.write_table(hole, tmp_path / "hole.parquet", row_group_size=50)
+    with pytest.raises(
+        ScoresError, match=r"hole.parquet: sample_id must be non-null strings: 1 null\(s\), the first at row 1900"
+    ):
+        read_kept_ids(tmp_path / "hole.parquet", meta, idx)

@@ -64,8 +64,9 @@ def prune_file(scores_path, subset_path, keep_ratio: float, method: str, seed: i
     """The prune stage's data path: read the scores, choose the subset
     (:func:`~alchemist_pl.pruning.choose_subset`), read the sample_ids, write the kept rows.
 
-    The ids are read after the draw (the sort and the ids are not in memory at once), one batch at
-    a time, and only the kept ones are held, as Arrow arrays (:func:`~alchemist_pl.scores.read_kept_ids`).
+    The ids are read after the draw (the sort and the ids are not in memory at once), one Parquet
+    row group at a time (a few at once on threads, hashed in order against the writer's digest), and
+    only the kept ones are held, as Arrow arrays (:func:`~alchemist_pl.scores.read_kept_ids`).
     ``subset_path``: where ``subset.parquet`` goes, or None to write nothing; ``metadata``: the
     subset file's, to which the scores file's metadata is added as ``scores_metadata``.
 
