@@ -137,7 +137,7 @@ COST_ONLY = {
     ),
 }
 METHODS = ("shift_gsample", "gsample", "top_k")
-FIRST_VARIANTS = ("first_order", "value_gap", "value_gap_text")  # pruned with every method of METHODS
+FIRST_VARIANTS = ("first_order", "value_gap", "value_gap_text", "default")  # pruned with every method of METHODS
 HALF_VARIANTS = ("half",)
 DRAW_VARIANTS = ("default", "k2", "k4")  # the iteration costs that set the equal-time budgets
 COST_DRAWS = "cost_draws.json"  # in --out: their cost, measured once, shared by concurrent invocations
