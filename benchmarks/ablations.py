@@ -314,6 +314,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--rating-only", action="store_true", help="rate and score at the shipped budget, no training")
     parser.add_argument("--rater-method", default=None, help="the raters' subset (default top_k / shift_gsample)")
+    parser.add_argument("--note", default="", help="a line for the report's header (e.g. where reused runs came from)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -347,6 +348,7 @@ def main() -> None:
         "Wall time of the runs (all invocations): "
         + (", ".join(f"{k} {v / 60:.1f} min" for k, v in all_times.items()) or "none this invocation")
         + f"; this invocation {(time.time() - started) / 60:.1f} min",
+        *([args.note] if args.note else []),
         "",
         (
             "Setup: `train.py " + " ".join(RATING) + " seed=S` + the variant's overlay (the shipped rater and "
