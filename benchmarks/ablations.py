@@ -240,7 +240,9 @@ def report(out: Path, seeds: list[int], variants, scorers, rater_method: str = "
         "## Rating quality on the corrupted pool",
         "",
         "AUROC: clean (higher score) vs corrupted; 0.5 = no signal, below 0.5 = corrupted samples score "
-        "*higher* (Shift-Gsample's head discard then drops them). Subset share: corrupted share of the "
+        "*higher*"
+        + (" (Shift-Gsample's head discard then drops them)" if rater_method == "shift_gsample" else "")
+        + ". Subset share: corrupted share of the "
         f"50% subset the method draws (raters: {rater_method}; scorers: top_k), pool 0.300. "
         "Δ: this variant minus the default rater, paired by seed, mean ± std. "
         "ρ: Spearman of final scores vs the mean timestep each sample saw. Raters: mean ± std over seeds; "
