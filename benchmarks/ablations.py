@@ -10,6 +10,13 @@ top-k 50% subset for each seed. Runs go ``--jobs`` at a time. Every run is skipp
 ``summary.json`` exists and a killed rating resumes from its checkpoint, so a killed benchmark
 resumes; ``--report-only`` rewrites the report from what exists.
 
+``--rating-only``: no downstream training. Each rater variant is rated at the shipped rating budget
+(``train.py +experiment=rate corruption=web corruption.pool_size=4000 logger=csv``: the default rater and
+budget, the command of ``benchmarks/signal_rating.py``'s ``default``) and its 50% subset drawn with
+``--rater-method`` (default top_k, the value gap's selection); the scorers score the same pool. Runs go one
+at a time in that case too when ``--jobs 1``. Each run's ``run_cost.json`` holds its wall and CPU seconds and
+the 1-minute load average at its start and end.
+
 Report (``report.md`` in --results): rating quality per variant (AUROC clean vs corrupted overall and
 per kind, corrupted share of the Shift-Gsample 50% subset, score-timestep Spearman) and downstream
 domain FID / KID with the paired per-seed difference to the default rater, mean ± std over seeds.
@@ -20,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import subprocess
 import sys
 import time
@@ -46,18 +55,23 @@ SETUP = (
     "~model.unet.class_embed_type",
     "~model.unet.projection_class_embeddings_input_dim",
 )
+#: ``--rating-only``: the shipped rating budget and default rater on the same pool, no downstream model
+RATING = ("+experiment=rate", "corruption=web", "corruption.pool_size=4000", "logger=csv")
 
 
-def _run(args: list[str], log_path: Path, env: dict | None = None) -> float:
-    """Run ``args`` in the repository root, output to ``log_path``; its wall seconds. Exits on failure."""
-    started = time.time()
+def _run(args: list[str], log_path: Path, env: dict | None = None) -> dict:
+    """Run ``args`` in the repository root, output to ``log_path``; its wall and CPU seconds (the child's
+    user + system time) and the 1-minute load average at start and end. Exits on failure."""
+    started, cpu, load = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN), os.getloadavg()[0]
     print("+", " ".join(args), flush=True)
     with open(log_path, "w") as log:
         proc = subprocess.run(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         tail = log_path.read_text()[-4000:]
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(args)}\n--- {log_path} (tail) ---\n{tail}")
-    return time.time() - started
+    end = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = end.ru_utime + end.ru_stime - cpu.ru_utime - cpu.ru_stime
+    return {"wall_s": time.time() - started, "cpu_s": cpu_s, "load_start": load, "load_end": os.getloadavg()[0]}
 
 
 def _variants() -> dict[str, tuple[str, list[str]]]:
@@ -105,15 +119,12 @@ def _job(out: Path, kind: str, name: str, seed: int | None) -> tuple[Path, list[
     ]
 
 
-def run_all(out: Path, seeds: list[int], overrides: list[str], variants, scorers, jobs: int = 2) -> dict:
-    """Run every missing run, phase by phase (a phase needs the previous one's scores), ``jobs`` at a
-    time; with jobs > 1 each process gets one thread (OMP_NUM_THREADS=1), which on a small CPU gets
-    more runs per hour than one process on all cores. Returns wall seconds per phase."""
-    import concurrent.futures as cf
-    import os
-
+def _phases(seeds: list[int], variants, scorers, rating_only: bool) -> list[list[tuple]]:
+    """The runs, phase by phase (a phase needs the previous one's scores): (kind, name, seed)."""
+    if rating_only:  # the scorers first (cheap), then whole seeds, so a cut-short benchmark has whole seeds
+        return [[("score", sc, None) for sc in scorers] + [("rate", v, s) for s in seeds for v in variants]]
     cheap = [v for v in variants if v != "exact"]  # the exact estimator costs most: its ratings go later
-    phases = [
+    return [
         [("rate", v, s) for v in cheap for s in seeds] + [("score", sc, None) for sc in scorers],
         [("train", v, s) for v in cheap for s in seeds]
         + [("train", sc, s) for sc in scorers[:1] for s in seeds]
@@ -121,8 +132,18 @@ def run_all(out: Path, seeds: list[int], overrides: list[str], variants, scorers
         [("train", "exact", s) for s in seeds if "exact" in variants]
         + [("train", sc, s) for sc in scorers[1:] for s in seeds],
     ]
+
+
+def run_all(out: Path, seeds: list[int], overrides: list[str], variants, scorers, jobs: int = 2, rating_only=False):
+    """Run every missing run, phase by phase, ``jobs`` at a time; with jobs > 1 each process gets one
+    thread (OMP_NUM_THREADS=1), which on a small CPU gets more runs per hour than one process on all
+    cores. Returns wall seconds per phase."""
+    import concurrent.futures as cf
+
+    phases = _phases(seeds, variants, scorers, rating_only)
     env = {**os.environ, **({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if jobs > 1 else {})}
-    py = [sys.executable, "train.py", "+experiment=efficiency", *SETUP, "logger=csv", *overrides]
+    setup = RATING if rating_only else ("+experiment=efficiency", *SETUP, "logger=csv")
+    py = [sys.executable, "train.py", *setup, *overrides]
     (out / "logs").mkdir(parents=True, exist_ok=True)
 
     def one(job):
@@ -130,7 +151,9 @@ def run_all(out: Path, seeds: list[int], overrides: list[str], variants, scorers
         if (d / "summary.json").exists():
             return 0.0
         log = out / "logs" / ("-".join(str(x) for x in job if x is not None) + ".log")
-        return _run(py + args + [f"hydra.run.dir={d}"], log, env=env)
+        cost = _run(py + args + [f"hydra.run.dir={d}"], log, env=env)
+        (d / "run_cost.json").write_text(json.dumps(cost))
+        return cost["wall_s"]
 
     times: dict[str, float] = {}
     for i, phase in enumerate(phases, 1):
@@ -156,7 +179,15 @@ def _subset_share(scores_path: Path, method: str, seed: int, gt: dict) -> float:
     return analysis.subset_quality(ids, [ids[i] for i in idx], gt)["subset_corrupted_share"]
 
 
-def report(out: Path, seeds: list[int], variants, scorers) -> str:
+def _cost_cells(runs: list[Path]) -> str:
+    """``CPU min | load start → end`` over the runs' ``run_cost.json`` (– where none was recorded)."""
+    costs = [json.loads((d / "run_cost.json").read_text()) for d in runs if (d / "run_cost.json").exists()]
+    cpu = mean_std([c["cpu_s"] / 60 for c in costs], 1)
+    load = [mean_std([c[k] for c in costs], 1) for k in ("load_start", "load_end")]
+    return f"{cpu} | {load[0]} → {load[1]}" if costs else "– | –"
+
+
+def report(out: Path, seeds: list[int], variants, scorers, rater_method: str = "shift_gsample", downstream=True):
     from alchemist_pl.corruption import read_ground_truth
 
     gt_path = next(iter(sorted(ROOT.glob("data/emoji-web-f0.3-n4000-s0/corruptions.parquet"))), None)
@@ -173,7 +204,7 @@ def report(out: Path, seeds: list[int], variants, scorers) -> str:
         q = [x["metrics"].get("rating_quality", {}) for _, _, x in summ]
         share = []
         if gt:
-            method = "shift_gsample" if is_rater else "top_k"
+            method = rater_method if is_rater else "top_k"
             for s, d, _ in summ:
                 for seed in [s] if is_rater else seeds:
                     share.append(_subset_share(d / "scores.parquet", method, seed, gt))
@@ -202,32 +233,48 @@ def report(out: Path, seeds: list[int], variants, scorers) -> str:
                 if is_rater
                 else "n/a",
                 "time": mean_std([x["wall_time_s"] for _, _, x in summ], 0),
+                "cost": _cost_cells([d for _, d, _ in summ]),
             }
         )
     lines = [
         "## Rating quality on the corrupted pool",
         "",
         "AUROC: clean (higher score) vs corrupted; 0.5 = no signal, below 0.5 = corrupted samples score "
-        "*higher* (Shift-Gsample's head discard then drops them). Subset share: corrupted share of the "
-        "50% subset the method draws (raters: Shift-Gsample; scorers: top-k), pool 0.300. "
+        "*higher*"
+        + (" (Shift-Gsample's head discard then drops them)" if rater_method == "shift_gsample" else "")
+        + ". Subset share: corrupted share of the "
+        f"50% subset the method draws (raters: {rater_method}; scorers: top_k), pool 0.300. "
         "Δ: this variant minus the default rater, paired by seed, mean ± std. "
         "ρ: Spearman of final scores vs the mean timestep each sample saw. Raters: mean ± std over seeds; "
         "scorers are deterministic (one score file; the subset share is per seed of top-k = one value).",
         "",
         "| scorer | n | AUROC | Δ AUROC | "
         + " | ".join(KINDS)
-        + " | subset corrupted share | Δ share | ρ(score, t) | wall s |",
-        "|---|---|---|---|" + "---|" * len(KINDS) + "---|---|---|---|",
+        + " | subset corrupted share | Δ share | ρ(score, t) | wall s | CPU min | 1-min load start → end |",
+        "|---|---|---|---|" + "---|" * len(KINDS) + "---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['n']} | {r['auroc']} | {r['d_auroc']} | "
             + " | ".join(r[k] for k in KINDS)
-            + f" | {r['share']} | {r['d_share']} | {r['rho']} | {r['time']} |"
+            + f" | {r['share']} | {r['d_share']} | {r['rho']} | {r['time']} | {r['cost']} |"
         )
+    if downstream:
+        lines += _downstream(out, seeds, variants, scorers)
+    lines += ["", "## Variants", ""] + [
+        f"- `{k}`: {v[0]}; overrides `{' '.join(v[1]) or '(none)'}`" for k, v in VARIANTS.items() if k in variants
+    ]
+    lines += [
+        f"- `{k}`: {v}; `stage=score scorer={k}`, then `method=top_k`" for k, v in SCORERS.items() if k in scorers
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _downstream(out: Path, seeds: list[int], variants, scorers) -> list[str]:
+    """The downstream table: domain metrics of each subset's training runs, paired by seed."""
 
     base = {s: _load(out / "train" / "alchemist" / f"seed{s}") for s in seeds}
-    lines += [
+    lines = [
         "",
         "## Downstream: domain metrics after 2 epochs on the 50% subset",
         "",
@@ -255,13 +302,7 @@ def report(out: Path, seeds: list[int], variants, scorers) -> str:
             f"{mean_std([v.get('eval/domain_clip') for v in m.values()], 2)} | "
             f"{mean_std([v.get('subset_quality', {}).get('subset_corrupted_share') for v in m.values()])} |"
         )
-    lines += ["", "## Variants", ""] + [
-        f"- `{k}`: {v[0]}; overrides `{' '.join(v[1]) or '(none)'}`" for k, v in VARIANTS.items() if k in variants
-    ]
-    lines += [
-        f"- `{k}`: {v}; `stage=score scorer={k}`, then `method=top_k`" for k, v in SCORERS.items() if k in scorers
-    ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> None:
@@ -273,6 +314,9 @@ def main() -> None:
     parser.add_argument("--scorers", default=",".join(SCORERS))
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each single-threaded when > 1)")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--rating-only", action="store_true", help="rate and score at the shipped budget, no training")
+    parser.add_argument("--rater-method", default=None, help="the raters' subset (default top_k / shift_gsample)")
+    parser.add_argument("--note", default="", help="a line for the report's header (e.g. where reused runs came from)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -284,14 +328,17 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    times = {} if args.report_only else run_all(out, seeds, args.overrides, variants, scorers, args.jobs)
+    method = args.rater_method or ("top_k" if args.rating_only else "shift_gsample")
+    times = {}
+    if not args.report_only:
+        times = run_all(out, seeds, args.overrides, variants, scorers, args.jobs, args.rating_only)
     times_path = out / "times.json"
     old = json.loads(times_path.read_text()) if times_path.exists() else {}
     times_path.write_text(json.dumps({**old, **times}, indent=2))
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
-    body = report(out, seeds, variants, scorers)
+    body = report(out, seeds, variants, scorers, method, downstream=not args.rating_only)
     all_times = {**old, **times}
     header = [
         "# Ablations: rater variants and baseline scorers",
@@ -303,10 +350,17 @@ def main() -> None:
         "Wall time of the runs (all invocations): "
         + (", ".join(f"{k} {v / 60:.1f} min" for k, v in all_times.items()) or "none this invocation")
         + f"; this invocation {(time.time() - started) / 60:.1f} min",
+        *([args.note] if args.note else []),
         "",
-        "Setup: conf/experiment/efficiency.yaml (4,000-sample emoji pool, 30% planted noise, rater 6 epochs over "
-        "D_val, downstream UNet 0.45M params, 2 epochs over the 50% subset, domain metrics on 128 fixed test "
-        "prompts), CSV logger.",
+        (
+            "Setup: `train.py " + " ".join(RATING) + " seed=S` + the variant's overlay (the shipped rater and "
+            "rating budget on the 4,000-sample emoji pool with 30% planted noise); scorers: the same with "
+            "`stage=score scorer=X`. No downstream training."
+            if args.rating_only
+            else "Setup: conf/experiment/efficiency.yaml (4,000-sample emoji pool, 30% planted noise, rater 6 epochs "
+            "over D_val, downstream UNet 0.45M params, 2 epochs over the 50% subset, domain metrics on 128 fixed test "
+            "prompts), CSV logger."
+        ),
         "",
     ]
     results = Path(args.results)

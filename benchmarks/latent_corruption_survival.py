@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
+import resource
 import sys
 import time
 from pathlib import Path
+
+from stamp import commit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,7 +41,7 @@ def main() -> None:
     from alchemist_pl.stages import ensure_data
 
     torch.set_num_threads(1)
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    stamp = machine()
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("config", overrides=["corruption=web", "corruption.pool_size=4000", "data.latents=true"])
     ensure_data(cfg)
@@ -61,18 +62,19 @@ def main() -> None:
             idx = torch.tensor([i for i, s in enumerate(pool.sample_ids) if gt[s] == kind])
             ratio = (corrupted[idx] - source[idx]).flatten(1).norm(dim=1).median() / base
             rows.setdefault(kind, {})[space] = float(ratio)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     lines = [
         "# How much of each planted corruption survives encoding to latents",
         "",
         f"Command: `python benchmarks/latent_corruption_survival.py {' '.join(sys.argv[1:])}`  ",
-        f"Commit: {commit.stdout.strip()}  ",
-        f"Machine: {platform.node()}: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU, torch "
-        f"{torch.__version__}; load average at start {load}  ",
-        f"Wall time: {time.time() - started:.0f} s",
+        f"Commit: {commit()}  ",
+        f"Machine: {stamp}; 1-min load at end {os.getloadavg()[0]:.1f}  ",
+        f"Wall time: {time.time() - started:.0f} s; CPU time {usage.ru_utime + usage.ru_stime:.0f} s (one thread)",
         "",
         "Median distance of a corrupted sample from its clean source / median distance between two random "
         f"clean samples, in each space ({len(pool)}-sample pool, autoencoder {Path(codec.info['path']).name}).",
+        "",
+        f"Pool: {cfg.data.train_path}.",
         "",
         "| kind | samples | pixels | latents |",
         "|---|---|---|---|",

@@ -5,9 +5,9 @@
 For each variant in ``VARIANTS`` and each seed, through the real CLI (one run at a time, one thread):
 ``train.py +experiment=rate corruption=web corruption.pool_size=4000 logger=csv seed=S`` + the variant's
 overrides (4,000-sample emoji pool, 30% planted noise; the first three variants use the first protocol,
-``rate.max_epochs=6 rate.pool_passes=null``: 216 iterations; the others the shipped budget,
-``rate.pool_passes=1.0`` over 10 epochs: 125 iterations), then ``train.py +experiment=prune`` of its
-scores at keep ratio 0.5 with each method of ``METHODS`` (first three variants) or ``top_k``.
+``rate.max_epochs=6 rate.pool_passes=null``: 6 passes over D_val; the others the shipped budget,
+``rate.pool_passes=1.0`` over 10 epochs), then ``train.py +experiment=prune`` of its scores at keep
+ratio 0.5 with each method of ``METHODS`` (``FIRST_VARIANTS``) or ``top_k``.
 Variant ``half`` rates half A of the pool (:func:`in_half_a`, by sample_id) and its saved rater then
 scores the whole pool; ``halves.json`` holds the AUROC on each half (seen vs unseen samples).
 Variants ``k2_time`` / ``k4_time`` get ``rate.pool_passes`` = cost(default) / cost(kK) from the
@@ -53,16 +53,17 @@ COMMON = BASE + PROTOCOL_216  # the cost measurement's config (the budget does n
 # name: (what it is, Hydra overrides of the rate stage); "{half_pool}" is the folder half_pool() writes
 VARIANTS = {
     "first_order": (
-        "the paper's first-order rule (bilevel=first_order, proxy=unet_tiny), 216 iterations",
+        "the paper's first-order rule (bilevel=first_order, proxy=unet_tiny), 6 epochs of one pass over D_val "
+        "(216 iterations on dataset format 1, 204 on format 2)",
         [*PROTOCOL_216, "bilevel=first_order"],
     ),
     "value_gap": (
-        "value-function term kept: ℓ(θ) − ℓ(θ′), t in [20, 120), 216 iterations",
+        "value-function term kept: ℓ(θ) − ℓ(θ′), t in [20, 120), 6 epochs of one pass over D_val",
         [*PROTOCOL_216, "bilevel=value_gap"],
     ),
     "value_gap_text": (
         "value_gap + pooled caption path (proxy=unet_tiny_text), 10% caption dropout, caption contrast λ=0.5, "
-        "216 iterations",
+        "6 epochs of one pass over D_val",
         [
             *PROTOCOL_216,
             "bilevel=value_gap",
@@ -75,7 +76,7 @@ VARIANTS = {
     "default": ("the shipped defaults (bilevel=value_gap, rate.pool_passes=1.0, rate.max_epochs=10)", []),
     "half": (
         "the defaults on half A of the pool (sha256(sample_id) even), rate.pool_passes=2.0 (the default's "
-        "125 iterations); the rater then scores both halves",
+        "iterations); the rater then scores both halves",
         ["data.train_path={half_pool}", "rate.pool_passes=2.0"],
     ),
     "k2": ("the defaults with bilevel.draws_per_sample=2 (equal iterations)", ["bilevel.draws_per_sample=2"]),
@@ -137,7 +138,7 @@ COST_ONLY = {
     ),
 }
 METHODS = ("shift_gsample", "gsample", "top_k")
-FIRST_VARIANTS = ("first_order", "value_gap", "value_gap_text")  # pruned with every method of METHODS
+FIRST_VARIANTS = ("first_order", "value_gap", "value_gap_text", "default")  # pruned with every method of METHODS
 HALF_VARIANTS = ("half",)
 DRAW_VARIANTS = ("default", "k2", "k4")  # the iteration costs that set the equal-time budgets
 COST_DRAWS = "cost_draws.json"  # in --out: their cost, measured once, shared by concurrent invocations
