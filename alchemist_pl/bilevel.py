@@ -17,7 +17,9 @@ takes one D_val batch and one training-pool batch of size B:
 5. proxy step on ``ul * L_val(θ) + (1 − ul) * Σ_i W_i ℓ_i(θ)`` (Eq. 5), W held fixed;
 6. ``value_gap`` only: ``inner_steps`` steps of θ′ on ``Σ_i w_i ℓ_i(θ′)`` over the training batch
    (never D_val; also during the ``ul = 1`` warm-up), ``w`` uniform or the rater's weights;
-7. rater step.
+7. rater step; with a replay buffer (``replay_steps`` > 0), the batch and its signals join the
+   buffer and the rater takes ``replay_steps`` more steps on random batches of it
+   (:mod:`alchemist_pl.replay`).
 
 The rater-loss of each signal (``rater_signal``: ``first_order``, the paper's rule; ``value_gap``;
 ``exact``) and the caption terms are described in :mod:`alchemist_pl.rater_loss`.
@@ -37,6 +39,7 @@ from .draws import Draw, draw_batch
 from .plugins import proxy_loss
 from .rater import sample_weights
 from .rater_loss import RaterLosses
+from .replay import SignalReplay
 from .runtime import log_histogram
 from .signals import BucketMoments, drop_captions, timestep_correlation
 
@@ -83,10 +86,18 @@ class BilevelRater(RaterLosses, LightningModule):
         logit_anchor: λ ≥ 0 of ``λ · mean_B(a)²`` in the rater's loss, ``a`` the instance logits. The
             batch softmax leaves the logits' common level free; without an anchor Adam can drift it
             until the instance head's sigmoid saturates and the head stops learning.
+        replay_steps: extra rater steps per iteration on batches (of the training batch's size) drawn
+            from a buffer of the last ``replay_size`` training samples and their signals, with the
+            instance-head loss (``first_order`` centred and ``value_gap`` only; 0 = off). The batch
+            head learns from live batches only. Single process only (each step is one more rater
+            forward and backward outside the data-parallel forward).
+        replay_size: capacity of that buffer in samples.
+        replay_objective: the replay steps' loss: "instance" (the live instance-head loss) or
+            "regression" (the instance logit regressed on the negated signal; :mod:`alchemist_pl.rater_loss`).
 
     Raises:
         ValueError: an unknown option or an invalid value (:func:`check_options`); at fit start,
-            ``caption_dropout > 0`` without a null caption.
+            ``caption_dropout > 0`` without a null caption; ``replay_steps > 0`` with more than one process.
 
     Batches: ``{"val": item, "train": item}`` with items as produced by
     :class:`alchemist_pl.data.ImageCaptionDataset` (image [B, 3, H, W], states [B, T, D], mask
@@ -127,6 +138,9 @@ class BilevelRater(RaterLosses, LightningModule):
         draws_per_sample: int = 1,
         logit_anchor: float = 0.0,
         value_timesteps: str = "signal",
+        replay_steps: int = 0,
+        replay_size: int = 512,
+        replay_objective: str = "instance",
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -138,6 +152,7 @@ class BilevelRater(RaterLosses, LightningModule):
         self.value_optimizer = value_optimizer or proxy_optimizer
         self.value_proxy = copy.deepcopy(proxy) if rater_signal == "value_gap" else None
         self.null_caption = null_caption
+        self.replay = SignalReplay(replay_size) if replay_steps > 0 else None
         self.share_inner_grad = True  # exact: reuse the proxy step's training gradient (tests turn it off)
         self.seen_index: list[torch.Tensor] = []  # pool positions of the training batches ...
         self.seen_t: list[torch.Tensor] = []  # ... and the timesteps they saw (not checkpointed)
@@ -175,6 +190,8 @@ class BilevelRater(RaterLosses, LightningModule):
                 "caption_dropout > 0 needs the empty caption's embedding: pass null_caption= "
                 "(alchemist_pl.signals.embed_null_caption) or call set_null_caption()"
             )
+        if self.replay is not None and self.trainer.world_size > 1:
+            raise ValueError(f"bilevel.replay_steps > 0 runs in one process only, got {self.trainer.world_size}")
 
     def timestep_correlation(self, scores: np.ndarray) -> dict:
         """:func:`alchemist_pl.signals.timestep_correlation` of the pool's final scores [N] with the
@@ -206,11 +223,14 @@ class BilevelRater(RaterLosses, LightningModule):
         if h.rater_signal == "exact":
             rater_loss, logs, inner = self._exact_loss(ul, val, val_draw, draw, weights)
         else:
-            rater_loss, logs = self._signal_loss(raw, draw, losses, prime, s, b)
+            rater_loss, logs, signal = self._signal_loss(raw, draw, losses, prime, s, b)
         self._proxy_step(ul, val_loss, losses, weights, inner)  # Eq. 5
         if prime is not None:
             self._value_step(train, draw, prime, s)
         self._rater_step(rater_loss)
+        if self.replay is not None:
+            self.replay.add(raw["image"], raw["pooled"], signal)
+            logs["rate/replay_loss"] = self._replay_steps(len(raw["image"]))
         self._log(val_loss, losses, rater_loss, s, b, weights, ul, logs)
 
     # ------------------------------------------------------------ steps
@@ -251,6 +271,21 @@ class BilevelRater(RaterLosses, LightningModule):
         opt.zero_grad()
         self.manual_backward(rater_loss)
         opt.step()  # clipped in on_before_optimizer_step
+
+    def _replay_steps(self, n: int) -> torch.Tensor:
+        """``replay_steps`` rater steps on random buffer batches of ``n`` samples; returns their mean loss."""
+        h, opt = self.hparams, self.optimizers(use_pl_optimizer=False)[1]  # not counted as Lightning steps
+        total = torch.zeros((), device=self.device)
+        for _ in range(h.replay_steps):
+            images, pooled, signal = self.replay.sample(n)
+            s, b = self.rater(images, pooled)
+            loss = self._replay_loss(s, b, signal)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            torch.nn.utils.clip_grad_norm_(self.rater.parameters(), h.grad_clip)
+            opt.step()
+            total += loss.detach()
+        return total / h.replay_steps
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip inside ``opt.step()``: after a GradScaler (16-mixed) unscaled the gradients, before the step."""
