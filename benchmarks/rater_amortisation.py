@@ -267,7 +267,9 @@ def main() -> None:
     parser.add_argument("--score-only", action="store_true")
     parser.add_argument("--results", default="benchmarks/results/rater-amortisation-f2.md")
     a = parser.parse_args()
-    numbers: dict = {}
+    saved = Path(a.out, "fits.json")
+    numbers = {int(k): v for k, v in json.loads(saved.read_text()).items()} if saved.exists() else {}
+    direct: dict = {}
     torch.set_num_threads(1)
     register_resolvers()
     for seed in [int(s) for s in a.seeds.split(",")]:
@@ -279,6 +281,9 @@ def main() -> None:
             continue
         run = Path(a.runs) / f"seed{seed}"
         _, pool, _ = load_pool(run)
+        direct[seed] = direct_scores(pool, scored, run, kinds)
+        if seed in numbers:
+            continue
         started = time.time()
         table = fits(pool, scored, run, seed)
         b = ~scored["half_a"]
@@ -286,8 +291,79 @@ def main() -> None:
         numbers[seed]["_fit_wall_s"] = time.time() - started
         Path(a.out, "fits.json").write_text(json.dumps(numbers, indent=1))
     if not a.score_only:
-        Path(a.results).write_text(render(numbers, a))
+        cost = scoring_cost(Path(a.runs) / f"seed{min(numbers)}")
+        Path(a.results).write_text(render(numbers, a) + render_direct(direct, cost))
         print(Path(a.results).read_text())
+
+
+def direct_scores(pool, scored, run: Path, kinds) -> dict:
+    """Whole-pool separation of the pool scored without a rater (the final θ, θ′'s value gap) and blended with it."""
+    from alchemist_pl.scores import read_scores
+
+    ids, sc, _ = read_scores(run / "scores.parquet")
+    pos = {s: i for i, s in enumerate(ids)}
+    rater = np.asarray(sc, dtype=np.float64)[[pos[s] for s in pool.sample_ids]]
+    table = {
+        "run rater (online)": rater,
+        "value gap t = 50, 100 (2 timesteps, CRN)": scored["offline"],
+        "value gap, one t in the rater's band": scored["one_draw"],
+        "z(rater) + z(value gap t = 50, 100)": zs(rater) + zs(scored["offline"]),
+        "z(rater) + z(value gap, one t)": zs(rater) + zs(scored["one_draw"]),
+    }
+    return {k: audit.separation(v, kinds) for k, v in table.items()}
+
+
+@torch.no_grad()
+def scoring_cost(run: Path, n: int = 256, repeats: int = 5) -> dict:
+    """Seconds per pool sample (batch ``n``, one thread, median of ``repeats``): the rater's score and the
+    value gap at one timestep (θ and θ′ forwards at a common (t, ε))."""
+    cfg, models, scheduler, _ = load_run(run)
+    _, pool, _ = load_pool(run)
+    state = torch.load(run / "rater.pt", weights_only=True)
+    rater = instantiate(state["config"])
+    rater.load_state_dict(state["state_dict"])
+    rater.eval()
+    idx = np.arange(n)
+    images, pooled = inputs(pool, idx)
+    rows = pool.caption_rows[idx]
+    batch = {"image": images, "states": pool.text.states[rows].float(), "mask": pool.text.mask[rows], "pooled": pooled}
+    t, noise = torch.full((n,), 50), torch.randn(images.shape)
+
+    def clock(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times)) / n
+
+    rater_s = clock(lambda: rater.score(images, pooled))
+    gap_s = clock(lambda: [proxy_loss(m, scheduler, batch, t, noise) for m in models.values()])
+    return {"rater_s_per_sample": rater_s, "value_gap_s_per_sample_per_t": gap_s, "load": os.getloadavg()[0]}
+
+
+def render_direct(direct: dict, cost: dict) -> str:
+    seeds = sorted(direct)
+    names = list(direct[seeds[0]])
+    lines = [
+        "",
+        f"## Scoring the whole pool without the rater (final θ, θ′ of each run), mean ± std over seeds {seeds}",
+        "",
+        "| score (all 4,000 samples) | " + " | ".join(COLUMNS) + " | top-50% corrupted share |",
+        "|---" * (len(COLUMNS) + 2) + "|",
+    ]
+    for name in names:
+        cells = [mean_std([direct[s][name][c] for s in seeds], 2) for c in COLUMNS]
+        cells.append(mean_std([direct[s][name]["top50_corrupted_share"] for s in seeds], 3))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Scoring cost per pool sample (batch 256, one thread, median of 5; 1-min load {cost['load']:.1f}): rater "
+        f"{1e3 * cost['rater_s_per_sample']:.3f} ms; value gap {1e3 * cost['value_gap_s_per_sample_per_t']:.3f} ms per "
+        f"timestep (two proxy forwards), i.e. "
+        f"{cost['value_gap_s_per_sample_per_t'] / cost['rater_s_per_sample']:.1f}× the rater per timestep.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def render(numbers: dict, a) -> str:
