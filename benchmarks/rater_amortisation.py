@@ -14,8 +14,17 @@ For each rating run folder ``RUNS/seed{S}`` (``bilevel=value_gap``), θ and θ�
   draw per sample, what a single rating iteration hands the rater for a sample (at the final θ, θ′).
 
 Raters are then fitted on half A of the pool (sha256(sample_id) even, as ``signal_rating.in_half_a``)
-and scored on half B (never seen); see :data:`FITS` for what each fit is. AUROC clean vs corrupted on
-half B overall and per kind, mean ± std over seeds.
+and scored on half B (never seen); AUROC clean vs corrupted on half B overall and per kind, mean ± std
+over seeds. Fits (:func:`fits`, AdamW lr 1e-3, betas (0.9, 0.95), weight decay 0.05, clip 2, as the
+rater's optimizer): ``fresh``: a freshly initialised rater of the shipped architecture
+(``conf/rater/group_mlp.yaml``: conv backbone + caption projection + instance head), its instance logit
+fitted to the target by ``regress`` (MSE to the z-scored target, batch 64), ``rank`` (logistic loss on
+random pairs of the batch, batch 64) or the ``shipped loss`` (the bilevel loop's instance-head term
+``Σ softmax_B(sigmoid(a))·(−z)`` + 0.1·mean(a)², batch 32), for 40 epochs of half A or for 130 steps (the
+default rating's iteration count); ``fixed X + new head``: a new 64-unit MLP head regressed on fixed
+features X: ``heuristics`` (log clarity, frequency, edge density, per-channel mean and std),
+``run_backbone`` (the run's own trained rater backbone, frozen), ``domain`` (the domain encoder's image
+embedding, trained on clean images). ``run rater``: the run's own scores (its rater saw both halves).
 """
 
 from __future__ import annotations
