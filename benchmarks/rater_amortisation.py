@@ -324,7 +324,7 @@ def direct_scores(pool, scored, run: Path, kinds) -> dict:
 
 @torch.no_grad()
 def scoring_cost(run: Path, n: int = 256, repeats: int = 5) -> dict:
-    """Seconds per pool sample (batch ``n``, one thread, median of ``repeats``): the rater's score and the
+    """Seconds per pool sample (batch ``n``, one thread, median of ``repeats``, interleaved): the rater's score and the
     value gap at one timestep (θ and θ′ forwards at a common (t, ε))."""
     cfg, models, scheduler, _ = load_run(run)
     _, pool, _ = load_pool(run)
@@ -338,17 +338,17 @@ def scoring_cost(run: Path, n: int = 256, repeats: int = 5) -> dict:
     batch = {"image": images, "states": pool.text.states[rows].float(), "mask": pool.text.mask[rows], "pooled": pooled}
     t, noise = torch.full((n,), 50), torch.randn(images.shape)
 
-    def clock(fn) -> float:
-        times = []
-        for _ in range(repeats):
+    fns = {
+        "rater_s_per_sample": lambda: rater.score(images, pooled),
+        "value_gap_s_per_sample_per_t": lambda: [proxy_loss(m, scheduler, batch, t, noise) for m in models.values()],
+    }
+    times = {k: [] for k in fns}
+    for _ in range(repeats):  # interleaved, so both see the same machine load
+        for k, fn in fns.items():
             t0 = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times)) / n
-
-    rater_s = clock(lambda: rater.score(images, pooled))
-    gap_s = clock(lambda: [proxy_loss(m, scheduler, batch, t, noise) for m in models.values()])
-    return {"rater_s_per_sample": rater_s, "value_gap_s_per_sample_per_t": gap_s, "load": os.getloadavg()[0]}
+            times[k].append(time.perf_counter() - t0)
+    return {**{k: float(np.median(v)) / n for k, v in times.items()}, "load": os.getloadavg()[0]}
 
 
 def render_direct(direct: dict, cost: dict) -> str:
@@ -367,7 +367,7 @@ def render_direct(direct: dict, cost: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Scoring cost per pool sample (batch 256, one thread, median of 5; 1-min load {cost['load']:.1f}): rater "
+        f"Scoring cost per pool sample (batch 256, one thread, median of 5 interleaved; 1-min load {cost['load']:.1f}): rater "
         f"{1e3 * cost['rater_s_per_sample']:.3f} ms; value gap {1e3 * cost['value_gap_s_per_sample_per_t']:.3f} ms per "
         f"timestep (two proxy forwards), i.e. "
         f"{cost['value_gap_s_per_sample_per_t'] / cost['rater_s_per_sample']:.1f}× the rater per timestep.",
