@@ -89,15 +89,15 @@ class BilevelRater(RaterLosses, LightningModule):
         replay_steps: extra rater steps per iteration on batches (of the training batch's size) drawn
             from a buffer of the last ``replay_size`` training samples and their signals, with the
             instance-head loss (``first_order`` centred and ``value_gap`` only; 0 = off). The batch
-            head learns from live batches only. Single process only (each step is one more rater
-            forward and backward outside the data-parallel forward).
+            head learns from live batches only. Under data parallelism each rank keeps its own buffer
+            and the replay steps' rater gradients are averaged over the ranks.
         replay_size: capacity of that buffer in samples.
         replay_objective: the replay steps' loss: "instance" (the live instance-head loss) or
             "regression" (the instance logit regressed on the negated signal; :mod:`alchemist_pl.rater_loss`).
 
     Raises:
         ValueError: an unknown option or an invalid value (:func:`check_options`); at fit start,
-            ``caption_dropout > 0`` without a null caption; ``replay_steps > 0`` with more than one process.
+            ``caption_dropout > 0`` without a null caption.
 
     Batches: ``{"val": item, "train": item}`` with items as produced by
     :class:`alchemist_pl.data.ImageCaptionDataset` (image [B, 3, H, W], states [B, T, D], mask
@@ -190,8 +190,6 @@ class BilevelRater(RaterLosses, LightningModule):
                 "caption_dropout > 0 needs the empty caption's embedding: pass null_caption= "
                 "(alchemist_pl.signals.embed_null_caption) or call set_null_caption()"
             )
-        if self.replay is not None and self.trainer.world_size > 1:
-            raise ValueError(f"bilevel.replay_steps > 0 runs in one process only, got {self.trainer.world_size}")
 
     def timestep_correlation(self, scores: np.ndarray) -> dict:
         """:func:`alchemist_pl.signals.timestep_correlation` of the pool's final scores [N] with the
@@ -282,10 +280,21 @@ class BilevelRater(RaterLosses, LightningModule):
             loss = self._replay_loss(s, b, signal)
             opt.zero_grad()
             self.manual_backward(loss)
+            self._average_rater_grads()
             torch.nn.utils.clip_grad_norm_(self.rater.parameters(), h.grad_clip)
             opt.step()
             total += loss.detach()
         return total / h.replay_steps
+
+    def _average_rater_grads(self) -> None:
+        """Mean of the rater's gradients over the ranks (a replay batch differs per rank; the weights must
+        not). Averaging gradients that are already averaged leaves them unchanged."""
+        world = self.trainer.world_size
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            for p in self.rater.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad.div_(world)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip inside ``opt.step()``: after a GradScaler (16-mixed) unscaled the gradients, before the step."""
