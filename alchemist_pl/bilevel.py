@@ -289,7 +289,7 @@ class BilevelRater(RaterLosses, LightningModule):
     def _average_rater_grads(self) -> None:
         """Mean of the rater's gradients over the ranks (a replay batch differs per rank; the weights must
         not). Averaging gradients that are already averaged leaves them unchanged."""
-        world = self.trainer.world_size
+        world = getattr(self._trainer, "world_size", 1)
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             for p in self.rater.parameters():
                 if p.grad is not None:
