@@ -89,8 +89,9 @@ class BilevelRater(RaterLosses, LightningModule):
         replay_steps: extra rater steps per iteration on batches (of the training batch's size) drawn
             from a buffer of the last ``replay_size`` training samples and their signals, with the
             instance-head loss (``first_order`` centred and ``value_gap`` only; 0 = off). The batch
-            head learns from live batches only. Under data parallelism each rank keeps its own buffer
-            and the replay steps' rater gradients are averaged over the ranks.
+            head learns from live batches only. Under data parallelism each rank keeps its own buffer;
+            the replay steps' backward goes through the data-parallel reducer like the live step's, so
+            the ranks' rater gradients are averaged and their weights stay identical.
         replay_size: capacity of that buffer in samples.
         replay_objective: the replay steps' loss: "instance" (the live instance-head loss) or
             "regression" (the instance logit regressed on the negated signal; :mod:`alchemist_pl.rater_loss`).
@@ -280,21 +281,10 @@ class BilevelRater(RaterLosses, LightningModule):
             loss = self._replay_loss(s, b, signal)
             opt.zero_grad()
             self.manual_backward(loss)
-            self._average_rater_grads()
             torch.nn.utils.clip_grad_norm_(self.rater.parameters(), h.grad_clip)
             opt.step()
             total += loss.detach()
         return total / h.replay_steps
-
-    def _average_rater_grads(self) -> None:
-        """Mean of the rater's gradients over the ranks (a replay batch differs per rank; the weights must
-        not). Averaging gradients that are already averaged leaves them unchanged."""
-        world = getattr(self._trainer, "world_size", 1)
-        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            for p in self.rater.parameters():
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad.div_(world)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip inside ``opt.step()``: after a GradScaler (16-mixed) unscaled the gradients, before the step."""
