@@ -86,15 +86,11 @@ class BilevelRater(RaterLosses, LightningModule):
         logit_anchor: λ ≥ 0 of ``λ · mean_B(a)²`` in the rater's loss, ``a`` the instance logits. The
             batch softmax leaves the logits' common level free; without an anchor Adam can drift it
             until the instance head's sigmoid saturates and the head stops learning.
-        replay_steps: extra rater steps per iteration on batches (of the training batch's size) drawn
-            from a buffer of the last ``replay_size`` training samples and their signals, with the
-            instance-head loss (``first_order`` centred and ``value_gap`` only; 0 = off). The batch
-            head learns from live batches only. Under data parallelism each rank keeps its own buffer;
-            the replay steps' backward goes through the data-parallel reducer like the live step's, so
-            the ranks' rater gradients are averaged and their weights stay identical.
+        replay_steps: extra rater steps per iteration on batches (of the training batch's size) from a
+            buffer of the last ``replay_size`` training samples and their signals (``value_gap`` and
+            centred ``first_order`` only; 0 = off); loss ``replay_objective``: "instance" or
+            "regression" (:mod:`alchemist_pl.rater_loss`). Under DDP each rank has its own buffer.
         replay_size: capacity of that buffer in samples.
-        replay_objective: the replay steps' loss: "instance" (the live instance-head loss) or
-            "regression" (the instance logit regressed on the negated signal; :mod:`alchemist_pl.rater_loss`).
 
     Raises:
         ValueError: an unknown option or an invalid value (:func:`check_options`); at fit start,
@@ -270,21 +266,6 @@ class BilevelRater(RaterLosses, LightningModule):
         opt.zero_grad()
         self.manual_backward(rater_loss)
         opt.step()  # clipped in on_before_optimizer_step
-
-    def _replay_steps(self, n: int) -> torch.Tensor:
-        """``replay_steps`` rater steps on random buffer batches of ``n`` samples; returns their mean loss."""
-        h, opt = self.hparams, self.optimizers(use_pl_optimizer=False)[1]  # not counted as Lightning steps
-        total = torch.zeros((), device=self.device)
-        for _ in range(h.replay_steps):
-            images, pooled, signal = self.replay.sample(n)
-            s, b = self.rater(images, pooled)
-            loss = self._replay_loss(s, b, signal)
-            opt.zero_grad()
-            self.manual_backward(loss)
-            torch.nn.utils.clip_grad_norm_(self.rater.parameters(), h.grad_clip)
-            opt.step()
-            total += loss.detach()
-        return total / h.replay_steps
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip inside ``opt.step()``: after a GradScaler (16-mixed) unscaled the gradients, before the step."""

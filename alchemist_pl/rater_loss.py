@@ -32,7 +32,10 @@ logits' common level free, and Adam otherwise drifts it until the sigmoid satura
 Replay (``replay_steps`` > 0): the per-sample signal of each batch (after the draws' mean and the
 caption contrast) goes with its samples into a buffer (:class:`alchemist_pl.replay.SignalReplay`), and
 extra rater steps on buffer batches minimise the instance-head term above (``replay_objective="instance"``)
-or the squared error between the instance logit and the negated signal (``"regression"``).
+or the squared error between the instance logit and the negated signal (``"regression"``). The batch
+head learns from live batches only. The replay steps use the rater's optimizer without counting as
+Lightning steps; their backward goes through ``manual_backward``, so under DDP the data-parallel
+reducer averages their rater gradients over the ranks as it does the live step's.
 
 Captions: ``caption_dropout`` replaces a share of captions (token states, mask and pooled) by the
 empty caption's in both proxy terms and for θ′ (needs ``null_caption``). A proxy with a projection
@@ -95,6 +98,21 @@ class RaterLosses:
         if self.hparams.replay_objective == "instance":
             return self._instance_loss(s, b, signal)
         return (torch.logit(s, eps=1e-6) + signal).pow(2).mean()
+
+    def _replay_steps(self, n: int) -> torch.Tensor:
+        """``replay_steps`` rater steps on random buffer batches of ``n`` samples; returns their mean loss."""
+        h, opt = self.hparams, self.optimizers(use_pl_optimizer=False)[1]  # not counted as Lightning steps
+        total = torch.zeros((), device=self.device)
+        for _ in range(h.replay_steps):
+            images, pooled, signal = self.replay.sample(n)
+            s, b = self.rater(images, pooled)
+            loss = self._replay_loss(s, b, signal)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            torch.nn.utils.clip_grad_norm_(self.rater.parameters(), h.grad_clip)
+            opt.step()
+            total += loss.detach()
+        return total / h.replay_steps
 
     def _relative_loss(self, losses, s, t):
         """``(ℓ_i − c_t) / c_t`` [K·B], with ``c_t`` the running softmax-weighted mean of the bucket."""
