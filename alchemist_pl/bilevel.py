@@ -17,7 +17,9 @@ takes one D_val batch and one training-pool batch of size B:
 5. proxy step on ``ul * L_val(θ) + (1 − ul) * Σ_i W_i ℓ_i(θ)`` (Eq. 5), W held fixed;
 6. ``value_gap`` only: ``inner_steps`` steps of θ′ on ``Σ_i w_i ℓ_i(θ′)`` over the training batch
    (never D_val; also during the ``ul = 1`` warm-up), ``w`` uniform or the rater's weights;
-7. rater step.
+7. rater step; with a replay buffer (``replay_steps`` > 0), the batch and its signals join the
+   buffer and the rater takes ``replay_steps`` more steps on random batches of it
+   (:mod:`alchemist_pl.replay`).
 
 The rater-loss of each signal (``rater_signal``: ``first_order``, the paper's rule; ``value_gap``;
 ``exact``) and the caption terms are described in :mod:`alchemist_pl.rater_loss`.
@@ -37,6 +39,7 @@ from .draws import Draw, draw_batch
 from .plugins import proxy_loss
 from .rater import sample_weights
 from .rater_loss import RaterLosses
+from .replay import SignalReplay
 from .runtime import log_histogram
 from .signals import BucketMoments, drop_captions, timestep_correlation
 
@@ -83,6 +86,11 @@ class BilevelRater(RaterLosses, LightningModule):
         logit_anchor: λ ≥ 0 of ``λ · mean_B(a)²`` in the rater's loss, ``a`` the instance logits. The
             batch softmax leaves the logits' common level free; without an anchor Adam can drift it
             until the instance head's sigmoid saturates and the head stops learning.
+        replay_steps: extra rater steps per iteration on batches (of the training batch's size) from a
+            buffer of the last ``replay_size`` training samples and their signals (``value_gap`` and
+            centred ``first_order`` only; 0 = off); loss ``replay_objective``: "instance" or
+            "regression" (:mod:`alchemist_pl.rater_loss`). Under DDP each rank has its own buffer.
+        replay_size: capacity of that buffer in samples.
 
     Raises:
         ValueError: an unknown option or an invalid value (:func:`check_options`); at fit start,
@@ -127,6 +135,9 @@ class BilevelRater(RaterLosses, LightningModule):
         draws_per_sample: int = 1,
         logit_anchor: float = 0.0,
         value_timesteps: str = "signal",
+        replay_steps: int = 0,
+        replay_size: int = 512,
+        replay_objective: str = "instance",
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -138,6 +149,7 @@ class BilevelRater(RaterLosses, LightningModule):
         self.value_optimizer = value_optimizer or proxy_optimizer
         self.value_proxy = copy.deepcopy(proxy) if rater_signal == "value_gap" else None
         self.null_caption = null_caption
+        self.replay = SignalReplay(replay_size) if replay_steps > 0 else None
         self.share_inner_grad = True  # exact: reuse the proxy step's training gradient (tests turn it off)
         self.seen_index: list[torch.Tensor] = []  # pool positions of the training batches ...
         self.seen_t: list[torch.Tensor] = []  # ... and the timesteps they saw (not checkpointed)
@@ -206,11 +218,14 @@ class BilevelRater(RaterLosses, LightningModule):
         if h.rater_signal == "exact":
             rater_loss, logs, inner = self._exact_loss(ul, val, val_draw, draw, weights)
         else:
-            rater_loss, logs = self._signal_loss(raw, draw, losses, prime, s, b)
+            rater_loss, logs, signal = self._signal_loss(raw, draw, losses, prime, s, b)
         self._proxy_step(ul, val_loss, losses, weights, inner)  # Eq. 5
         if prime is not None:
             self._value_step(train, draw, prime, s)
         self._rater_step(rater_loss)
+        if self.replay is not None:
+            self.replay.add(raw["image"], raw["pooled"], signal)
+            logs["rate/replay_loss"] = self._replay_steps(len(raw["image"]))
         self._log(val_loss, losses, rater_loss, s, b, weights, ul, logs)
 
     # ------------------------------------------------------------ steps

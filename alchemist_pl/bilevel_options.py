@@ -32,7 +32,9 @@ def check_options(h, noise_scheduler) -> tuple[tuple[int, int], tuple[int, int]]
         ValueError: an unknown choice, a range outside [0, num_train_timesteps), a negative weight
             or probability, ``inner_steps``, ``draws_per_sample`` or ``contrast_captions`` < 1, or a
             combination the signal does not support (the exact estimator with a caption contrast or K > 1 draws;
-            the literal objective with a caption contrast; θ′'s contrast without θ′).
+            the literal objective with a caption contrast; θ′'s contrast without θ′; replay with the exact
+            estimator or the literal objective; ``replay_steps`` < 0; the buffer's capacity is checked by
+            :class:`alchemist_pl.replay.SignalReplay`).
     """
     num_t = noise_scheduler.config.num_train_timesteps
     rater_t = _range("rater_timesteps", h.rater_timesteps, num_t)
@@ -46,6 +48,7 @@ def check_options(h, noise_scheduler) -> tuple[tuple[int, int], tuple[int, int]]
         ("value_weights", VALUE_WEIGHTS),
         ("value_timesteps", ("signal", "uniform")),
         ("contrast_model", CONTRAST_MODELS),
+        ("replay_objective", ("instance", "regression")),
     ):
         if h[name] not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {h[name]!r}")
@@ -67,6 +70,14 @@ def check_options(h, noise_scheduler) -> tuple[tuple[int, int], tuple[int, int]]
         raise ValueError("rater_signal=exact takes neither a caption contrast nor draws_per_sample > 1")
     if h.rater_signal == "first_order" and h.rater_objective == "literal" and h.caption_contrast_weight > 0:
         raise ValueError("the literal objective takes no caption contrast (it has no common scale)")
+    if isinstance(h.replay_steps, bool) or not isinstance(h.replay_steps, int) or h.replay_steps < 0:
+        raise ValueError(f"replay_steps must be an integer >= 0, got {h.replay_steps!r}")
+    if h.replay_steps > 0 and (
+        h.rater_signal == "exact" or (h.rater_signal == "first_order" and h.rater_objective == "literal")
+    ):
+        raise ValueError(
+            "replay_steps > 0 needs a signed per-sample signal: rater_signal value_gap or centred first_order"
+        )
     if h.rater_loss_weighting == "min_snr":
         min_snr_weights(noise_scheduler, torch.tensor([rater_t[0]]), h.min_snr_gamma)  # checks γ and prediction
     return rater_t, contrast_t

@@ -29,6 +29,14 @@ of the batch signal ``z`` (without it b drifts to 0 or 1 as the signal's level m
 training). ``logit_anchor = λ`` adds ``λ · mean_B(a)²``: the batch softmax leaves the instance
 logits' common level free, and Adam otherwise drifts it until the sigmoid saturates.
 
+Replay (``replay_steps`` > 0): the per-sample signal of each batch (after the draws' mean and the
+caption contrast) goes with its samples into a buffer (:class:`alchemist_pl.replay.SignalReplay`), and
+extra rater steps on buffer batches minimise the instance-head term above (``replay_objective="instance"``)
+or the squared error between the instance logit and the negated signal (``"regression"``). The batch
+head learns from live batches only. The replay steps use the rater's optimizer without counting as
+Lightning steps; their backward goes through ``manual_backward``, so under DDP the data-parallel
+reducer averages their rater gradients over the ranks as it does the live step's.
+
 Captions: ``caption_dropout`` replaces a share of captions (token states, mask and pooled) by the
 empty caption's in both proxy terms and for θ′ (needs ``null_caption``). A proxy with a projection
 class embedding (diffusers ``class_embed_type="projection"``) gets the pooled caption as
@@ -56,10 +64,11 @@ class RaterLosses:
     """Rater-loss methods of :class:`alchemist_pl.bilevel.BilevelRater` (see the module docstring)."""
 
     def _signal_loss(self, raw, draw, losses, prime, s, b):
-        """The rater's loss for ``first_order`` / ``value_gap`` (signal from θ_k, detached)."""
+        """The rater's loss for ``first_order`` / ``value_gap`` (signal from θ_k, detached), its logs and
+        the per-sample signal [B] of the instance head (None for the literal objective)."""
         h, k = self.hparams, self.hparams.draws_per_sample
         if h.rater_signal == "first_order" and h.rater_objective == "literal":
-            return (sample_weights(s, b).repeat(k) * losses.detach()).sum() / k, {}
+            return (sample_weights(s, b).repeat(k) * losses.detach()).sum() / k, {}, None
         if h.rater_signal == "first_order":
             signal, logs = self._relative_loss(losses.detach(), s, draw.t)
         else:
@@ -75,8 +84,35 @@ class RaterLosses:
         z_ref = self.z_mean.clone()  # ... to the usual batch (running mean over every iteration)
         self.z_mean.mul_(h.baseline_momentum).add_((1 - h.baseline_momentum) * z)
         # instance head: Σ_i softmax(s)_i · b · signal_i (b held fixed); batch head: b · (z − E[z]).
+        return self._instance_loss(s, b, signal) + b * (z - z_ref), logs, signal
+
+    def _instance_loss(self, s, b, signal):
+        """``Σ_i softmax_B(s)_i · b · signal_i`` (b held fixed) ``+ λ · mean_B(a)²`` (``logit_anchor``)."""
         anchor = self.hparams.logit_anchor * torch.logit(s, eps=1e-6).mean().pow(2)
-        return (torch.softmax(s, 0) * b.detach() * signal).sum() + b * (z - z_ref) + anchor, logs
+        return (torch.softmax(s, 0) * b.detach() * signal).sum() + anchor
+
+    def _replay_loss(self, s, b, signal):
+        """The loss of a replay step on buffer rows: ``replay_objective="instance"``: :meth:`_instance_loss`;
+        ``"regression"``: ``mean_B (a_i + signal_i)²``, the instance logit ``a`` regressed on the negated
+        signal (a keep-score in the signal's units; the signal is centred, so this also anchors ``a``'s level)."""
+        if self.hparams.replay_objective == "instance":
+            return self._instance_loss(s, b, signal)
+        return (torch.logit(s, eps=1e-6) + signal).pow(2).mean()
+
+    def _replay_steps(self, n: int) -> torch.Tensor:
+        """``replay_steps`` rater steps on random buffer batches of ``n`` samples; returns their mean loss."""
+        h, opt = self.hparams, self.optimizers(use_pl_optimizer=False)[1]  # not counted as Lightning steps
+        total = torch.zeros((), device=self.device)
+        for _ in range(h.replay_steps):
+            images, pooled, signal = self.replay.sample(n)
+            s, b = self.rater(images, pooled)
+            loss = self._replay_loss(s, b, signal)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            torch.nn.utils.clip_grad_norm_(self.rater.parameters(), h.grad_clip)
+            opt.step()
+            total += loss.detach()
+        return total / h.replay_steps
 
     def _relative_loss(self, losses, s, t):
         """``(ℓ_i − c_t) / c_t`` [K·B], with ``c_t`` the running softmax-weighted mean of the bucket."""

@@ -65,7 +65,7 @@ def _rater_gradient(model, item) -> torch.Tensor:
     draw = draw_batch(item, 1, "shared", model.rater_t, "cpu")
     zeros = torch.zeros(B)
     s, b = torch.full((B,), 0.5, requires_grad=True), torch.tensor(1.0)
-    loss, _ = model._signal_loss(item, draw, zeros, zeros, s, b)
+    loss, _, _ = model._signal_loss(item, draw, zeros, zeros, s, b)
     loss.backward()
     return s.grad
 
