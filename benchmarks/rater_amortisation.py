@@ -351,6 +351,16 @@ def scoring_cost(run: Path, n: int = 256, repeats: int = 5) -> dict:
     return {**{k: float(np.median(v)) / n for k, v in times.items()}, "load": os.getloadavg()[0]}
 
 
+def table(numbers: dict, seeds: list, names: list, first: str) -> list[str]:
+    """Markdown rows: per name, mean ± std over seeds of each kind's AUROC and the top-50% share."""
+    lines = [f"| {first} | " + " | ".join(COLUMNS) + " | top-50% corrupted share |", "|---" * (len(COLUMNS) + 2) + "|"]
+    for name in names:
+        cells = [mean_std([numbers[s][name][c] for s in seeds], 2) for c in COLUMNS]
+        cells.append(mean_std([numbers[s][name]["top50_corrupted_share"] for s in seeds], 3))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_direct(direct: dict, cost: dict) -> str:
     seeds = sorted(direct)
     names = list(direct[seeds[0]])
@@ -358,13 +368,8 @@ def render_direct(direct: dict, cost: dict) -> str:
         "",
         f"## Scoring the whole pool without the rater (final θ, θ′ of each run), mean ± std over seeds {seeds}",
         "",
-        "| score (all 4,000 samples) | " + " | ".join(COLUMNS) + " | top-50% corrupted share |",
-        "|---" * (len(COLUMNS) + 2) + "|",
+        *table(direct, seeds, names, "score (all 4,000 samples)"),
     ]
-    for name in names:
-        cells = [mean_std([direct[s][name][c] for s in seeds], 2) for c in COLUMNS]
-        cells.append(mean_std([direct[s][name]["top50_corrupted_share"] for s in seeds], 3))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Scoring cost per pool sample (batch 256, one thread, median of 5 interleaved; 1-min load {cost['load']:.1f}): rater "
@@ -391,13 +396,8 @@ def render(numbers: dict, a) -> str:
         "",
         f"AUROC on half B (clean vs corrupted), mean ± std over seeds {seeds}:",
         "",
-        "| score | " + " | ".join(COLUMNS) + " | top-50% corrupted share |",
-        "|---" * (len(COLUMNS) + 2) + "|",
+        *table(numbers, seeds, names, "score"),
     ]
-    for name in names:
-        cells = [mean_std([numbers[s][name][c] for s in seeds], 2) for c in COLUMNS]
-        cells.append(mean_std([numbers[s][name]["top50_corrupted_share"] for s in seeds], 3))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Per seed (AUROC on half B):", ""]
     for name in names:
         lines.append(f"- {name}: " + " / ".join(f"{numbers[s][name]['all']:.3f}" for s in seeds))
