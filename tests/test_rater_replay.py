@@ -66,6 +66,7 @@ def test_replay_steps_learn_the_stored_signal(planted, objective):  # noqa: F811
         assert auroc(clean, scores[kinds == kind]) > 0.8, kind
 
 
+@pytest.mark.slow
 def test_value_gap_rater_with_replay_separates_noise_sooner(planted):  # noqa: F811
     """The bilevel loop with replay: the buffer fills with the loop's own signals, and in 150 iterations
     the rater ranks noise and blank samples below clean ones, noise by a margin the loop without replay
