@@ -81,6 +81,7 @@ def test_autoencoder_cache_is_reused_and_invalidated(tmp_path, val_samples, fres
     assert changed.key not in (first.key, other.key) and len(list(cache.glob("autoencoder-*.pt"))) == 3
 
 
+@pytest.mark.slow
 def test_latents_are_scaled_and_decode_inverts_the_scaling(tmp_path, emoji_dir, fresh_codecs):
     codec = load_codec(data_paths=[emoji_dir / "val"], resolution=32, cache_dir=tmp_path, **QUICK)
     images = load_split(emoji_dir / "val", 32, None, limit=256).images
@@ -189,6 +190,7 @@ def test_preflight_refuses_what_latents_cannot_run(make_cfg):
         check_config(make_cfg("+experiment=rate", "data.latents=true", "rate.streaming=true"))
 
 
+@pytest.mark.slow
 def test_pretrained_autoencoder_from_a_local_folder(tmp_path, emoji_dir, fresh_codecs):
     trained = load_codec(data_paths=[emoji_dir / "val"], resolution=32, cache_dir=tmp_path, **QUICK)
     trained.vae.save_pretrained(tmp_path / "vae")

@@ -129,6 +129,7 @@ def _cli(*args, cwd=ROOT):
     )
 
 
+@pytest.mark.slow
 def test_cli_prune_with_wandb_offline(rated, tmp_path):
     out, _ = rated
     proc = _cli(

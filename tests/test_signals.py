@@ -107,6 +107,7 @@ def test_value_gap_rater_ranks_noise_and_blank_below_clean(planted):
     assert 0.1 < b[-100:].mean() < 0.9, b[-100:].mean()  # the batch head neither collapses nor saturates
 
 
+@pytest.mark.slow
 def test_first_order_rater_ranks_noise_below_clean_and_blank_above(planted):
     """The paper's rule on the same pool: low loss under the D_val-fitted proxy is "good", so heavy
     noise goes to the tail and near-blank images, the easiest to denoise, to the head."""
