@@ -52,12 +52,16 @@ where θ must generalise to captions it never saw.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from .diffusion import draw_timesteps
 from .metagrad import detached_params, exact_meta_gradient, math_attention, proxy_loss_fn
 from .rater import sample_weights
 from .signals import roll_captions
+
+log = logging.getLogger(__name__)
 
 
 class RaterLosses:
@@ -98,6 +102,20 @@ class RaterLosses:
         if self.hparams.replay_objective == "instance":
             return self._instance_loss(s, b, signal)
         return (torch.logit(s, eps=1e-6) + signal).pow(2).mean()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The replay buffer goes into the checkpoint (``checkpoint["replay"]``), so a resumed rating
+        replays the rows the uninterrupted one would."""
+        if self.replay is not None:
+            checkpoint["replay"] = self.replay.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.replay is None:
+            return
+        if "replay" not in checkpoint:
+            log.warning("the checkpoint holds no replay buffer (written without replay): it starts empty")
+            return
+        self.replay.load_state_dict(checkpoint["replay"])
 
     def _replay_steps(self, n: int) -> torch.Tensor:
         """``replay_steps`` rater steps on random buffer batches of ``n`` samples; returns their mean loss."""

@@ -8,8 +8,9 @@ computed, on signals from the current proxies (experience replay, Lin 1992; Mnih
 
 The buffer holds the rater's inputs (image [C, H, W], pooled caption [D]) and the signal the rater's
 loss used for that sample (detached, in the units of the loss: z-units for ``value_gap``), written
-together into one slot so a signal never leaves its sample. It is not checkpointed: a resumed run
-starts with an empty buffer.
+together into one slot so a signal never leaves its sample. It is saved in the rating checkpoint
+(:meth:`SignalReplay.state_dict`), so a resumed run replays the same rows; under data parallelism the
+checkpoint holds rank 0's buffer, which every rank resumes from.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ class SignalReplay:
     draws n distinct rows uniformly (all rows when fewer are stored). Tensors are stored detached, on
     the device they came from.
 
+    ``state_dict()`` / ``load_state_dict(state)`` carry the rows, the fill level and the next slot.
+
     Raises:
-        ValueError: ``capacity`` < 1; ``add`` with inputs of different lengths; ``sample`` from an empty buffer.
+        ValueError: ``capacity`` < 1; ``add`` with inputs of different lengths; ``sample`` from an empty
+            buffer; ``load_state_dict`` of a buffer with another capacity.
     """
 
     def __init__(self, capacity: int):
@@ -64,3 +68,16 @@ class SignalReplay:
             raise ValueError("the replay buffer is empty")
         rows = torch.randperm(self.size, generator=generator)[:n].to(self.images.device)
         return self.images[rows], self.pooled[rows], self.signal[rows]
+
+    def state_dict(self) -> dict:
+        rows = {k: getattr(self, k) for k in ("images", "pooled", "signal")}
+        return {"capacity": self.capacity, "size": self.size, "next": self.next, **rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["capacity"] != self.capacity:
+            raise ValueError(
+                f"the checkpoint's replay buffer holds {state['capacity']} rows, this run's "
+                f"bilevel.replay_size is {self.capacity}"
+            )
+        self.size, self.next = int(state["size"]), int(state["next"])
+        self.images, self.pooled, self.signal = state["images"], state["pooled"], state["signal"]

@@ -103,3 +103,17 @@ def test_value_gap_rater_with_replay_separates_noise_sooner(planted):  # noqa: F
 def test_replay_options_are_checked(options):
     with pytest.raises(ValueError, match="replay"):
         _model(**options)
+
+
+def test_replay_state_round_trips_and_refuses_another_capacity():
+    buffer = SignalReplay(4)
+    buffer.add(torch.arange(3.0).view(3, 1, 1, 1), torch.arange(3.0).view(3, 1), torch.arange(3.0))
+    copy = SignalReplay(4)
+    copy.load_state_dict(buffer.state_dict())
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    for a, b in zip(buffer.sample(3, g1), copy.sample(3, g2)):
+        torch.testing.assert_close(a, b)
+    copy.add(torch.full((1, 1, 1, 1), 9.0), torch.full((1, 1), 9.0), torch.tensor([9.0]))
+    assert copy.signal.tolist() == [0.0, 1.0, 2.0, 9.0] and len(copy) == 4  # the next slot came with the state
+    with pytest.raises(ValueError, match="holds 4 rows, this run's bilevel.replay_size is 8"):
+        SignalReplay(8).load_state_dict(buffer.state_dict())
