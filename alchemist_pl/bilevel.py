@@ -180,8 +180,13 @@ class BilevelRater(RaterLosses, LightningModule):
         self.null_caption = {"states": states, "mask": mask, "pooled": pooled}
 
     def on_fit_start(self) -> None:
-        if self.value_proxy is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            raise ValueError("rater_signal=value_gap needs a precision without a gradient scaler (32-true, bf16-mixed)")
+        if (self.value_proxy is not None or self.replay is not None) and getattr(
+            self.trainer.precision_plugin, "scaler", None
+        ) is not None:  # their steps (_plain_step) bypass the scaler
+            raise ValueError(
+                "rater_signal=value_gap and replay_steps > 0 need a precision without a gradient scaler "
+                "(32-true, bf16-mixed)"
+            )
         if self.hparams.caption_dropout > 0 and self.null_caption is None:
             raise ValueError(
                 "caption_dropout > 0 needs the empty caption's embedding: pass null_caption= "
@@ -256,10 +261,16 @@ class BilevelRater(RaterLosses, LightningModule):
             if step > 0 or h.value_timesteps == "uniform":  # fresh (t, ε) on the same batch
                 draw = self._draw(train, (0, self.noise_scheduler.config.num_train_timesteps))
                 prime = draw.loss_weights * self._losses(self.value_proxy, draw.item, draw.t, draw.noise)
-            opt.zero_grad()
-            self.manual_backward((w * prime).sum())
-            torch.nn.utils.clip_grad_norm_(self.value_proxy.parameters(), h.grad_clip)
-            opt.step()
+            self._plain_step(opt, (w * prime).sum(), self.value_proxy)
+
+    def _plain_step(self, opt, loss, module) -> None:
+        """A step of the plain torch optimizer ``opt`` on ``loss``, ``module``'s gradient norm clipped to
+        ``grad_clip``: not a Lightning step (``global_step`` does not count it) and not through a
+        GradScaler, which :meth:`on_fit_start` refuses for the runs that take such steps."""
+        opt.zero_grad()
+        self.manual_backward(loss)
+        torch.nn.utils.clip_grad_norm_(module.parameters(), self.hparams.grad_clip)
+        opt.step()
 
     def _rater_step(self, rater_loss):
         opt = self.optimizers()[1]

@@ -125,10 +125,7 @@ class RaterLosses:
             images, pooled, signal = self.replay.sample(n)
             s, b = self.rater(images, pooled)
             loss = self._replay_loss(s, b, signal)
-            opt.zero_grad()
-            self.manual_backward(loss)
-            torch.nn.utils.clip_grad_norm_(self.rater.parameters(), h.grad_clip)
-            opt.step()
+            self._plain_step(opt, loss, self.rater)
             total += loss.detach()
         return total / h.replay_steps
 

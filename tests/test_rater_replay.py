@@ -4,6 +4,12 @@ the bilevel loop with replay ranks planted noise below clean samples."""
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
+from lightning import Trainer
+from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.utilities import CombinedLoader
+from torch.amp import GradScaler
+from torch.utils.data import DataLoader
 
 from alchemist_pl.analysis import auroc
 from alchemist_pl.replay import SignalReplay
@@ -117,3 +123,16 @@ def test_replay_state_round_trips_and_refuses_another_capacity():
     assert copy.signal.tolist() == [0.0, 1.0, 2.0, 9.0] and len(copy) == 4  # the next slot came with the state
     with pytest.raises(ValueError, match="holds 4 rows, this run's bilevel.replay_size is 8"):
         SignalReplay(8).load_state_dict(buffer.state_dict())
+
+
+@pytest.mark.parametrize("overrides", [["bilevel=first_order", "bilevel.replay_steps=1"], ["bilevel=value_gap"]])
+def test_steps_outside_the_scaler_refuse_a_gradient_scaler(make_cfg, small_split, overrides):
+    """Replay steps and θ′'s steps are plain optimizer steps: a 16-mixed GradScaler would not unscale them."""
+    model = instantiate(make_cfg("data.resolution=16", *overrides).bilevel)
+    loader = DataLoader(small_split, batch_size=16, drop_last=True)
+    trainer = Trainer(
+        accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, plugins=[MixedPrecision("16-mixed", "cpu", GradScaler("cpu"))],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="need a precision without a gradient scaler"):
+        trainer.fit(model, train_dataloaders=CombinedLoader({"val": loader, "train": loader}, "min_size"))
