@@ -9,16 +9,17 @@ keeps a sample only when no weighted scorer ranks it low.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 from .errors import DataError
+from .ranking import percentiles
 from .scores import read_scores
 
 NORMALISATIONS = ("rank", "z")
 
 
 def normalise(scores: np.ndarray, how: str) -> np.ndarray:
-    """``rank``: the percentile rank in (0, 1] (ties share their average rank); ``z``: (s − mean) / std
+    """``rank``: the percentile rank in (0, 1], 1 = highest: ``1 −`` :func:`alchemist_pl.ranking.percentiles`
+    (ties share their mean rank, as in the pruning); ``z``: (s − mean) / std
     (all zeros for constant scores). Input and output [N]; output float64.
 
     Raises:
@@ -26,7 +27,7 @@ def normalise(scores: np.ndarray, how: str) -> np.ndarray:
     """
     scores = np.asarray(scores, dtype=np.float64)
     if how == "rank":
-        return rankdata(scores, method="average") / len(scores)
+        return 1.0 - percentiles(scores)
     if how == "z":
         std = scores.std()
         return (scores - scores.mean()) / std if std > 0 else np.zeros_like(scores)
