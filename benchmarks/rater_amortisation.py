@@ -17,7 +17,7 @@ Raters are then fitted on half A of the pool (sha256(sample_id) even, as ``signa
 and scored on half B (never seen); AUROC clean vs corrupted on half B overall and per kind, mean ± std
 over seeds. Fits (:func:`fits`, AdamW lr 1e-3, betas (0.9, 0.95), weight decay 0.05, clip 2, as the
 rater's optimizer): ``fresh``: a freshly initialised rater of the shipped architecture
-(``conf/rater/group_mlp.yaml``: conv backbone + caption projection + instance head), its instance logit
+(the run's own ``rater`` config, ``conf/rater/group_mlp.yaml``: conv backbone + caption projection + instance head), its instance logit
 fitted to the target by ``regress`` (MSE to the z-scored target, batch 64), ``rank`` (logistic loss on
 random pairs of the batch, batch 64) or the ``shipped loss`` (the bilevel loop's instance-head term
 ``Σ softmax_B(sigmoid(a))·(−z)`` + 0.1·mean(a)², batch 32), for 40 epochs of half A or for 130 steps (the
@@ -52,6 +52,7 @@ from stamp import commit, machine, mean_std  # noqa: E402
 from alchemist_pl import audit, heuristics  # noqa: E402
 from alchemist_pl.corruption import GROUND_TRUTH, read_ground_truth  # noqa: E402
 from alchemist_pl.data import load_split  # noqa: E402
+from alchemist_pl.pixels import to_model_range  # noqa: E402
 from alchemist_pl.plugins import proxy_loss  # noqa: E402
 from alchemist_pl.resolvers import register_resolvers  # noqa: E402
 
@@ -116,17 +117,14 @@ def score_seed(run: Path, seed: int, cache: Path) -> dict:
     return out
 
 
-def rater_config() -> dict:
-    return {
-        "_target_": "alchemist_pl.rater.Rater", "hidden_dim": 64, "batch_head": True,
-        "backbone": {"_target_": "alchemist_pl.rater.ConvBackbone", "in_channels": 3, "channels": [32, 64, 64],
-                     "text_dim": 384, "feature_dim": 128, "interaction": 0},
-    }  # fmt: skip
+def rater_config(run: Path):
+    """The rater config the run was rated with (its resolved ``rater`` group)."""
+    return OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml").rater, resolve=True)
 
 
 def inputs(pool, index: np.ndarray):
     rows = pool.caption_rows[index]
-    return pool.images[index].float() / 127.5 - 1.0, pool.text.pooled[rows].float()
+    return to_model_range(pool.images[index]), pool.text.pooled[rows].float()
 
 
 def zs(x: np.ndarray) -> np.ndarray:
@@ -254,7 +252,7 @@ def fits(pool, scored, run: Path, seed: int) -> dict:
     ]
     for label, target, objective, steps, batch in plan:
         torch.manual_seed(seed)
-        model = Logit(instantiate(rater_config()))
+        model = Logit(instantiate(rater_config(run)))
         fit(model, pxa, scored[target][ia], objective, steps, batch, seed)
         out[label] = predict(model, px)
         print(seed, label, audit.separation(out[label][~a], scored["kinds"][~a].astype(object))["all"], flush=True)
