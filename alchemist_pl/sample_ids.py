@@ -78,10 +78,15 @@ def _offsets(chunk: pa.Array) -> np.ndarray:
 def feed(h, sample_ids) -> None:
     """Add the ids' bytes, each followed by a zero byte, to the hash ``h`` (``hashlib.sha256()``):
     feeding the rows part after part gives :func:`rows_digest` of all of them."""
-    for chunk in as_ids(sample_ids).chunks:
-        for part in _pieces(chunk):
-            for buffer in _terminated(part):
-                h.update(buffer)
+    for buffer in _buffers(as_ids(sample_ids)):
+        h.update(buffer)
+
+
+def _buffers(ids: pa.ChunkedArray):
+    """The buffers :func:`feed` hashes, in order: each piece's :func:`_terminated` bytes."""
+    for chunk in ids.chunks:
+        for piece in _pieces(chunk):
+            yield from _terminated(piece)
 
 
 def _pieces(chunk: pa.Array):
@@ -141,7 +146,7 @@ def digest_and_take(parts, idx: np.ndarray, threads: int = 1):
         except ValueError:
             return None
         lo, hi = np.searchsorted(idx, [start, start + len(ids)])
-        hashed = [b for chunk in ids.chunks for piece in _pieces(chunk) for b in _terminated(piece)]
+        hashed = list(_buffers(ids))
         return hashed, ids.take(idx[lo:hi] - start).chunks
 
     h, kept = hashlib.sha256(), []
