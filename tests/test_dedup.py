@@ -21,6 +21,7 @@ from alchemist_pl.stages import run
 from alchemist_pl.stages.prune import prune_file
 
 OPTIONS = {"hash": "phash", "max_distance": 2, "max_shift": 2, "resolution": 32}
+DEDUP = ("dedup.enabled=true", "dedup.hash=phash", "dedup.max_distance=2", "dedup.max_shift=2")  # as OPTIONS
 SOURCES = 6  # the first real test emoji copied as near-duplicates
 COPIES = 3  # near-duplicates of each, drawn with their own seeds
 
@@ -157,7 +158,7 @@ def test_prune_stage_removes_duplicates_before_top_k_and_keep_ratio_counts_the_w
     scores[len(pngs) :] = 10.0 + np.arange(len(copies))  # the copies score highest: top_k alone keeps them all
     scores[:SOURCES] = 5.0
     path = write_scores(tmp_path / "scores.parquet", ids, scores, {})
-    summary, out = _prune(make_cfg, tmp_path, folder, path, "dedup", "dedup.enabled=true", "keep_ratio=0.5")
+    summary, out = _prune(make_cfg, tmp_path, folder, path, "dedup", *DEDUP, "keep_ratio=0.5")
     kept, _ = read_subset(out / "subset.parquet")
     assert len(kept) == round(0.5 * len(ids)) and summary["metrics"]["dedup"]["removed"] == SOURCES * COPIES
     kept_sources = {int(k[1:-4]) for k in kept if k.startswith("d")}
@@ -166,7 +167,7 @@ def test_prune_stage_removes_duplicates_before_top_k_and_keep_ratio_counts_the_w
     dup = pq.read_table(out / "duplicates.parquet").to_pydict()
     assert len(dup["sample_id"]) == SOURCES * (COPIES + 1) and sum(dup["kept"]) == SOURCES
     with pytest.raises(ValueError, match=r"only 24 remain after dedup removed 18 near-duplicates"):
-        _prune(make_cfg, tmp_path, folder, path, "too-many", "dedup.enabled=true", "keep_ratio=0.6")
+        _prune(make_cfg, tmp_path, folder, path, "too-many", *DEDUP, "keep_ratio=0.6")
 
 
 def test_dedup_off_or_without_duplicates_gives_todays_subset(emoji, make_cfg, tmp_path):
