@@ -26,7 +26,7 @@ def prune(cfg: DictConfig) -> dict:
     Writes ``subset.parquet`` (sample_id, score, percentile), ``percentiles.png`` and ``summary.json``.
     With ``cfg.dedup.enabled``, near-duplicate images of the pool (``cfg.data.train_path``) are removed
     before the selection (:func:`prune_deduplicated`) and ``duplicates.parquet`` lists the groups.
-    The sample_ids stay Arrow arrays throughout (no Python string per sample).
+    Without dedup the sample_ids stay Arrow arrays throughout (no Python string per sample).
 
     Raises:
         ValueError: no ``scores_path``, or a bad method / keep_ratio / dedup option.
@@ -40,8 +40,7 @@ def prune(cfg: DictConfig) -> dict:
     subset_path, plot = out / "subset.parquet", out / "percentiles.png"
     subset_meta = {"stage": "prune", "scores_path": str(cfg.scores_path), "method": cfg.method}
     subset_meta |= {"keep_ratio": cfg.keep_ratio, "seed": cfg.seed, "params": params, "config": container(cfg)}
-    dedup = _dedup_options(cfg)
-    subset_meta |= {"dedup": dedup}
+    dedup = subset_meta["dedup"] = _dedup_options(cfg)
     # under DDP (prune inside the pipeline) every rank selects the same subset; rank 0 writes
     args = (cfg.keep_ratio, cfg.method, cfg.seed, params, {**subset_meta, **provenance()})
     if dedup is None:
@@ -58,7 +57,9 @@ def prune(cfg: DictConfig) -> dict:
         metrics["subset_quality"] = subset_quality(read_scores(cfg.scores_path)[0], kept_ids.to_pylist(), gt)
     _log(cfg, metrics, plot)
     log.info("prune: %s kept %d of %d samples -> %s", cfg.method, len(pct), n, subset_path)
-    summary = write_summary(cfg, "prune", started, metrics, {"subset": str(subset_path), "percentiles_plot": str(plot)})
+    outputs = {"subset": str(subset_path), "percentiles_plot": str(plot)}
+    outputs |= {} if dedup is None else {"duplicates": str(out / "duplicates.parquet")}
+    summary = write_summary(cfg, "prune", started, metrics, outputs)
     barrier()  # the other ranks read the subset file next (pipeline under DDP)
     return summary
 
