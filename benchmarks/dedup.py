@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's alchemist_pl, not another installed copy
@@ -45,8 +46,6 @@ INTACT = ("clean", "caption_swap")  # source kinds whose pool image is the image
 
 def ground_truth(pool: Path):
     """(sample_ids in pool order, [N] kind, [P, 2] planted pairs (near-duplicate, source), [P] bool intact)."""
-    import pyarrow.parquet as pq
-
     gt = pq.read_table(pool / GROUND_TRUTH).to_pydict()
     by_id = {s: (k, o) for s, k, o in zip(gt["sample_id"], gt["corruption"], gt["other_id"])}
     ids = [raw.sample_id for raw in iter_samples(pool / "train")]
