@@ -13,13 +13,14 @@ pairs among all sample pairs within ``max_distance`` (some translation of one ag
 The setting is chosen on the first pool (largest F1 of pair precision and intact recall) and
 validated on the others. Part 2, chosen setting: the top-k ``keep_ratio`` subset with and without
 dedup, of the rater's scores (seeds; first pool), each pool's CLIP-score filter file and their rank
-combination.
+combination. Part 3: the grouping's CPU time on the first pool's hashes repeated up to 100 times.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -136,7 +137,35 @@ def subset_rows(pool: Path, args, shift: int, d: int, scorer: Path, rater_runs: 
     return out
 
 
-def render(args, part1: dict, chosen: tuple[int, int], part2: dict, started: float, host: str) -> str:
+def search_scaling(pool: Path, args, shift: int, distances: list[int]) -> list[dict]:
+    """CPU s and peak memory of :func:`alchemist_pl.dedup.group` on the pool's hashes repeated ``tiles``
+    times, each copy XORed with its own random 64-bit mask (distinct hashes, each copy with the pool's
+    own near-duplicate structure; no near-duplicates across copies)."""
+    ids = ground_truth(pool)[0]
+    hashes = pool_hashes(pool / "train", ids, 32, args.hash, shift, str(pool))
+    rng, rows = np.random.default_rng(0), []
+    for tiles in args.search_tiles:
+        masks = rng.integers(0, 2**63, size=tiles, dtype=np.int64).astype(np.uint64) << np.uint64(1)
+        big = np.concatenate([hashes ^ m for m in masks])
+        for d in distances:
+            t = time.process_time()
+            groups = group(big, d)
+            cpu = time.process_time() - t
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            rows.append(
+                {
+                    "n": len(big),
+                    "hashes": big.size,
+                    "d": d,
+                    "cpu_s": cpu,
+                    "groups": int(groups.max() + 1),
+                    "peak_mb": peak,
+                }
+            )
+    return rows
+
+
+def render(args, part1: dict, chosen: tuple[int, int], part2: dict, started: float, host: str, part3: list) -> str:
     lines = [
         "# Near-duplicate removal on planted-noise pools",
         "",
@@ -190,6 +219,19 @@ def render(args, part1: dict, chosen: tuple[int, int], part2: dict, started: flo
             for how in ("without", "with"):
                 cells = [mean_std([r.get(c) for r in entry[how]], 3 if c == "corrupted_share" else 1) for c in cols]
                 lines.append(f"| {Path(pool).name} | {label} | {how} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## 3. The search at larger N",
+        "",
+        search_scaling.__doc__.split("\n\n")[0].replace("\n    ", " "),
+        "",
+    ]
+    lines += [f"max_shift {chosen[0]}. Peak memory: the process's maximum resident set so far.", ""]
+    lines += ["| samples | hashes | max_distance | group() CPU s | groups | peak MB |", "|---|---|---|---|---|---|"]
+    lines += [
+        f"| {r['n']} | {r['hashes']} | {r['d']} | {r['cpu_s']:.2f} | {r['groups']} | {r['peak_mb']:.0f} |"
+        for r in part3
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -203,9 +245,11 @@ def main() -> None:
     p.add_argument("--distances", default="0,2,4,6,8")
     p.add_argument("--hash", default="phash")
     p.add_argument("--keep-ratio", type=float, default=0.5)
+    p.add_argument("--search-tiles", default="1,10,100", help="part 3: copies of the first pool's hashes")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.search_tiles = [int(t) for t in args.search_tiles.split(",")]
     started, host = time.time(), machine()
     shifts, distances = [int(s) for s in args.shifts.split(",")], [int(d) for d in args.distances.split(",")]
     pools = [Path(x) for x in args.pools.split(",")]
@@ -218,7 +262,8 @@ def main() -> None:
         for i, (pool, scorer) in enumerate(zip(pools, scorers))
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(args, part1, chosen, part2, started, host))
+    part3 = search_scaling(pools[0], args, chosen[0], sorted({chosen[1], 2}))
+    args.out.write_text(render(args, part1, chosen, part2, started, host, part3))
     print(args.out.read_text())
 
 
