@@ -183,3 +183,19 @@ def test_dedup_off_or_without_duplicates_gives_todays_subset(emoji, make_cfg, tm
         )  # fmt: skip
         assert read_subset(out / "subset.parquet")[0] == today, name
         assert (out / "duplicates.parquet").exists() == (dedup == "true")
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("dedup.hash=md5", r"dedup.hash='md5' is not a known hash; expected one of \['average_hash', 'dhash'"),
+        ("dedup.max_distance=64", r"dedup.max_distance must be an integer number of bits in \[0, 63\], got 64"),
+        ("dedup.max_shift=-1", r"dedup.max_shift must be an integer number of pixels >= 0, got -1"),
+    ],
+)
+def test_bad_dedup_options_are_refused_naming_the_key(emoji, make_cfg, tmp_path, override, match):
+    _, _, pngs = emoji
+    folder, ids = _pool(tmp_path, pngs[:4], [])
+    path = write_scores(tmp_path / "scores.parquet", ids, np.arange(4.0), {})
+    with pytest.raises(ValueError, match=match):
+        _prune(make_cfg, tmp_path, folder, path, "bad", "dedup.enabled=true", override)
