@@ -18,6 +18,7 @@ from alchemist_pl.errors import DataError
 from alchemist_pl.images import decode_image
 from alchemist_pl.scores import read_subset, write_scores
 from alchemist_pl.stages import run
+from alchemist_pl.stages.pipeline import _train_config
 from alchemist_pl.stages.prune import prune_file
 
 OPTIONS = {"hash": "phash", "max_distance": 2, "max_shift": 2, "resolution": 32}
@@ -199,3 +200,35 @@ def test_bad_dedup_options_are_refused_naming_the_key(emoji, make_cfg, tmp_path,
     path = write_scores(tmp_path / "scores.parquet", ids, np.arange(4.0), {})
     with pytest.raises(ValueError, match=match):
         _prune(make_cfg, tmp_path, folder, path, "bad", "dedup.enabled=true", override)
+
+
+@pytest.mark.parametrize("method", ["top_k", "random"])
+def test_train_refuses_dedup_with_a_subset_it_would_draw_itself(emoji, make_cfg, tmp_path, method):
+    _, _, pngs = emoji
+    folder, ids = _pool(tmp_path, pngs[:4], [])
+    path = write_scores(tmp_path / "scores.parquet", ids, np.arange(4.0), {})
+    cfg = make_cfg(
+        "+experiment=subset", "~logger", f"scores_path={path}", f"data.train_path={folder}", f"method={method}",
+        "dedup.enabled=true", output_dir=tmp_path / "train",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=rf"dedup.enabled=true but method={method} draws its subset in the train"):
+        run(cfg)
+
+
+def test_pipeline_with_dedup_prunes_every_compared_selection(emoji, make_cfg, tmp_path):
+    _, images, pngs = emoji
+    copies, _, _ = _near_duplicates(images)
+    folder, ids = _pool(tmp_path, pngs, copies)
+    scores = np.random.default_rng(2).normal(size=len(ids)).astype(np.float32)
+    path = write_scores(tmp_path / "scores.parquet", ids, scores, {})
+    cfg = make_cfg("+experiment=prune", "~logger", f"data.train_path={folder}", *DEDUP, output_dir=tmp_path / "pipe")
+    for name in ("random", "gsample"):
+        sub = _train_config(cfg, name, str(path), str(tmp_path / "unused.parquet"))
+        kept, meta = read_subset(sub.subset_path)
+        assert sub.stage == "train" and meta["method"] == name and len(kept) == round(cfg.keep_ratio * len(ids))
+        assert (tmp_path / "pipe" / f"prune-{name}" / "duplicates.parquet").exists()
+        dup = pq.read_table(tmp_path / "pipe" / f"prune-{name}" / "duplicates.parquet").to_pydict()
+        removed = {s for s, k in zip(dup["sample_id"], dup["kept"]) if not k}
+        assert removed and not removed & set(kept), name
+    cfg.dedup.enabled = False
+    assert _train_config(cfg, "gsample", str(path), "unused").scores_path == str(path)

@@ -27,13 +27,20 @@ def _substage(cfg: DictConfig, stage: str, subdir: str, **values) -> DictConfig:
 
 def _train_config(cfg: DictConfig, name: str, scores_path: str, subset_path: str) -> DictConfig:
     """The train stage's config for one compared run: full data, a random draw, the pruned subset
-    (``name`` = ``cfg.method`` or ``alchemist``), or another method drawn from the same scores."""
+    (``name`` = ``cfg.method`` or ``alchemist``), or another method drawn from the same scores.
+
+    With ``cfg.dedup.enabled`` every compared selection but ``full`` is made by its own prune stage
+    (``prune-<name>/``), so all of them draw from the same de-duplicated pool.
+    """
     if name == "full":
         return _substage(cfg, "train", "train-full", method="full", keep_ratio=1.0)
-    if name == "random":
-        return _substage(cfg, "train", "train-random", method="random")
     if name == cfg.method or name == "alchemist":
         return _substage(cfg, "train", f"train-{name}", subset_path=subset_path)
+    if cfg.dedup.enabled:  # every compared selection draws from the same de-duplicated pool: prune it too
+        pruned = prune(_substage(cfg, "prune", f"prune-{name}", scores_path=scores_path, method=name))
+        return _substage(cfg, "train", f"train-{name}", subset_path=pruned["outputs"]["subset"])
+    if name == "random":
+        return _substage(cfg, "train", "train-random", method="random")
     return _substage(cfg, "train", f"train-{name}", method=name, scores_path=scores_path)
 
 

@@ -36,10 +36,12 @@ def train(cfg: DictConfig) -> dict:
 
     Raises:
         ResumeError: the output folder holds another run's checkpoint, or another run writes there.
-        ValueError, DataError: a config or data the run cannot train on (named keys and files).
+        ValueError, DataError: a config or data the run cannot train on (named keys and files); ``dedup.enabled``
+            with a subset drawn here instead of by the prune stage.
         RuntimeError: the fit ran no step.
     """
     started = time.time()
+    _refuse_undeduplicated(cfg)
     cfg = _labelled(cfg)
     L.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.datamodule.training)
@@ -70,6 +72,16 @@ def train(cfg: DictConfig) -> dict:
                     finished["eval_curve"] = extra[0].curve
                 keep_after_failure(cfg, "train", started, trainer, model, e, finished)
                 raise
+
+
+def _refuse_undeduplicated(cfg: DictConfig) -> None:
+    """``dedup.enabled`` is done by the prune stage: a subset this stage draws itself would ignore it."""
+    if cfg.get("dedup") is not None and cfg.dedup.enabled and not cfg.subset_path and cfg.method != "full":
+        raise ValueError(
+            f"dedup.enabled=true but method={cfg.method} draws its subset in the train stage, which does not"
+            " remove near-duplicates: run +experiment=prune with dedup.enabled=true and train from its"
+            " subset.parquet (subset_path=...), or set dedup.enabled=false"
+        )
 
 
 def _input(dm) -> dict:
