@@ -29,10 +29,11 @@ from .scores import dataset_fingerprint
 log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "run-identity.json"
-#: config keys a rerun may change: where results go, how they are logged and checkpointed, and how
-#: long training runs (a rerun with a longer length continues the run)
+#: config keys a rerun may change: where results go, how they are logged and checkpointed, how
+#: many CPU threads run it, and how long training runs (a rerun with a longer length continues the run)
 IGNORED = (
     "paths",
+    "threads",
     "logger",
     "callbacks",
     "train.max_steps",
