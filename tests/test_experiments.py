@@ -5,7 +5,10 @@ train, pipeline) through the real composed configs; the larger smoke runs are in
 (marked slow).
 """
 
+import io
 import json
+import logging
+import sys
 
 import numpy as np
 import pytest
@@ -84,12 +87,17 @@ def test_ablation_composes_on_the_efficiency_benchmark(make_cfg, name):
 
 
 @pytest.mark.parametrize("name", CHEAP)
-def test_experiment_runs(make_cfg, tmp_path, tiny_scores, name):
+def test_experiment_runs(make_cfg, tmp_path, tiny_scores, name, caplog, monkeypatch):
     # the pipeline's three trainings without evaluation (baseline and subset evaluate; the slow smoke
     # pipeline evaluates its trainings)
     quick = ("eval.enabled=false",) if name == "pipeline" else ()
     cfg = make_cfg(_overlay(name), *TINY, f"scores_path={tiny_scores}", *quick)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # no terminal, as under nohup
+    caplog.set_level(logging.INFO, logger="alchemist_pl.progress")
     summary = run(cfg)
+    _check_progress_lines(
+        cfg.stage, summary["metrics"], [r.getMessage() for r in caplog.records if r.name == "alchemist_pl.progress"]
+    )
     assert json.loads((tmp_path / "summary.json").read_text())["stage"] == cfg.stage == summary["stage"]
     m = summary["metrics"]
     if cfg.stage in ("rate", "score"):
@@ -109,3 +117,18 @@ def test_experiment_runs(make_cfg, tmp_path, tiny_scores, name):
     else:
         assert [r["run"] for r in m["comparison"]] == list(cfg.pipeline.compare)
         assert all(np.isfinite(r["test_loss"]) for r in m["comparison"])
+
+
+def _check_progress_lines(stage: str, m: dict, lines: list[str]) -> None:
+    """Without a terminal, the stages that train log their progress in iterations (the smoke config
+    logs every one), the last line at 100 % with the stage's losses; the others log none."""
+    if stage not in ("rate", "train", "pipeline"):
+        assert not lines
+        return
+    assert lines and all(line.startswith("iteration ") and " s/it, ETA " in line for line in lines)
+    if stage == "rate":
+        n = m["bilevel_iterations"]
+        assert [line.split(" (")[0] for line in lines] == [f"iteration {i}/{n}" for i in range(1, n + 1)]
+        assert "rate/val_loss" in lines[-1] and "rate/rater_loss" in lines[-1]
+    else:  # the (last) downstream training: 2 steps
+        assert lines[-1].startswith("iteration 2/2 (100%)") and "train/loss" in lines[-1]
