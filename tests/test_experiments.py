@@ -8,6 +8,7 @@ train, pipeline) through the real composed configs; the larger smoke runs are in
 import io
 import json
 import logging
+import re
 import sys
 
 import numpy as np
@@ -17,7 +18,7 @@ from alchemist_pl.data import iter_samples
 from alchemist_pl.scores import read_scores, read_subset
 from alchemist_pl.stages import STAGES, run
 
-from .conftest import CONF
+from .conftest import CONF, ROOT
 
 OVERLAYS = sorted(
     str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml")
@@ -98,6 +99,7 @@ def test_experiment_runs(make_cfg, tmp_path, tiny_scores, name, caplog, monkeypa
     _check_progress_lines(
         cfg.stage, summary["metrics"], [r.getMessage() for r in caplog.records if r.name == "alchemist_pl.progress"]
     )
+    _check_outputs_listed(tmp_path, cfg.stage)
     assert json.loads((tmp_path / "summary.json").read_text())["stage"] == cfg.stage == summary["stage"]
     m = summary["metrics"]
     if cfg.stage in ("rate", "score"):
@@ -132,3 +134,25 @@ def _check_progress_lines(stage: str, m: dict, lines: list[str]) -> None:
         assert "rate/val_loss" in lines[-1] and "rate/rater_loss" in lines[-1]
     else:  # the (last) downstream training: 2 steps
         assert lines[-1].startswith("iteration 2/2 (100%)") and "train/loss" in lines[-1]
+
+
+def _readme_outputs() -> list[re.Pattern]:
+    """The files README's Outputs table lists, as patterns (``<N>``: any name part; ``dir/``: all in it)."""
+    section = (ROOT / "README.md").read_text().split("\n## Outputs\n")[1].split("\n## ")[0]
+    cells = [row.split(" | ")[0] for row in section.splitlines() if row.startswith("| `")]
+    names = [n for cell in cells for n in re.findall(r"`([^`]+)`", cell)]
+    return [
+        re.compile(re.sub(r"<[^>]+>", "[^/]+", n.replace(".", r"\.")) + (".*" if n.endswith("/") else ""))
+        for n in names
+    ]
+
+
+def _check_outputs_listed(out, stage: str) -> None:
+    """Every file a stage leaves in its folder (a pipeline: in its rate/, prune/, train-<method>/) is
+    one README's Outputs table lists."""
+    patterns = _readme_outputs()
+    files = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
+    if stage == "pipeline":
+        files = [re.sub(r"^(rate|prune|train-[^/]+)/", "", f) for f in files]
+    unlisted = [f for f in files if not any(p.fullmatch(f) for p in patterns)]
+    assert not unlisted, f"files the README's Outputs table does not list: {unlisted}"
