@@ -165,32 +165,22 @@ def test_length_the_data_cannot_fill_fails_before_training(make_cfg, tmp_path):
 def test_rate_counts_bilevel_iterations(make_cfg, tmp_path):
     """rate.max_iterations=3 runs 3 bilevel iterations (6 optimizer steps), and a checkpoint period of
     2 counts iterations too: the last checkpoint is the one of iteration 2, and its file says so
-    (iteration=2.ckpt, not Lightning's epoch=..-step=4.ckpt)."""
-    summary = run(
-        make_cfg(
-            *QUICK_RATE,
-            "rate.max_epochs=3",
-            "rate.max_iterations=3",
-            "callbacks.model_checkpoint.every_n_train_steps=2",
-        )
+    (iteration=2.ckpt, not Lightning's epoch=..-step=4.ckpt). The ranking grid then cannot be written:
+    the weights kept after the late failure are named by iteration too, and the summary counts both."""
+    (tmp_path / "ranking.png").mkdir()  # the grid's path is taken by a folder
+    cfg = make_cfg(
+        *QUICK_RATE, "rate.max_epochs=3", "rate.max_iterations=3", "callbacks.model_checkpoint.every_n_train_steps=2"
     )
-    assert summary["metrics"]["bilevel_iterations"] == 3
+    with pytest.raises(IsADirectoryError):
+        run(cfg)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 4  # iteration 2: a proxy and a rater step each
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["iteration=2.ckpt", "last.ckpt"]
-
-
-def test_a_late_rating_failure_keeps_the_weights_named_by_iteration(make_cfg, tmp_path):
-    """The ranking grid cannot be written after 2 bilevel iterations (4 optimizer steps): the weights
-    are kept as failed-iteration2.pt and the summary counts both."""
-    (tmp_path / "ranking.png").mkdir()  # the grid's path is taken by a folder
-    with pytest.raises(IsADirectoryError):
-        run(make_cfg(*QUICK_RATE, "rate.max_epochs=2", "rate.max_iterations=2"))
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["failed-iteration3.pt", "iteration=2.ckpt", "last.ckpt"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     m = summary["metrics"]
-    assert m["status"] == "failed" and m["optimizer_steps"] == 4 and m["iterations"] == 2
-    assert summary["outputs"]["weights"] == str(tmp_path / "checkpoints" / "failed-iteration2.pt")
-    assert torch.load(summary["outputs"]["weights"], map_location="cpu", weights_only=False)["global_step"] == 4
+    assert m["status"] == "failed" and m["optimizer_steps"] == 6 and m["iterations"] == 3
+    assert summary["outputs"]["weights"] == str(tmp_path / "checkpoints" / "failed-iteration3.pt")
 
 
 @pytest.mark.parametrize(
