@@ -34,6 +34,7 @@ import torch
 
 from .analysis import auroc
 from .corruption import CLEAN
+from .pixels import to_model_range
 from .plugins import proxy_loss
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def train_proxy(
         rows = dataset.caption_rows[idx].clone()
         rows[torch.rand(len(idx), generator=generator) < caption_dropout] = null
         states, mask, pooled = _conditioning(dataset, rows)
-        images = dataset.images[idx].float() / 127.5 - 1.0
+        images = to_model_range(dataset.images[idx])
         t = torch.randint(0, num_t, (len(idx),), generator=generator)
         noise = torch.randn(images.shape, generator=generator)
         loss = denoising_loss(proxy, scheduler, images, states, mask, pooled, t, noise).mean()
@@ -168,7 +169,7 @@ def score_losses(
             noise = crn_noise(dataset.images.shape, seed, t, d)
             for lo in range(0, n, batch_size):
                 sl = slice(lo, min(n, lo + batch_size))
-                images = dataset.images[sl].float() / 127.5 - 1.0
+                images = to_model_range(dataset.images[sl])
                 tt = torch.full((images.shape[0],), int(t), dtype=torch.long)
                 for model_name, caption_name in terms:
                     states, mask, pooled = _conditioning(dataset, captions[caption_name][sl])

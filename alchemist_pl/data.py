@@ -21,6 +21,7 @@ import torch
 from . import shards as shard_reader
 from .errors import DataError
 from .images import decode_image
+from .pixels import to_model_range
 from .text import CaptionEmbeddings, embed_captions, token_counts
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         r = self.caption_rows[i]
         return {
             "index": i,
-            "image": self.images[i].float() / 127.5 - 1.0 if self.latents is None else self.latents[i],
+            "image": to_model_range(self.images[i]) if self.latents is None else self.latents[i],
             "states": self.text.states[r].float(),
             "mask": self.text.mask[r],
             "pooled": self.text.pooled[r],

@@ -29,10 +29,11 @@ from .scores import dataset_fingerprint
 log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "run-identity.json"
-#: config keys a rerun may change: where results go, how they are logged and checkpointed, and how
-#: long training runs (a rerun with a longer length continues the run)
+#: config keys a rerun may change: where results go, how they are logged and checkpointed, how
+#: many CPU threads run it, and how long training runs (a rerun with a longer length continues the run)
 IGNORED = (
     "paths",
+    "threads",
     "logger",
     "callbacks",
     "train.max_steps",
@@ -180,22 +181,29 @@ def exclusive(output_dir):
         yield
 
 
-def keep_after_failure(cfg, stage: str, started: float, trainer, model, error: BaseException, metrics: dict) -> dict:
+def keep_after_failure(
+    cfg, stage: str, started: float, trainer, model, error: BaseException, metrics: dict, steps_per_iteration: int = 1
+) -> dict:
     """After a failure in or after fitting: keep what finished (global rank 0 writes, no collective call).
 
     Saves the weights as ``checkpoints/failed-step<N>.pt`` (``state_dict``, ``global_step``,
     ``config``) when any optimizer step ran, and writes ``summary.json`` with ``status: failed``,
     the error, the steps trained and ``metrics`` (what finished, e.g. the evaluation curve so far).
-    Returns the summary.
+    With ``steps_per_iteration`` > 1 (optimizer steps one training iteration takes) the file is
+    ``failed-iteration<N>.pt`` and the summary adds ``iterations`` N. Returns the summary.
     """
     out = Path(cfg.paths.output_dir)
     step = int(trainer.global_step) if trainer is not None else 0
+    failure = {"status": "failed", "error": f"{type(error).__name__}: {error}", "optimizer_steps": step}
+    name = f"failed-step{step}.pt"
+    if steps_per_iteration > 1:
+        failure["iterations"] = step // steps_per_iteration
+        name = f"failed-iteration{failure['iterations']}.pt"
     outputs = {}
     if step > 0 and is_global_zero():
-        path = out / "checkpoints" / f"failed-step{step}.pt"
+        path = out / "checkpoints" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"state_dict": model.state_dict(), "global_step": step, "config": container(cfg)}, path)
         outputs["weights"] = str(path)
         log.error("%s failed after %d optimizer steps; weights kept in %s", stage, step, path)
-    failure = {"status": "failed", "error": f"{type(error).__name__}: {error}", "optimizer_steps": step}
     return write_summary(cfg, stage, started, {**failure, **metrics}, outputs)

@@ -78,6 +78,42 @@ def preserved_rng():
             random.setstate(py_state)
 
 
+def thread_count(value) -> int | None:
+    """The ``threads`` key checked: None (torch's default thread count) or a positive integer.
+
+    Raises:
+        ValueError: anything else (names the key and the value).
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"threads must be a positive integer or null (torch's default), got {value!r}")
+    return value
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run the body with ``torch.set_num_threads(n)`` and ``OMP_NUM_THREADS=n``; both restored on exit.
+
+    The environment variable carries the count to the processes the body starts (DDP ranks, which
+    Lightning otherwise gives cpu_count / ranks threads each). ``n=None`` changes nothing.
+    """
+    if n is None:
+        yield
+        return
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = env
+
+
 def distributed() -> bool:
     """True when a ``torch.distributed`` process group is initialised in this process."""
     return dist.is_available() and dist.is_initialized()

@@ -9,15 +9,13 @@ the training set, is refused with an error naming the file (:func:`check_fingerp
 write these files: only the two columns of ``scores.parquet`` are required to prune or train from
 them, in one Parquet file or a folder of Parquet files (Spark, Dask, ``pyarrow.dataset``); the
 scores keep the column's precision. Writes are atomic (temporary file
-in the same folder, then rename), so a killed run never leaves a half-written file.
+in the same folder, then rename), so a killed run never leaves a half-written file. How the tables
+are stored and read (file or folder, row groups): :mod:`alchemist_pl.score_tables`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +24,8 @@ import pyarrow.parquet as pq
 import pyarrow.types as pat
 
 from .ranking import THREADS
-from .runtime import write_atomic
 from .sample_ids import as_ids, digest_and_take, fingerprint, rows_digest
-
-META_KEY = b"alchemist"
-
-
-class ScoresError(ValueError):
-    """A scores or subset file is malformed; the message names the file and what was expected."""
+from .score_tables import ScoresError, column_batches, open_table, read_column, row_groups, write_table
 
 
 def dataset_fingerprint(sample_ids) -> str:
@@ -89,58 +81,12 @@ def _refuse_other_dataset(path, metadata: dict, actual: str, what: str) -> None:
         )
 
 
-def _write(path: str | os.PathLike, columns: dict, metadata: dict) -> Path:
-    table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(metadata, default=str).encode()})
-    # no dictionary pages (sample_ids are unique) and no compression: distinct ids and float scores
-    # shrink by about a quarter compressed, and decompressing them doubles the time to read them;
-    # no min/max statistics of the sample_ids (comparing the strings is half the time to write them)
-    stats = [name for name in table.column_names if name != "sample_id"]
-    write = partial(pq.write_table, use_dictionary=False, compression="none", write_statistics=stats)
-    return write_atomic(path, lambda tmp: write(table, tmp))
-
-
-def _open(path: str | os.PathLike, required: tuple[str, ...]) -> tuple[Path, dict]:
-    """(path, metadata) of a Parquet file, or a folder of Parquet files (a dataset, as Spark, Dask
-    or ``pyarrow.dataset.write_dataset`` write it; files whose names start with ``_`` or ``.`` are
-    passed over, as pyarrow does), once its schema holds the ``required`` columns."""
-    path = Path(path)
-    if not path.exists():
-        raise ScoresError(f"{path}: file does not exist (expected a Parquet file or a folder of Parquet files)")
-    try:
-        dataset = pq.ParquetDataset(path)
-        metas = [json.loads((pq.read_schema(f).metadata or {}).get(META_KEY, b"{}")) for f in dataset.files]
-    except Exception as e:
-        kind = "folder of Parquet files" if path.is_dir() else "Parquet file"
-        raise ScoresError(f"{path}: not a readable {kind} ({e})") from e
-    missing = [c for c in required if c not in dataset.schema.names]
-    if missing:
-        raise ScoresError(
-            f"{path}: missing column(s) {missing}; expected {list(required)}, found {dataset.schema.names}"
-        )
-    rows = [(m.get("dataset_fingerprint"), m.get("sample_ids_sha256")) for m in metas]  # each of its own file
-    other = next((i for i, r in enumerate(rows) if r != rows[0]), None)
-    if other is not None:
-        raise ScoresError(
-            f"{path}: {dataset.files[0]} and {dataset.files[other]} record the fingerprints of different rows "
-            "(scores files of their own): write them as one file, or strip their schema metadata to join them"
-        )
-    return path, metas[0]
-
-
-def _column(path: Path, name: str):
-    """One column of the file or folder as an Arrow chunked array."""
-    try:
-        return pq.read_table(path, columns=[name]).column(name)
-    except Exception as e:
-        raise ScoresError(f"{path}: column {name!r} is not readable ({e})") from e
-
-
 def _sample_ids(path: Path, metadata: dict, own_fingerprint: bool):
     """The ``sample_id`` column, checked: non-null strings, no id twice and, if ``own_fingerprint``,
     the recorded ``dataset_fingerprint`` (:func:`check_fingerprint`). Rows that still have the
     ``sample_ids_sha256`` :func:`write_scores` recorded are the rows it checked, so they are not sorted again."""
     try:
-        ids = as_ids(_column(path, "sample_id"))
+        ids = as_ids(read_column(path, "sample_id"))
     except ValueError as e:
         raise ScoresError(f"{path}: {e}") from e
     digest = metadata.get("sample_ids_sha256")
@@ -195,7 +141,7 @@ def write_scores(path, sample_ids, scores: np.ndarray, metadata: dict) -> Path:
     if repeated is not None:
         raise ValueError(f"duplicate sample_id {repeated!r}")
     metadata = {**metadata, "dataset_fingerprint": actual, "sample_ids_sha256": rows_digest(ids)}
-    return _write(path, {"sample_id": ids, "score": scores}, metadata)
+    return write_table(path, {"sample_id": ids, "score": scores}, metadata)
 
 
 def read_scores(path) -> tuple[list[str], np.ndarray, dict]:
@@ -215,13 +161,13 @@ def read_score_values(path) -> tuple[np.ndarray, dict]:
         ScoresError: missing file or column, no rows, non-numeric score column, an integer score
             float64 cannot hold exactly, null/NaN/inf score (names the sample).
     """
-    path, metadata = _open(path, ("sample_id", "score"))
+    path, metadata = open_table(path, ("sample_id", "score"))
     scores, start, n = None, 0, sum(pq.ParquetFile(f).metadata.num_rows for f in pq.ParquetDataset(path).files)
 
     def sample_at(i: int) -> str:
-        return _column(path, "sample_id")[start + i].as_py()
+        return read_column(path, "sample_id")[start + i].as_py()
 
-    for col in _batches(path, "score"):  # a batch at a time: no second copy of the column
+    for col in column_batches(path, "score"):  # a batch at a time: no second copy of the column
         if col.null_count:
             i = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
             raise ScoresError(f"{path}: sample {sample_at(i)!r} has no score")
@@ -237,13 +183,6 @@ def read_score_values(path) -> tuple[np.ndarray, dict]:
         raise ScoresError(f"{path}: the file holds no scores (0 rows)")
     pa.default_memory_pool().release_unused()  # the read batches' memory, kept by Arrow's allocator
     return scores, metadata
-
-
-def _batches(path: Path, name: str):
-    """The column's values in row order (as ``pq.read_table`` reads them), an Arrow array per
-    Parquet row group; one row group in memory at a time (``iter_batches`` keeps the column's pages)."""
-    for _, read in _row_groups(path, name):
-        yield from read().chunks
 
 
 def read_sample_ids(path, metadata: dict):
@@ -275,34 +214,13 @@ def read_kept_ids(path, metadata: dict, idx: np.ndarray):
     """
     path, digest = Path(path), metadata.get("sample_ids_sha256")
     if digest is not None:
-        read = digest_and_take(_row_groups(path, "sample_id"), np.asarray(idx), THREADS)
+        read = digest_and_take(row_groups(path, "sample_id"), np.asarray(idx), THREADS)
         pa.default_memory_pool().release_unused()  # the read parts' memory, kept by Arrow's allocator
         if read is not None and read[0] == digest:  # the files of a folder may hold string and large_string ids
             kept = read[1]
             kept = [c.cast(pa.large_string()) for c in kept] if len({c.type for c in kept}) > 1 else kept
             return pa.chunked_array(kept, kept[0].type if kept else pa.string())
     return read_sample_ids(path, metadata).take(idx)
-
-
-def _row_groups(path: Path, name: str):
-    """``(first row, read)`` of each Parquet row group of the file or folder in row order, ``read()``
-    giving its column ``name`` (each call opens the file: the parts may be read on several threads).
-
-    Raises:
-        ScoresError: a file of the folder lacks the column.
-    """
-    start = 0
-    for f in pq.ParquetDataset(path).files:
-        meta = pq.ParquetFile(f)
-        if name not in meta.schema_arrow.names:
-            raise ScoresError(f"{f}: missing column {name!r} (a file of the folder {path})")
-        for g in range(meta.metadata.num_row_groups):
-            yield start, partial(_read_row_group, f, g, name)
-            start += meta.metadata.row_group(g).num_rows
-
-
-def _read_row_group(f, g: int, name: str):
-    return pq.ParquetFile(f).read_row_group(g, columns=[name], use_threads=False).column(0)
 
 
 def write_subset(path, sample_ids, scores: np.ndarray, percentile: np.ndarray, metadata: dict) -> Path:
@@ -314,7 +232,7 @@ def write_subset(path, sample_ids, scores: np.ndarray, percentile: np.ndarray, m
     Raises:
         ValueError: a sample_id is null or not a string.
     """
-    return _write(
+    return write_table(
         path,
         {
             "sample_id": as_ids(sample_ids),
@@ -331,7 +249,7 @@ def read_subset(path) -> tuple[list[str], dict]:
     Raises:
         ScoresError: missing file or column, no rows, null or repeated sample_id.
     """
-    path, metadata = _open(path, ("sample_id",))
+    path, metadata = open_table(path, ("sample_id",))
     ids = _sample_ids(path, metadata, own_fingerprint=False)
     if not len(ids):
         raise ScoresError(f"{path}: the subset is empty")

@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from . import data as data_lib
 from . import decoded_cache
 from .pixels import to_model_range
-from .scores import ScoresError, _write, dataset_fingerprint
+from .score_tables import ScoresError, write_table
+from .scores import dataset_fingerprint
 from .text import EMBED_DIM, MODEL_NAME, embed_captions
 
 log = logging.getLogger(__name__)
@@ -243,7 +244,7 @@ def _score_batches(rater, batches, captions: PooledCaptions, device) -> Iterator
 def _write_part(parts_dir, shard: str, ids: list[str], scores: np.ndarray) -> Path:
     """Write one shard's part atomically (:func:`part_path`)."""
     columns = {"sample_id": pa.array(ids, pa.string()), "score": scores}
-    return _write(part_path(parts_dir, shard), columns, {"shard": shard, "samples": len(ids)})
+    return write_table(part_path(parts_dir, shard), columns, {"shard": shard, "samples": len(ids)})
 
 
 def merge_parts(shards, parts_dir, out_path, metadata: dict) -> Path:
@@ -269,4 +270,4 @@ def merge_parts(shards, parts_dir, out_path, metadata: dict) -> Path:
             seen.add(s)
         raise ScoresError(f"{parts_dir}: sample_id {dup!r} occurs in more than one shard")
     meta = {**metadata, "dataset_fingerprint": dataset_fingerprint(ids), "shards": len(tables)}
-    return _write(out_path, {"sample_id": ids, "score": table.column("score").to_numpy().astype(np.float32)}, meta)
+    return write_table(out_path, {"sample_id": ids, "score": table.column("score").to_numpy().astype(np.float32)}, meta)

@@ -5,7 +5,11 @@ train, pipeline) through the real composed configs; the larger smoke runs are in
 (marked slow).
 """
 
+import io
 import json
+import logging
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +18,7 @@ from alchemist_pl.data import iter_samples
 from alchemist_pl.scores import read_scores, read_subset
 from alchemist_pl.stages import STAGES, run
 
-from .conftest import CONF
+from .conftest import CONF, ROOT
 
 OVERLAYS = sorted(
     str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml")
@@ -84,12 +88,18 @@ def test_ablation_composes_on_the_efficiency_benchmark(make_cfg, name):
 
 
 @pytest.mark.parametrize("name", CHEAP)
-def test_experiment_runs(make_cfg, tmp_path, tiny_scores, name):
+def test_experiment_runs(make_cfg, tmp_path, tiny_scores, name, caplog, monkeypatch):
     # the pipeline's three trainings without evaluation (baseline and subset evaluate; the slow smoke
     # pipeline evaluates its trainings)
     quick = ("eval.enabled=false",) if name == "pipeline" else ()
     cfg = make_cfg(_overlay(name), *TINY, f"scores_path={tiny_scores}", *quick)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # no terminal, as under nohup
+    caplog.set_level(logging.INFO, logger="alchemist_pl.progress")
     summary = run(cfg)
+    _check_progress_lines(
+        cfg.stage, summary["metrics"], [r.getMessage() for r in caplog.records if r.name == "alchemist_pl.progress"]
+    )
+    _check_outputs_listed(tmp_path, cfg.stage)
     assert json.loads((tmp_path / "summary.json").read_text())["stage"] == cfg.stage == summary["stage"]
     m = summary["metrics"]
     if cfg.stage in ("rate", "score"):
@@ -109,3 +119,40 @@ def test_experiment_runs(make_cfg, tmp_path, tiny_scores, name):
     else:
         assert [r["run"] for r in m["comparison"]] == list(cfg.pipeline.compare)
         assert all(np.isfinite(r["test_loss"]) for r in m["comparison"])
+
+
+def _check_progress_lines(stage: str, m: dict, lines: list[str]) -> None:
+    """Without a terminal, the stages that train log their progress in iterations (the smoke config
+    logs every one), the last line at 100 % with the stage's losses; the others log none."""
+    if stage not in ("rate", "train", "pipeline"):
+        assert not lines
+        return
+    assert lines and all(line.startswith("iteration ") and " s/it, ETA " in line for line in lines)
+    if stage == "rate":
+        n = m["bilevel_iterations"]
+        assert [line.split(" (")[0] for line in lines] == [f"iteration {i}/{n}" for i in range(1, n + 1)]
+        assert "rate/val_loss" in lines[-1] and "rate/rater_loss" in lines[-1]
+    else:  # the (last) downstream training: 2 steps
+        assert lines[-1].startswith("iteration 2/2 (100%)") and "train/loss" in lines[-1]
+
+
+def _readme_outputs() -> list[re.Pattern]:
+    """The files README's Outputs table lists, as patterns (``<N>``: any name part; ``dir/``: all in it)."""
+    section = (ROOT / "README.md").read_text().split("\n## Outputs\n")[1].split("\n## ")[0]
+    cells = [row.split(" | ")[0] for row in section.splitlines() if row.startswith("| `")]
+    names = [n for cell in cells for n in re.findall(r"`([^`]+)`", cell)]
+    return [
+        re.compile(re.sub(r"<[^>]+>", "[^/]+", n.replace(".", r"\.")) + (".*" if n.endswith("/") else ""))
+        for n in names
+    ]
+
+
+def _check_outputs_listed(out, stage: str) -> None:
+    """Every file a stage leaves in its folder (a pipeline: in its rate/, prune/, train-<method>/) is
+    one README's Outputs table lists."""
+    patterns = _readme_outputs()
+    files = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
+    if stage == "pipeline":
+        files = [re.sub(r"^(rate|prune|train-[^/]+)/", "", f) for f in files]
+    unlisted = [f for f in files if not any(p.fullmatch(f) for p in patterns)]
+    assert not unlisted, f"files the README's Outputs table does not list: {unlisted}"

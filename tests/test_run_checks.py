@@ -44,7 +44,8 @@ def test_another_runs_checkpoint_is_not_resumed(make_cfg, tmp_path):
     assert first["metrics"]["steps"] == 2
     # the identity sits beside the checkpoint folder, which a fresh run leaves to Lightning alone
     assert json.loads((tmp_path / "run-identity.json").read_text())["config"]["task_name"] == "baseline"
-    assert all(p.suffix == ".ckpt" for p in (tmp_path / "checkpoints").iterdir())
+    # the downstream model's checkpoints are named by its optimizer steps (one a training iteration)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch=0-step=2.ckpt", "last.ckpt"]
     assert not [w for w in caught if "exists and is not empty" in str(w.message)]
     assert not (tmp_path / "samples.png").exists() and "samples" not in first["outputs"]  # model.num_samples=0
     written = (tmp_path / "summary.json").read_text()
@@ -163,18 +164,23 @@ def test_length_the_data_cannot_fill_fails_before_training(make_cfg, tmp_path):
 
 def test_rate_counts_bilevel_iterations(make_cfg, tmp_path):
     """rate.max_iterations=3 runs 3 bilevel iterations (6 optimizer steps), and a checkpoint period of
-    2 counts iterations too: the last checkpoint is the one of iteration 2."""
-    summary = run(
-        make_cfg(
-            *QUICK_RATE,
-            "rate.max_epochs=3",
-            "rate.max_iterations=3",
-            "callbacks.model_checkpoint.every_n_train_steps=2",
-        )
+    2 counts iterations too: the last checkpoint is the one of iteration 2, and its file says so
+    (iteration=2.ckpt, not Lightning's epoch=..-step=4.ckpt). The ranking grid then cannot be written:
+    the weights kept after the late failure are named by iteration too, and the summary counts both."""
+    (tmp_path / "ranking.png").mkdir()  # the grid's path is taken by a folder
+    cfg = make_cfg(
+        *QUICK_RATE, "rate.max_epochs=3", "rate.max_iterations=3", "callbacks.model_checkpoint.every_n_train_steps=2"
     )
-    assert summary["metrics"]["bilevel_iterations"] == 3
+    with pytest.raises(IsADirectoryError):
+        run(cfg)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 4  # iteration 2: a proxy and a rater step each
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["failed-iteration3.pt", "iteration=2.ckpt", "last.ckpt"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    m = summary["metrics"]
+    assert m["status"] == "failed" and m["optimizer_steps"] == 6 and m["iterations"] == 3
+    assert summary["outputs"]["weights"] == str(tmp_path / "checkpoints" / "failed-iteration3.pt")
 
 
 @pytest.mark.parametrize(

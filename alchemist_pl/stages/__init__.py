@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from ..corruption import build_corrupted_pool
 from ..emoji import build_emoji_dataset
 from ..preflight import check_config
+from ..runtime import thread_count, torch_threads
 from .pipeline import pipeline
 from .prune import prune
 from .rate import rate
@@ -59,10 +60,10 @@ def ensure_data(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Run ``cfg.stage``; returns its summary.
+    """Run ``cfg.stage`` with ``cfg.threads`` torch threads (null: torch's default); returns its summary.
 
     Raises:
-        ValueError: unknown ``cfg.stage``, or a config that cannot succeed
+        ValueError: unknown ``cfg.stage``, a bad ``threads``, or a config that cannot succeed
             (:func:`alchemist_pl.preflight.check_config`).
         OSError: ``paths.output_dir`` cannot be created or is not writable.
     """
@@ -75,6 +76,7 @@ def run(cfg: DictConfig) -> dict:
         raise OSError(f"cannot create the output directory paths.output_dir={out}: {e}") from e
     if not os.access(out, os.W_OK):
         raise OSError(f"the output directory paths.output_dir={out} is not writable")
-    ensure_data(cfg)
-    check_config(cfg)  # what can fail before training fails now
-    return STAGES[cfg.stage](cfg)
+    with torch_threads(thread_count(cfg.get("threads"))):
+        ensure_data(cfg)
+        check_config(cfg)  # what can fail before training fails now
+        return STAGES[cfg.stage](cfg)

@@ -11,8 +11,9 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
+from ..checkpoints import counted_in_iterations
 from ..preflight import PlannedTraining, check_trained, fitted_steps
 from ..resume import checkpoint_for, exclusive, keep_after_failure
 from ..runtime import (
@@ -74,12 +75,17 @@ def rate(cfg: DictConfig) -> dict:
                 "rate.max_iterations", "rate.max_epochs", BATCH_KEYS, OPTIMIZER_STEPS_PER_ITERATION
             )
             trainer = make_trainer(
-                _checkpoints_per_iteration(cfg), loggers, [planned], max_epochs=cfg.rate.max_epochs, max_steps=max_steps
+                counted_in_iterations(cfg, OPTIMIZER_STEPS_PER_ITERATION),
+                loggers,
+                [planned],
+                max_epochs=cfg.rate.max_epochs,
+                max_steps=max_steps,
             )
             try:
                 return _fit_and_score(cfg, dm, model, trainer, ckpt, loggers, streaming, started)
             except Exception as e:
-                keep_after_failure(cfg, "rate", started, trainer, model, e, {"input": _input(dm)})
+                finished = {"input": _input(dm)}
+                keep_after_failure(cfg, "rate", started, trainer, model, e, finished, OPTIMIZER_STEPS_PER_ITERATION)
                 raise
 
 
@@ -92,17 +98,6 @@ def _optimizer_steps(iterations) -> int:
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations == 0 or iterations < -1:
         raise ValueError(f"rate.max_iterations must be a positive integer or -1 (no cap), got {iterations!r}")
     return iterations * OPTIMIZER_STEPS_PER_ITERATION if iterations > 0 else -1
-
-
-def _checkpoints_per_iteration(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with every callback's ``every_n_train_steps`` in optimizer steps: the config counts
-    training iterations (one bilevel iteration here), Lightning counts optimizer steps."""
-    cfg = cfg.copy()
-    with open_dict(cfg):
-        for entry in (cfg.get("callbacks") or {}).values():
-            if entry is not None and entry.get("every_n_train_steps"):
-                entry.every_n_train_steps = int(entry.every_n_train_steps) * OPTIMIZER_STEPS_PER_ITERATION
-    return cfg
 
 
 def _views(dm, trainer, warn_below: float) -> dict:
