@@ -81,7 +81,7 @@ def one_draw_gap(models, scheduler, pool, band, seed: int, batch_size: int = 256
         sl = slice(lo, min(n, lo + batch_size))
         rows = pool.caption_rows[sl]
         batch = {
-            "image": pool.images[sl].float() / 127.5 - 1.0,
+            "image": to_model_range(pool.images[sl]),
             "states": pool.text.states[rows].float(),
             "mask": pool.text.mask[rows],
             "pooled": pool.text.pooled[rows].float(),
