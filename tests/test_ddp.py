@@ -71,6 +71,7 @@ def ddp_rate(tmp_path_factory, emoji_dir):
     return out
 
 
+@pytest.mark.slow
 def test_ranks_hold_identical_weights(ddp_rate):
     ranks = probes(ddp_rate / "probe")
     assert [r["world_size"] for r in ranks] == [2, 2]
@@ -78,6 +79,7 @@ def test_ranks_hold_identical_weights(ddp_rate):
     assert len(ranks[0]["weights"]) > 100 and ranks[0]["weights"] == ranks[1]["weights"]  # proxy and rater
 
 
+@pytest.mark.slow
 def test_ranks_see_disjoint_shards_reshuffled_each_epoch(ddp_rate):
     ranks = probes(ddp_rate / "probe")
     for epoch in range(2):
@@ -89,6 +91,7 @@ def test_ranks_see_disjoint_shards_reshuffled_each_epoch(ddp_rate):
     assert ranks[0]["batches"][0] != ranks[0]["batches"][2]  # epoch 1 reshuffles
 
 
+@pytest.mark.slow
 def test_two_rank_scores_equal_one_process_scores(ddp_rate, emoji_dir, cache_dir):
     ids, scores, meta = read_scores(ddp_rate / "scores.parquet")
     assert meta["world_size"] == 2 and len(ids) == 64
