@@ -25,6 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import signal_rating  # noqa: E402
 
 REPLAY = {
+    "caption_path": (
+        "the defaults + the proxy's pooled caption path (proxy=unet_tiny_text), 10 % caption dropout in both "
+        "proxy terms and the mismatched-caption contrast λ = 0.5 at t in [300, 500) in the rater's signal",
+        ["proxy=unet_tiny_text", "bilevel.caption_dropout=0.1", "bilevel.caption_contrast_weight=0.5"],
+    ),
     "replay4": (
         "the defaults + 4 rater steps per iteration on a buffer of the last 512 (sample, signal) pairs, "
         "instance-head loss",
