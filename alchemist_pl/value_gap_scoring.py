@@ -103,7 +103,8 @@ def check_pool_shape(run: Path, cfg: DictConfig, pool) -> None:
 
 
 class ValueGapScorer:
-    """A pool scorer: the value gap of a rating run's final proxies, ``Σ_t z_t(ℓ_i(θ′, t, ε) − ℓ_i(θ, t, ε))``.
+    """A pool scorer: the value gap of a rating run's final proxies, ``Σ_t z_t(ℓ_i(θ′, t, ε) − ℓ_i(θ, t, ε))``,
+    [N] unitless z-scores.
 
     For each timestep t of ``timesteps``, every pool sample gets ``draws`` noise draws ε shared by θ and θ′
     (common random numbers, :func:`alchemist_pl.audit.crn_noise`: a function of (seed, t, draw)); ℓ is the
@@ -111,11 +112,12 @@ class ValueGapScorer:
     for a diffusers UNet the mean squared ε-prediction error over [C, H, W] of images in [-1, 1]), averaged
     over the draws. The [n_t, N] gaps are z-scored over the pool per t, summed over t and z-scored again
     (:func:`alchemist_pl.audit.band_score`). High = θ′, trained on the pool, fits the sample worse than θ,
-    fitted to D_val: the sample is one the clean data explains (keep). Scores are unitless z-scores.
+    fitted to D_val: the sample is one the clean data explains (keep).
 
-    Cost: two proxy forwards per sample per timestep and draw, about 130× the rater's one forward per
-    timestep on a CPU (benchmarks/results/rater-amortisation-f2.md), for a better separation than the rater's
-    amortised estimate (benchmarks/results/value-gap-scoring-f2.md).
+    Cost: two proxy forwards per sample, timestep and draw, against the rater's one small forward per sample:
+    with the default proxy at 32 px about 10 ms of CPU per sample and timestep on one thread, about 130× the
+    rater's cost side by side (benchmarks/results/rater-amortisation-f2.md). What it buys over the rater's
+    amortised estimate of the same signal depends on the rating (benchmarks/results/value-gap-scoring-f2*.md).
 
     ``scorer(pool)`` -> [N] float32 aligned with ``pool.sample_ids``.
 
