@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from . import audit
+from .resolvers import register_resolvers
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def run_config(run: Path) -> DictConfig:
     if summary.is_file():
         return OmegaConf.create(json.loads(summary.read_text())["config"])
     if (run / ".hydra" / "config.yaml").is_file():
+        register_resolvers()  # the unresolved config interpolates through them
         return OmegaConf.load(run / ".hydra" / "config.yaml")
     raise FileNotFoundError(f"{run}: no summary.json or .hydra/config.yaml; is it a rate stage's output folder?")
 
