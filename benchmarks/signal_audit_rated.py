@@ -5,11 +5,11 @@
 
 For each run folder ``DIR/seed{S}`` of ``train.py +experiment=rate`` with ``bilevel=value_gap``, the
 proxy θ and the pool proxy θ′ are read from the run's ``checkpoints/last.ckpt`` (its ``proxy.`` and
-``value_proxy.`` weights; θ trained on ``ul · L_val + (1 − ul) · Σ W_i ℓ_i``, θ′ on the uniformly weighted
-pool). A stratified subset of the run's pool (``--clean`` clean samples and ``--per-kind`` of each
-corruption kind, the same subset for every run) is scored on the timestep grid ``--timesteps`` with one
-noise draw per (sample, t) shared by every model and caption (common random numbers,
-:func:`alchemist_pl.audit.score_losses`).
+``value_proxy.`` weights, :func:`alchemist_pl.value_gap_scoring.load_rating_proxies`; θ trained on
+``ul · L_val + (1 − ul) · Σ W_i ℓ_i``, θ′ on the uniformly weighted pool). A stratified subset of the run's
+pool (``--clean`` clean samples and ``--per-kind`` of each corruption kind, the same subset for every run)
+is scored on the timestep grid ``--timesteps`` with one noise draw per (sample, t) shared by every model and
+caption (common random numbers, :func:`alchemist_pl.audit.score_losses`).
 
 Keep-scores (higher = keep), each per timestep and per band (sum of per-t z-scores):
 ``loss`` = −ℓ(θ; c); ``value_gap`` = ℓ(θ′; c) − ℓ(θ; c); ``contrast`` = ℓ(θ; c₁) − ℓ(θ; c);
@@ -32,8 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,6 +43,7 @@ from alchemist_pl import audit  # noqa: E402
 from alchemist_pl.corruption import CLEAN, GROUND_TRUTH, KINDS, read_ground_truth  # noqa: E402
 from alchemist_pl.data import load_split  # noqa: E402
 from alchemist_pl.resolvers import register_resolvers  # noqa: E402
+from alchemist_pl.value_gap_scoring import load_rating_proxies  # noqa: E402
 
 OTHERS = 4  # mismatched captions per sample for the averaged contrast
 SIGNALS = ("loss", "value_gap", "contrast", "null_gap", "contrast_pool", "contrast_pool_k4", "value_gap_other")
@@ -75,15 +74,10 @@ def stratified(kinds: np.ndarray, clean: int, per_kind: int, seed: int = 0) -> n
 
 
 def load_run(run: Path):
-    """(cfg, θ, θ′, scheduler, global step) of a rating run folder."""
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    models = {}
-    for name, prefix in (("val", "proxy."), ("pool", "value_proxy.")):
-        unet = instantiate(cfg.proxy.unet)
-        unet.load_state_dict({k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)})
-        models[name] = unet.eval()
-    return cfg, models, instantiate(cfg.proxy.scheduler), int(state["global_step"])
+    """(cfg, θ, θ′, scheduler, global step) of a rating run folder
+    (:func:`alchemist_pl.value_gap_scoring.load_rating_proxies`)."""
+    rating = load_rating_proxies(run)
+    return rating.cfg, rating.models, rating.scheduler, rating.global_step
 
 
 def score_run(run: Path, seed: int, timesteps, clean: int, per_kind: int) -> dict:

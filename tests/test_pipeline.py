@@ -201,6 +201,22 @@ def test_score_stage_writes_baseline_scores(rated, make_cfg, tmp_path, scorer):
     assert pruned["metrics"]["subset_size"] == len(ids) // 2
 
 
+def test_score_stage_value_gap_scores_the_pool_by_the_rating_proxies(rated, make_cfg, tmp_path):
+    """scorer=value_gap on the rate stage's output folder: its θ and θ′ score the pool's samples, the run and
+    checkpoint in the scores file's metadata."""
+    rate_dir = rated[0] / "rate"
+    smoke = ("debug=smoke", "logger=csv", "corruption=web", "corruption.pool_size=600", "data.limit_train=64")
+    run(make_cfg("+experiment=score", *smoke, "scorer=value_gap", f"scorer.run={rate_dir}"))
+    ids, scores, meta = read_scores(tmp_path / "scores.parquet")
+    rated_ids, _, _ = read_scores(rate_dir / "scores.parquet")
+    assert ids == rated_ids[:64] and np.isfinite(scores).all() and len(np.unique(scores)) == 64
+    assert meta["scorer"] == "value_gap" and meta["run"] == str(rate_dir)
+    assert meta["checkpoint"] == str(rate_dir / "checkpoints" / "last.ckpt") and meta["params"]["timesteps"] == [
+        50,
+        100,
+    ]
+
+
 def test_score_stage_rejects_an_unknown_scorer(make_cfg):
     with pytest.raises(ConfigCompositionException, match=r"scorer/sharpness(.|\n)*clip_score"):
         make_cfg("+experiment=score", "scorer=sharpness")  # names the choices
