@@ -36,7 +36,7 @@ from scipy.sparse.csgraph import connected_components
 from .data import iter_samples
 from .errors import DataError
 from .images import decode_image
-from .pruning import check_method, choose_subset
+from .pruning import check_keep_ratio, check_method, choose_subset
 from .runtime import write_atomic
 
 log = logging.getLogger(__name__)
@@ -273,13 +273,8 @@ def select_eligible(scores: np.ndarray, eligible: np.ndarray, keep_ratio: float,
         ValueError: a keep_ratio outside (0, 1], or one asking for more samples than dedup left.
     """
     method = check_method(method)
+    check_keep_ratio(keep_ratio)
     n, rows = len(scores), np.flatnonzero(eligible)
-    if (
-        isinstance(keep_ratio, bool)
-        or not isinstance(keep_ratio, (int, float, np.integer, np.floating))
-        or not 0.0 < keep_ratio <= 1.0
-    ):
-        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio!r}")
     ratio = keep_ratio
     if method != "full":
         k = int(round(keep_ratio * n))

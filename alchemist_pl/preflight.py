@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 
 from .data import iter_samples
 from .errors import DataError
-from .pruning import check_method
+from .pruning import check_keep_ratio, check_method
 
 #: trainer settings each stage derives from its own keys; setting them under ``trainer`` is refused
 STAGE_TRAINER_KEYS = {
@@ -201,10 +201,7 @@ def check_selection(method: str, keep_ratio, compare=()) -> None:
     for name in compare:
         if name not in ("full", "random", "alchemist"):
             check_method(name)
-    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)):
-        raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
-    if not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+    check_keep_ratio(keep_ratio)
 
 
 def count_samples(path, limit: int | None = None) -> int:

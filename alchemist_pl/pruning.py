@@ -78,6 +78,14 @@ def check_method(method: str) -> str:
     return method
 
 
+def check_keep_ratio(keep_ratio) -> None:
+    """ValueError unless ``keep_ratio`` is a number (not a bool) in (0, 1]."""
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float, np.floating, np.integer)):
+        raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
+    if not (0.0 < keep_ratio <= 1.0):
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+
+
 def _check(scores: np.ndarray, keep_ratio: float) -> int:
     if scores.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {scores.shape}")
@@ -87,10 +95,7 @@ def _check(scores: np.ndarray, keep_ratio: float) -> int:
         bad = ~np.isfinite(scores)
         first = np.flatnonzero(bad)[:5].tolist()
         raise ValueError(f"{int(bad.sum())} scores are NaN or infinite (first at indices {first})")
-    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float, np.floating, np.integer)):
-        raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
-    if not (0.0 < keep_ratio <= 1.0):
-        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+    check_keep_ratio(keep_ratio)
     n = len(scores)
     k = int(round(keep_ratio * n))
     if k == 0:
