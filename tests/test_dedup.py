@@ -18,7 +18,7 @@ from alchemist_pl.errors import DataError
 from alchemist_pl.images import decode_image
 from alchemist_pl.scores import read_subset, write_scores
 from alchemist_pl.stages import run
-from alchemist_pl.stages.pipeline import _train_config
+from alchemist_pl.stages.pipeline import _own_prune, _train_config
 from alchemist_pl.stages.prune import prune_file
 
 OPTIONS = {"hash": "phash", "max_distance": 2, "max_shift": 2, "resolution": 32}
@@ -223,12 +223,15 @@ def test_pipeline_with_dedup_prunes_every_compared_selection(emoji, make_cfg, tm
     path = write_scores(tmp_path / "scores.parquet", ids, scores, {})
     cfg = make_cfg("+experiment=prune", "~logger", f"data.train_path={folder}", *DEDUP, output_dir=tmp_path / "pipe")
     for name in ("random", "gsample"):
-        sub = _train_config(cfg, name, str(path), str(tmp_path / "unused.parquet"))
+        own = _own_prune(cfg, name, str(path))
+        sub = _train_config(cfg, name, str(path), own["outputs"]["subset"])
         kept, meta = read_subset(sub.subset_path)
         assert sub.stage == "train" and meta["method"] == name and len(kept) == round(cfg.keep_ratio * len(ids))
         assert (tmp_path / "pipe" / f"prune-{name}" / "duplicates.parquet").exists()
         dup = pq.read_table(tmp_path / "pipe" / f"prune-{name}" / "duplicates.parquet").to_pydict()
         removed = {s for s, k in zip(dup["sample_id"], dup["kept"]) if not k}
         assert removed and not removed & set(kept), name
+    assert _own_prune(cfg, cfg.method, str(path)) is None and _own_prune(cfg, "full", str(path)) is None
     cfg.dedup.enabled = False
+    assert _own_prune(cfg, "gsample", str(path)) is None
     assert _train_config(cfg, "gsample", str(path), "unused").scores_path == str(path)

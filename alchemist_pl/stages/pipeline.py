@@ -26,33 +26,39 @@ def _substage(cfg: DictConfig, stage: str, subdir: str, **values) -> DictConfig:
 
 
 def _train_config(cfg: DictConfig, name: str, scores_path: str, subset_path: str) -> DictConfig:
-    """The train stage's config for one compared run: full data, a random draw, the pruned subset
-    (``name`` = ``cfg.method`` or ``alchemist``), or another method drawn from the same scores.
-
-    With ``cfg.dedup.enabled`` every compared selection but ``full`` is made by its own prune stage
-    (``prune-<name>/``), so all of them draw from the same de-duplicated pool.
-    """
+    """The train stage's config for one compared run: full data, a random draw, a pruned subset file
+    (``name`` = ``cfg.method`` or ``alchemist``, or any name with ``cfg.dedup.enabled``), or another method
+    drawn from the same scores."""
     if name == "full":
         return _substage(cfg, "train", "train-full", method="full", keep_ratio=1.0)
-    if name == cfg.method or name == "alchemist":
+    if name == cfg.method or name == "alchemist" or cfg.dedup.enabled:
         return _substage(cfg, "train", f"train-{name}", subset_path=subset_path)
-    if cfg.dedup.enabled:  # every compared selection draws from the same de-duplicated pool: prune it too
-        pruned = prune(_substage(cfg, "prune", f"prune-{name}", scores_path=scores_path, method=name))
-        return _substage(cfg, "train", f"train-{name}", subset_path=pruned["outputs"]["subset"])
     if name == "random":
         return _substage(cfg, "train", "train-random", method="random")
     return _substage(cfg, "train", f"train-{name}", method=name, scores_path=scores_path)
 
 
+def _own_prune(cfg: DictConfig, name: str, scores_path: str) -> dict | None:
+    """With ``cfg.dedup.enabled``, the summary of compared selection ``name``'s own prune stage
+    (``prune-<name>/``, de-duplicated as the main one); None without dedup, for ``full`` and for ``cfg.method``."""
+    if not cfg.dedup.enabled or name in ("full", "alchemist", cfg.method):
+        return None
+    return prune(_substage(cfg, "prune", f"prune-{name}", scores_path=scores_path, method=name))
+
+
 def pipeline(cfg: DictConfig) -> dict:
-    """rate -> prune -> train on each of ``cfg.pipeline.compare`` (alchemist, random, full, ...)."""
+    """rate -> prune -> train on each of ``cfg.pipeline.compare`` (alchemist, random, full, ...); with
+    ``cfg.dedup.enabled`` each compared selection is pruned too (:func:`_own_prune`)."""
     started = time.time()
     results = {"rate": rate(_substage(cfg, "rate", "rate"))}
     scores_path = results["rate"]["outputs"]["scores"]
     results["prune"] = prune(_substage(cfg, "prune", "prune", scores_path=scores_path))
     for name in cfg.pipeline.compare:
-        sub = _train_config(cfg, name, scores_path, results["prune"]["outputs"]["subset"])
-        results[f"train-{name}"] = train(sub)
+        subset_path = results["prune"]["outputs"]["subset"]
+        own = _own_prune(cfg, name, scores_path)
+        if own is not None:
+            results[f"prune-{name}"], subset_path = own, own["outputs"]["subset"]
+        results[f"train-{name}"] = train(_train_config(cfg, name, scores_path, subset_path))
     rows = [
         {
             "run": k[len("train-") :],
