@@ -104,6 +104,22 @@ def check_pool_shape(run: Path, cfg: DictConfig, pool) -> None:
         )
 
 
+def value_gap_scores(models: dict, scheduler, pool, timesteps, seed: int, draws: int = 1, batch_size: int = 256):
+    """``Σ_t z_t(ℓ_i(θ′, t, ε) − ℓ_i(θ, t, ε))`` of every pool sample, z-scored again: [N] float32.
+
+    Args:
+        models: ``{"val": θ, "pool": θ′}``, proxies on the CPU; scheduler: their noise scheduler;
+        pool: an image-caption dataset of pixels (uint8 [N, C, H, W]) the proxies' shape;
+        timesteps: ints in [0, T); seed: the noise seed; draws: noise draws per (sample, t), averaged
+        (one draw shared by θ and θ′: :func:`alchemist_pl.audit.crn_noise`); batch_size: samples per forward.
+    """
+    losses = audit.score_losses(models, scheduler, pool, {"own": pool.caption_rows}, timesteps, seed, draws,
+                                batch_size, terms=TERMS)  # fmt: skip
+    gap = losses[("pool", "own")] - losses[("val", "own")]  # [n_t, N]
+    log.info("value gap per t (mean over the pool): %s", {t: round(float(g), 6) for t, g in zip(timesteps, gap.mean(1))})
+    return audit.band_score(gap, range(len(timesteps))).astype(np.float32)
+
+
 class ValueGapScorer:
     """A pool scorer: the value gap of a rating run's final proxies, ``Σ_t z_t(ℓ_i(θ′, t, ε) − ℓ_i(θ, t, ε))``,
     [N] unitless z-scores.
@@ -155,15 +171,8 @@ class ValueGapScorer:
         if max(self.timesteps) >= num_t:
             raise ValueError(f"scorer.timesteps must lie in [0, {num_t}), got {self.timesteps}")
         check_pool_shape(self.run, rating.cfg, pool)
-        captions = {"own": pool.caption_rows}
-        losses = audit.score_losses(rating.models, rating.scheduler, pool, captions, self.timesteps, self.seed,
-                                    self.draws, self.batch_size, terms=TERMS)  # fmt: skip
-        gap = losses[("pool", "own")] - losses[("val", "own")]  # [n_t, N]
-        log.info(
-            "value gap per t (mean over the pool): %s",
-            {t: round(float(g), 6) for t, g in zip(self.timesteps, gap.mean(axis=1))},
-        )
-        return audit.band_score(gap, range(len(self.timesteps))).astype(np.float32)
+        return value_gap_scores(rating.models, rating.scheduler, pool, self.timesteps, self.seed, self.draws,
+                                self.batch_size)  # fmt: skip
 
     def metadata(self) -> dict:
         params = {"timesteps": self.timesteps, "draws": self.draws, "seed": self.seed, "batch_size": self.batch_size}

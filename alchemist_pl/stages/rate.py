@@ -29,6 +29,7 @@ from ..runtime import (
 from ..scores import provenance, read_scores, write_scores
 from ..scoring import rater_hash, score_dataset_distributed
 from ..streaming import merge_parts, score_shards, shard_list
+from .rate_scores import proxy_scores, score_source
 from .report import rating_report
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ def rate(cfg: DictConfig) -> dict:
     Trains ``rate.max_epochs`` epochs over D_val, capped at ``rate.max_iterations`` bilevel
     iterations (one D_val batch and one pool batch: one proxy and one rater optimizer step), and
     resumes ``checkpoints/last.ckpt`` only when it is this run's (:mod:`alchemist_pl.resume`).
+    ``scores.parquet`` holds what ``rate.scores`` names (:mod:`alchemist_pl.stages.rate_scores`): by default,
+    for a ``bilevel=value_gap`` rating, the z-scored value gap of the final proxies plus the pool's
+    cross-fitted caption agreement, with the rater's own scores in ``rater-scores.parquet``; else the rater's.
     Scoring is in memory (the loaded pool, split across ranks), or with ``rate.streaming=true``
     shard by shard over ``data.train_path`` (:func:`score_streaming`). Both write the same
     ``scores.parquet``; ``rater.pt`` holds the rater's weights and config. A failure after
@@ -52,7 +56,8 @@ def rate(cfg: DictConfig) -> dict:
     (:func:`alchemist_pl.resume.keep_after_failure`).
 
     Raises:
-        ValueError: ``rate.streaming`` is not a boolean, or is true for an image-folder pool; a bad
+        ValueError: ``rate.streaming`` is not a boolean, or is true for an image-folder pool; a
+            ``rate.scores`` the rating cannot compute (:func:`~alchemist_pl.stages.rate_scores.score_source`); a bad
             ``rate.max_iterations``; a length the data cannot fill (:class:`PlannedTraining`).
         DataError: bad or missing data (see :mod:`alchemist_pl.data`), or a rank's share of a
             split shorter than one batch.
@@ -62,6 +67,7 @@ def rate(cfg: DictConfig) -> dict:
     started = time.time()
     out = Path(cfg.paths.output_dir)
     streaming = check_streaming(cfg.rate.get("streaming", False), cfg.data.train_path)  # fails before training
+    source = score_source(cfg)
     decoded_dir(cfg)
     max_steps = _optimizer_steps(cfg.rate.max_iterations)
     L.seed_everything(cfg.seed, workers=True)
@@ -82,7 +88,7 @@ def rate(cfg: DictConfig) -> dict:
                 max_steps=max_steps,
             )
             try:
-                return _fit_and_score(cfg, dm, model, trainer, ckpt, loggers, streaming, started)
+                return _fit_and_score(cfg, dm, model, trainer, ckpt, loggers, streaming, source, started)
             except Exception as e:
                 finished = {"input": _input(dm)}
                 keep_after_failure(cfg, "rate", started, trainer, model, e, finished, OPTIMIZER_STEPS_PER_ITERATION)
@@ -121,7 +127,7 @@ def _input(dm) -> dict:
     return {"data.train_path": dm.pool.input_report, "data.val_path": dm.val_set.input_report}
 
 
-def _fit_and_score(cfg: DictConfig, dm, model, trainer, ckpt, loggers, streaming: bool, started: float) -> dict:
+def _fit_and_score(cfg: DictConfig, dm, model, trainer, ckpt, loggers, streaming: bool, source: str, started: float):
     """Fit (resuming ``ckpt``), check it trained, score the pool, write the outputs and the summary."""
     out = Path(cfg.paths.output_dir)
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
@@ -129,7 +135,7 @@ def _fit_and_score(cfg: DictConfig, dm, model, trainer, ckpt, loggers, streaming
     fit_metrics = scalar_metrics(trainer.callback_metrics)
     t0 = time.time()
     dm.setup("fit")  # after a ddp_spawn fit the main process has not loaded the data yet
-    scores, pool_scores, meta = _save_and_score(cfg, model, trainer, dm.pool, out, streaming)
+    scores, pool_scores, meta = _save_and_score(cfg, model, trainer, dm.pool, out, streaming, source)
     score_time = time.time() - t0
     # rank 0 alone writes the grid and logs the table (the other ranks have no logger to feed)
     quality = {}
@@ -141,6 +147,7 @@ def _fit_and_score(cfg: DictConfig, dm, model, trainer, ckpt, loggers, streaming
         **quality,
         "samples_rated": len(scores),
         "scoring": meta["scoring"],
+        "scores_from": source,
         "score_mean": float(scores.mean()),
         "score_std": float(scores.std()),
         "scoring_time_s": round(score_time, 2),
@@ -154,15 +161,17 @@ def _fit_and_score(cfg: DictConfig, dm, model, trainer, ckpt, loggers, streaming
     log.info("rate: scored %d samples -> %s", len(scores), meta["scores_path"])
     outputs = {
         "scores": meta["scores_path"],
+        **{f"scores_{part}": path for part, path in meta["parts"].items()},
         "rater": meta["rater_checkpoint"],
         "ranking_grid": str(out / "ranking.png"),
     }
     return write_summary(cfg, "rate", started, metrics, outputs)
 
 
-def _save_and_score(cfg: DictConfig, model, trainer, pool, out: Path, streaming: bool):
-    """Save ``rater.pt`` (rank 0), score the pool into ``scores.parquet``; returns (scores of every
-    rated sample, scores of the loaded pool in its order, the scores file's metadata)."""
+def _save_and_score(cfg: DictConfig, model, trainer, pool, out: Path, streaming: bool, source: str):
+    """Save ``rater.pt`` (rank 0), score the pool into ``scores.parquet`` by ``source`` (``rate.scores``,
+    resolved); returns (scores of every rated sample, scores of the loaded pool in its order, the scores
+    file's metadata with ``parts``: the extra scores files of a proxy-scored rating)."""
     rater_path, scores_path = out / "rater.pt", out / "scores.parquet"
     if trainer.is_global_zero:
         state = {"state_dict": model.rater.state_dict(), "config": container(cfg.rater)}
@@ -175,13 +184,15 @@ def _save_and_score(cfg: DictConfig, model, trainer, pool, out: Path, streaming:
         **provenance(),
         "world_size": trainer.world_size,
         "scoring": "streaming" if streaming else "in_memory",
+        "scores_from": source,
     }
-    scores, pool_scores = _score_pool(cfg, model, trainer, pool, scores_path, meta, streaming)
-    return scores, pool_scores, {**meta, "scores_path": str(scores_path)}
+    scores, pool_scores, parts = _score_pool(cfg, model, trainer, pool, scores_path, meta, streaming, source)
+    return scores, pool_scores, {**meta, "scores_path": str(scores_path), "parts": parts}
 
 
-def _score_pool(cfg: DictConfig, model, trainer, pool, scores_path: Path, meta: dict, streaming: bool):
-    """(scores of every rated sample, scores of the loaded pool in its order); writes ``scores_path``."""
+def _score_pool(cfg: DictConfig, model, trainer, pool, scores_path: Path, meta: dict, streaming: bool, source: str):
+    """(scores of every rated sample, scores of the loaded pool in its order, {part: extra scores file});
+    writes ``scores_path``. A proxy-scored ``source`` is computed by rank 0 and read back by the others."""
     if streaming:  # every sample of the pool's shards; the report uses the loaded pool's share
         ids, scores = score_streaming(
             model.rater,
@@ -195,12 +206,23 @@ def _score_pool(cfg: DictConfig, model, trainer, pool, scores_path: Path, meta: 
             decoded_dir=decoded_dir(cfg),
         )
         position = {s: i for i, s in enumerate(ids)}
-        return scores, scores[[position[s] for s in pool.sample_ids]]
+        return scores, scores[[position[s] for s in pool.sample_ids]], {}
     # under DDP each rank scores its shard and all ranks get every score; rank 0 writes
     scores = score_dataset_distributed(model.rater, pool, cfg.rate.score_batch_size, device=model.device)
+    if source == "rater":
+        if trainer.is_global_zero:
+            write_scores(scores_path, pool.sample_ids, scores, meta)
+        return scores, scores, {}
+    parts = {}
     if trainer.is_global_zero:
+        scores, parts = proxy_scores(cfg, model, pool, scores, source, scores_path.parent, meta)
         write_scores(scores_path, pool.sample_ids, scores, meta)
-    return scores, scores
+    barrier(trainer)
+    if not trainer.is_global_zero:
+        ids, scores, _ = read_scores(scores_path)
+        position = {s: i for i, s in enumerate(ids)}
+        scores = scores[[position[s] for s in pool.sample_ids]]
+    return scores, scores, parts
 
 
 def check_streaming(value, train_path) -> bool:

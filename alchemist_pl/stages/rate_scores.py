@@ -1,0 +1,90 @@
+"""What the rate stage's ``scores.parquet`` holds (``rate.scores``): the rater's scores (the paper's output),
+or scores read from the rating's two proxies, with a cross-fitted caption-agreement term.
+
+``value_gap``: ``Σ_t z_t(ℓ_i(θ′) − ℓ_i(θ))`` of every pool sample at the final θ (fitted to D_val) and θ′
+(fitted to the pool), :func:`alchemist_pl.value_gap_scoring.value_gap_scores`. ``value_gap_caption``: that
+score's z-score plus ``weight`` × the z-score of the pool's cross-fitted caption agreement
+(:class:`alchemist_pl.caption_crossfit.CrossFitCaptionScorer`): the value gap sees what a denoising proxy
+can see (blur, noise, blank images), the caption term what it cannot at this scale (mismatched captions,
+collages).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from ..audit import zscore
+from ..caption_crossfit import CrossFitCaptionScorer
+from ..runtime import container
+from ..scores import write_scores
+from ..value_gap_scoring import value_gap_scores
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("auto", "rater", "value_gap", "value_gap_caption")
+#: the extra scores files a proxy-scored rating writes beside scores.parquet, by part
+PART_FILES = {"rater": "rater-scores.parquet", "value_gap": "value-gap-scores.parquet",
+              "caption": "caption-scores.parquet"}  # fmt: skip
+
+
+def score_source(cfg: DictConfig) -> str:
+    """``rate.scores`` resolved: ``auto`` is ``value_gap_caption`` for a ``bilevel=value_gap`` rating of pixels
+    scored in memory, else ``rater`` (the proxy scores need θ′, pixels and the loaded pool).
+
+    Raises:
+        ValueError: an unknown value, or ``value_gap`` / ``value_gap_caption`` with a rating that has no θ′
+            (``bilevel.rater_signal`` other than value_gap), on VAE latents, or with ``rate.streaming=true``.
+    """
+    value = cfg.rate.get("scores", "rater")
+    if value not in SOURCES:
+        raise ValueError(f"rate.scores must be one of {list(SOURCES)}, got {value!r}")
+    signal = cfg.bilevel.get("rater_signal")
+    blockers = []
+    if signal != "value_gap":
+        blockers.append(f"bilevel.rater_signal={signal} trains no pool proxy θ′ (use bilevel=value_gap)")
+    if cfg.data.get("latents"):
+        blockers.append("data.latents=true: the proxy scores read pixels")
+    if cfg.rate.get("streaming"):
+        blockers.append("rate.streaming=true: the proxy scores need the pool in memory")
+    if value == "auto":
+        return "rater" if blockers else "value_gap_caption"
+    if value != "rater" and blockers:
+        raise ValueError(f"rate.scores={value} cannot be computed: {'; '.join(blockers)}; or set rate.scores=rater")
+    return value
+
+
+def proxy_scores(cfg: DictConfig, model, pool, rater_scores: np.ndarray, source: str, out: Path, meta: dict):
+    """Score ``pool`` by ``source`` (``value_gap`` or ``value_gap_caption``) with the rating ``model``'s θ and θ′
+    (copied to the CPU), and write every part as its own scores file beside ``scores.parquet`` (``PART_FILES``:
+    the rater's scores, the value gap, the caption agreement), each usable by the prune stage or ``scorer=combined``.
+
+    Returns:
+        ([N] float32 final scores aligned with ``pool.sample_ids``, {part: scores file path}).
+    """
+    vg_cfg, cap_cfg = cfg.rate.value_gap, cfg.rate.caption_crossfit
+    models = {"val": copy.deepcopy(model.proxy).cpu().float().eval(),
+              "pool": copy.deepcopy(model.value_proxy).cpu().float().eval()}  # fmt: skip
+    parts = {"rater": (rater_scores, {"scorer": "rater"})}
+    vg = value_gap_scores(models, copy.deepcopy(model.noise_scheduler), pool, list(vg_cfg.timesteps), int(cfg.seed),
+                          int(vg_cfg.draws), int(vg_cfg.batch_size))  # fmt: skip
+    parts["value_gap"] = (vg, {"scorer": "value_gap", "params": container(vg_cfg)})
+    scores = vg
+    if source == "value_gap_caption":
+        weight = cap_cfg.weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
+            raise ValueError(f"rate.caption_crossfit.weight must be a finite number >= 0, got {weight!r}")
+        args = {k: v for k, v in container(cap_cfg).items() if k != "weight"}
+        scorer = CrossFitCaptionScorer(**args, seed=int(cfg.seed))
+        caption = scorer(pool)
+        parts["caption"] = (caption, scorer.metadata())
+        scores = (zscore(vg.astype(np.float64)) + float(weight) * zscore(caption.astype(np.float64))).astype(np.float32)
+    paths = {}
+    for part, (values, part_meta) in parts.items():
+        paths[part] = str(write_scores(out / PART_FILES[part], pool.sample_ids, values, {**meta, **part_meta}))
+    log.info("rate: scores.parquet holds rate.scores=%s (parts: %s)", source, ", ".join(PART_FILES[p] for p in parts))
+    return scores, paths
