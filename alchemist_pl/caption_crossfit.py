@@ -79,7 +79,9 @@ class CrossFitCaptionScorer:
     def __init__(self, folds: int = 2, epochs: int = 10, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
                  width: int = 32, num_features: int = 128, name: str = "caption_crossfit"):  # fmt: skip
         if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-            raise ValueError(f"folds must be an integer of at least 2 (each fold is scored by the others), got {folds!r}")
+            raise ValueError(
+                f"folds must be an integer of at least 2 (each fold is scored by the others), got {folds!r}"
+            )
         self.folds = folds
         self.epochs = _positive_int("epochs", epochs)
         self.batch_size = _positive_int("batch_size", batch_size)

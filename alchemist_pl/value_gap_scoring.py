@@ -116,7 +116,9 @@ def value_gap_scores(models: dict, scheduler, pool, timesteps, seed: int, draws:
     losses = audit.score_losses(models, scheduler, pool, {"own": pool.caption_rows}, timesteps, seed, draws,
                                 batch_size, terms=TERMS)  # fmt: skip
     gap = losses[("pool", "own")] - losses[("val", "own")]  # [n_t, N]
-    log.info("value gap per t (mean over the pool): %s", {t: round(float(g), 6) for t, g in zip(timesteps, gap.mean(1))})
+    log.info(
+        "value gap per t (mean over the pool): %s", {t: round(float(g), 6) for t, g in zip(timesteps, gap.mean(1))}
+    )
     return audit.band_score(gap, range(len(timesteps))).astype(np.float32)
 
 
