@@ -52,10 +52,28 @@ def score_source(cfg: DictConfig) -> str:
     if cfg.rate.get("streaming"):
         blockers.append("rate.streaming=true: the proxy scores need the pool in memory")
     if value == "auto":
-        return "rater" if blockers else "value_gap_caption"
-    if value != "rater" and blockers:
+        value = "rater" if blockers else "value_gap_caption"
+    elif value != "rater" and blockers:
         raise ValueError(f"rate.scores={value} cannot be computed: {'; '.join(blockers)}; or set rate.scores=rater")
+    if value == "value_gap_caption":
+        caption_scorer(cfg)  # its settings fail here, before the rating trains
     return value
+
+
+def caption_scorer(cfg: DictConfig) -> tuple[CrossFitCaptionScorer, float]:
+    """The cross-fitted caption scorer of ``rate.caption_crossfit`` (seeded by ``seed``) and its weight.
+
+    Raises:
+        ValueError: a weight that is not a finite number >= 0, or a bad scorer setting (names the key).
+    """
+    settings = container(cfg.rate.caption_crossfit)
+    weight = settings.pop("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
+        raise ValueError(f"rate.caption_crossfit.weight must be a finite number >= 0, got {weight!r}")
+    try:
+        return CrossFitCaptionScorer(**settings, seed=int(cfg.seed)), float(weight)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"rate.caption_crossfit: {e}") from e
 
 
 def proxy_scores(cfg: DictConfig, model, pool, rater_scores: np.ndarray, source: str, out: Path, meta: dict):
@@ -66,7 +84,8 @@ def proxy_scores(cfg: DictConfig, model, pool, rater_scores: np.ndarray, source:
     Returns:
         ([N] float32 final scores aligned with ``pool.sample_ids``, {part: scores file path}).
     """
-    vg_cfg, cap_cfg = cfg.rate.value_gap, cfg.rate.caption_crossfit
+    vg_cfg = cfg.rate.value_gap
+    scorer, weight = caption_scorer(cfg) if source == "value_gap_caption" else (None, 0.0)
     models = {"val": copy.deepcopy(model.proxy).cpu().float().eval(),
               "pool": copy.deepcopy(model.value_proxy).cpu().float().eval()}  # fmt: skip
     parts = {"rater": (rater_scores, {"scorer": "rater"})}
@@ -74,15 +93,10 @@ def proxy_scores(cfg: DictConfig, model, pool, rater_scores: np.ndarray, source:
                           int(vg_cfg.draws), int(vg_cfg.batch_size))  # fmt: skip
     parts["value_gap"] = (vg, {"scorer": "value_gap", "params": container(vg_cfg)})
     scores = vg
-    if source == "value_gap_caption":
-        weight = cap_cfg.weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
-            raise ValueError(f"rate.caption_crossfit.weight must be a finite number >= 0, got {weight!r}")
-        args = {k: v for k, v in container(cap_cfg).items() if k != "weight"}
-        scorer = CrossFitCaptionScorer(**args, seed=int(cfg.seed))
+    if scorer is not None:
         caption = scorer(pool)
         parts["caption"] = (caption, scorer.metadata())
-        scores = (zscore(vg.astype(np.float64)) + float(weight) * zscore(caption.astype(np.float64))).astype(np.float32)
+        scores = (zscore(vg.astype(np.float64)) + weight * zscore(caption.astype(np.float64))).astype(np.float32)
     paths = {}
     for part, (values, part_meta) in parts.items():
         paths[part] = str(write_scores(out / PART_FILES[part], pool.sample_ids, values, {**meta, **part_meta}))

@@ -1,0 +1,93 @@
+"""The cross-fitted caption agreement (alchemist_pl.caption_crossfit) on the real D_val split at 16 px with a
+quarter of its captions swapped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from alchemist_pl.caption_crossfit import CrossFitCaptionScorer, fold_of
+from alchemist_pl.data import ImageCaptionDataset, load_split
+
+
+def _with_captions(split, captions) -> ImageCaptionDataset:
+    return ImageCaptionDataset(split.sample_ids, split.images, captions, split.text)
+
+
+@pytest.fixture(scope="module")
+def swapped(emoji_dir, cache_dir):
+    """D_val at 16 px with the captions of every 4th sample rotated among those samples (each gets another
+    sample's caption text); returns the dataset and the [N] bool mask of swapped samples."""
+    torch.set_num_threads(1)
+    split = load_split(emoji_dir / "val", resolution=16, cache_dir=cache_dir)
+    captions = list(split.captions)
+    chosen = list(range(0, len(captions), 4))
+    rotated = [captions[i] for i in chosen[7:] + chosen[:7]]
+    mask = np.zeros(len(captions), dtype=bool)
+    for i, c in zip(chosen, rotated):
+        if c != captions[i]:
+            captions[i], mask[i] = c, True
+    return _with_captions(split, captions), mask
+
+
+def _auroc(scores, bad) -> float:
+    good, worse = scores[~bad], scores[bad]
+    return float((good[:, None] > worse[None, :]).mean())
+
+
+def test_swapped_captions_score_below_matched_ones(swapped):
+    """Each fold's encoder learns the pool's image-caption relation from the other folds, so a sample whose
+    caption was swapped scores low; a flipped sign or the image paired with the wrong caption row fails this."""
+    dataset, bad = swapped
+    scorer = CrossFitCaptionScorer(folds=2, epochs=10, seed=0)
+    scores = scorer(dataset)
+    assert scores.shape == (len(dataset),) and scores.dtype == np.float32 and np.isfinite(scores).all()
+    assert _auroc(scores, bad) > 0.75
+    meta = scorer.metadata()
+    assert meta["params"]["folds"] == 2 and sum(meta["fold_sizes"]) == len(dataset)
+
+
+def test_a_sample_is_scored_by_an_encoder_that_never_saw_it(swapped):
+    """Changing one sample's caption changes no other score of its fold (that fold's encoder trained on the
+    other folds only) and changes the scores of the other fold (whose encoder trained on it)."""
+    dataset, _ = swapped
+    folds = fold_of(dataset.sample_ids, 2)
+    scorer = CrossFitCaptionScorer(folds=2, epochs=2, seed=3)
+    before = scorer(dataset)
+    i = int(np.flatnonzero(folds == 0)[0])
+    captions = list(dataset.captions)
+    captions[i] = next(c for c in dataset.text.captions if c and c != captions[i])
+    after = scorer(_with_captions(dataset, captions))
+    same_fold = (folds == 0) & (np.arange(len(folds)) != i)
+    np.testing.assert_array_equal(after[same_fold], before[same_fold])
+    assert not np.allclose(after[folds == 1], before[folds == 1])
+
+
+def test_folds_depend_on_the_sample_id_alone():
+    ids = [f"s{i:04d}" for i in range(200)]
+    f = fold_of(ids, 3)
+    assert set(f.tolist()) == {0, 1, 2}
+    np.testing.assert_array_equal(fold_of(ids[::-1], 3), f[::-1])
+    np.testing.assert_array_equal(fold_of(ids[:50], 3), f[:50])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"folds": 1}, "folds must be an integer of at least 2"), ({"folds": True}, "folds"),
+     ({"epochs": 0}, "epochs must be a positive integer"), ({"batch_size": 2.5}, "batch_size"),
+     ({"lr": 0}, "lr must be positive")],
+)  # fmt: skip
+def test_bad_settings_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CrossFitCaptionScorer(**kwargs)
+
+
+def test_a_pool_too_small_or_with_one_caption_is_refused(swapped):
+    dataset, _ = swapped
+    tiny = ImageCaptionDataset(dataset.sample_ids[:3], dataset.images[:3], dataset.captions[:3], dataset.text)
+    with pytest.raises(ValueError, match="needs at least 4 pool samples, got 3"):
+        CrossFitCaptionScorer()(tiny)
+    one = _with_captions(dataset, [dataset.captions[0]] * len(dataset))
+    with pytest.raises(ValueError, match=r"fold 0: the \d+ samples of the other folds have 1 distinct caption"):
+        CrossFitCaptionScorer(epochs=1)(one)

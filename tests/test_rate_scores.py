@@ -1,0 +1,91 @@
+"""What the rate stage's scores.parquet holds (rate.scores, alchemist_pl.stages.rate_scores): the choice, and
+the proxy scores computed from a rating's θ and θ′ on real emoji at 16 px."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from omegaconf import OmegaConf
+
+from alchemist_pl.audit import zscore
+from alchemist_pl.scores import read_scores
+from alchemist_pl.stages.rate_scores import PART_FILES, proxy_scores, score_source
+
+from .test_signal_audit import _noisy, _train
+from .test_value_gap_scoring import _auroc_clean_above_noisy, pool  # noqa: F401  (the 48 clean + 48 noisy pool)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [([], "value_gap_caption"), (["bilevel=first_order"], "rater"), (["bilevel=exact"], "rater"),
+     (["data.latents=true"], "rater"), (["rate.streaming=true"], "rater"), (["rate.scores=rater"], "rater"),
+     (["rate.scores=value_gap"], "value_gap")],
+)  # fmt: skip
+def test_auto_reads_the_proxies_only_where_a_rating_has_them(make_cfg, overrides, expected):
+    assert score_source(make_cfg(*overrides)) == expected
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [(["rate.scores=value_gap", "bilevel=first_order"], "bilevel.rater_signal=first_order trains no pool proxy"),
+     (["rate.scores=value_gap_caption", "data.latents=true"], "data.latents=true: the proxy scores read pixels"),
+     (["rate.scores=value_gap", "rate.streaming=true"], "rate.streaming=true"),
+     (["rate.scores=rater_only"], "rate.scores must be one of"),
+     (["rate.caption_crossfit.folds=1"], "rate.caption_crossfit: folds must be an integer of at least 2"),
+     (["rate.caption_crossfit.weight=-2"], "rate.caption_crossfit.weight must be a finite number >= 0")],
+)  # fmt: skip
+def test_a_choice_the_rating_cannot_compute_is_refused(make_cfg, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        score_source(make_cfg(*overrides))
+
+
+@pytest.fixture(scope="module")
+def rating(small_split):
+    """A rating's stand-in: θ (``proxy``) fitted to clean images, θ′ (``value_proxy``) to their noisy copies."""
+    torch.set_num_threads(1)
+    return SimpleNamespace(proxy=_train(small_split), value_proxy=_train(_noisy(small_split)),
+                           noise_scheduler=DDPMScheduler())  # fmt: skip
+
+
+def _cfg(weight=1.0):
+    return OmegaConf.create({
+        "seed": 0,
+        "rate": {"value_gap": {"timesteps": [100, 200], "draws": 1, "batch_size": 40},
+                 "caption_crossfit": {"folds": 2, "epochs": 2, "batch_size": 256, "lr": 2e-3, "width": 32,
+                                      "num_features": 128, "weight": weight}},
+    })  # fmt: skip
+
+
+def test_value_gap_scores_rank_what_the_pool_proxy_fits_better_low(rating, pool, tmp_path):  # noqa: F811
+    """keep = ℓ(θ′) − ℓ(θ) read from the rating's own models: θ′ fitted the noisy images, so they score low; θ and θ′
+    exchanged, or the sign flipped, turns this around."""
+    dataset, kinds = pool
+    rater = np.arange(len(dataset), dtype=np.float32)
+    scores, paths = proxy_scores(_cfg(), rating, dataset, rater, "value_gap", tmp_path, {"stage": "rate"})
+    assert _auroc_clean_above_noisy(scores, kinds) > 0.8
+    assert set(paths) == {"rater", "value_gap"}
+    ids, saved, _ = read_scores(tmp_path / PART_FILES["rater"])
+    assert ids == dataset.sample_ids and np.array_equal(saved, rater)
+    np.testing.assert_array_equal(read_scores(tmp_path / PART_FILES["value_gap"])[1], scores)
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.5])
+def test_value_gap_caption_is_the_z_score_sum_of_its_parts(rating, pool, tmp_path, weight):  # noqa: F811
+    dataset, kinds = pool
+    rater = np.zeros(len(dataset), dtype=np.float32)
+    scores, paths = proxy_scores(_cfg(weight), rating, dataset, rater, "value_gap_caption", tmp_path, {})
+    vg, caption = (read_scores(paths[p])[1].astype(np.float64) for p in ("value_gap", "caption"))
+    np.testing.assert_allclose(scores, zscore(vg) + weight * zscore(caption), rtol=1e-5, atol=1e-5)
+    assert _auroc_clean_above_noisy(scores, kinds) > 0.7
+    assert read_scores(paths["caption"])[2]["scorer"] == "caption_crossfit"
+
+
+@pytest.mark.parametrize("weight", [-1.0, float("nan"), True, "1"])
+def test_a_bad_caption_weight_is_refused(rating, pool, tmp_path, weight):  # noqa: F811
+    dataset, _ = pool
+    with pytest.raises(ValueError, match="rate.caption_crossfit.weight must be a finite number >= 0"):
+        proxy_scores(_cfg(weight), rating, dataset, np.zeros(len(dataset)), "value_gap_caption", tmp_path, {})
