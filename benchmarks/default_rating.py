@@ -31,7 +31,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's alchemist_pl, not another installed copy
@@ -42,7 +41,7 @@ from stamp import commit, machine, mean_std  # noqa: E402
 from alchemist_pl.audit import separation  # noqa: E402
 from alchemist_pl.corruption import GROUND_TRUTH, read_ground_truth  # noqa: E402
 from alchemist_pl.score_combination import ScoreCombination  # noqa: E402
-from alchemist_pl.scores import read_scores  # noqa: E402
+from alchemist_pl.scores import read_scores, read_subset  # noqa: E402
 
 COLUMNS = ("all", "blur", "noise", "blank", "caption_swap", "near_duplicate", "collage", "top50_corrupted_share")
 POOL = ["corruption=web", "corruption.pool_size=4000", "logger=csv", "threads=1"]
@@ -96,8 +95,8 @@ def rows_for_seed(out: Path, seed: int) -> tuple[dict, float, int]:
              "clarity + caption cross-fit (z)": [out / "clarity" / "scores.parquet", d / "caption-scores.parquet"],
              "rater + caption cross-fit (z)": [d / "rater-scores.parquet", d / "caption-scores.parquet"]}  # fmt: skip
     rows = {label: separation(ScoreCombination(paths, normalise="z")(pool), kinds) for label, paths in files.items()}
-    subset = pd.read_parquet(d / "prune-top_k" / "subset.parquet")
-    share = float(np.mean([truth[s] != "clean" for s in subset["sample_id"]]))
+    subset, _ = read_subset(d / "prune-top_k" / "subset.parquet")
+    share = float(np.mean([truth[s] != "clean" for s in subset]))
     return rows, share, len(ids)
 
 
