@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from hydra.utils import instantiate
 
+from alchemist_pl.audit import zscore
 from alchemist_pl.data import load_split
 from alchemist_pl.pruning import choose_subset
 from alchemist_pl.sampler import SubsetDistributedSampler
@@ -93,8 +94,14 @@ def test_ranks_see_disjoint_shards_reshuffled_each_epoch(ddp_rate):
 
 @pytest.mark.slow
 def test_two_rank_scores_equal_one_process_scores(ddp_rate, emoji_dir, cache_dir):
-    ids, scores, meta = read_scores(ddp_rate / "scores.parquet")
+    """The rater's scores gathered from both ranks equal one process's; rank 0 reads scores.parquet from the
+    proxies (rate.scores=auto) as the z-score sum of the parts it writes beside it."""
+    ids, scores, meta = read_scores(ddp_rate / "rater-scores.parquet")
     assert meta["world_size"] == 2 and len(ids) == 64
+    final_ids, final, final_meta = read_scores(ddp_rate / "scores.parquet")
+    assert final_ids == ids and final_meta["scores_from"] == "value_gap_caption" and final_meta["world_size"] == 2
+    gap, caption = (read_scores(ddp_rate / f)[1] for f in ("value-gap-scores.parquet", "caption-scores.parquet"))
+    np.testing.assert_allclose(final, zscore(gap.astype(float)) + zscore(caption.astype(float)), rtol=1e-5, atol=1e-5)
     saved = torch.load(ddp_rate / "rater.pt")
     rater = instantiate(saved["config"])
     rater.load_state_dict(saved["state_dict"])

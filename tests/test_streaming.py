@@ -166,7 +166,10 @@ def test_rate_stage_streaming_scores_equal_in_memory_scores(pool, make_cfg, tmp_
         summaries[streaming] = run(
             make_cfg(*RATE_TINY, f"data.train_path={pool}", f"rate.streaming={streaming}", output_dir=out)
         )
-    mem, stream = read_scores(tmp_path / "false" / "rater-scores.parquet"), read_scores(tmp_path / "true" / "scores.parquet")
+    mem, stream = (
+        read_scores(tmp_path / "false" / "rater-scores.parquet"),
+        read_scores(tmp_path / "true" / "scores.parquet"),
+    )
     assert (mem[2]["scores_from"], stream[2]["scores_from"]) == ("value_gap_caption", "rater")
     raters = [torch.load(tmp_path / s / "rater.pt")["state_dict"] for s in ("false", "true")]
     assert all(torch.equal(raters[0][k], raters[1][k]) for k in raters[0])  # the same saved rater
