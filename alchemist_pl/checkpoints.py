@@ -16,8 +16,20 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 
 
-class IterationCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` with an ``{iteration}`` field, the default name ``{iteration}``.
+class EndOfTrainingCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` (``save_last=True``) always holds the state at the end
+    of training. Lightning's own writes it at the end only when no periodic checkpoint wrote it before, so a
+    run whose length is not a multiple of ``every_n_train_steps`` would keep the last *periodic* state there.
+    """
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class IterationCheckpoint(EndOfTrainingCheckpoint):
+    """:class:`EndOfTrainingCheckpoint` with an ``{iteration}`` field, the default name ``{iteration}``.
 
     Args:
         steps_per_iteration: optimizer steps (Lightning's ``global_step``) one training iteration takes.
@@ -44,7 +56,7 @@ class IterationCheckpoint(ModelCheckpoint):
 def counted_in_iterations(cfg: DictConfig, steps_per_iteration: int) -> DictConfig:
     """A copy of ``cfg`` whose ``callbacks`` count optimizer steps where the config counts training
     iterations: every ``every_n_train_steps`` times ``steps_per_iteration``, and Lightning's
-    ``ModelCheckpoint`` (or an :class:`IterationCheckpoint`) an :class:`IterationCheckpoint` with
+    ``ModelCheckpoint``, an :class:`EndOfTrainingCheckpoint` or an :class:`IterationCheckpoint` an :class:`IterationCheckpoint` with
     ``steps_per_iteration``, so that its files are named by iteration."""
     cfg = cfg.copy()
     with open_dict(cfg):
@@ -54,7 +66,7 @@ def counted_in_iterations(cfg: DictConfig, steps_per_iteration: int) -> DictConf
             if entry.get("every_n_train_steps"):
                 entry.every_n_train_steps = int(entry.every_n_train_steps) * steps_per_iteration
             target = get_object(entry._target_) if entry.get("_target_") else None
-            if target is ModelCheckpoint:
+            if target in (ModelCheckpoint, EndOfTrainingCheckpoint):
                 entry._target_ = f"{__name__}.{IterationCheckpoint.__qualname__}"
                 target = IterationCheckpoint
             if isinstance(target, type) and issubclass(target, IterationCheckpoint):

@@ -164,17 +164,19 @@ def test_length_the_data_cannot_fill_fails_before_training(make_cfg, tmp_path):
 
 def test_rate_counts_bilevel_iterations(make_cfg, tmp_path):
     """rate.max_iterations=3 runs 3 bilevel iterations (6 optimizer steps), and a checkpoint period of
-    2 counts iterations too: the last checkpoint is the one of iteration 2, and its file says so
-    (iteration=2.ckpt, not Lightning's epoch=..-step=4.ckpt). The ranking grid then cannot be written:
-    the weights kept after the late failure are named by iteration too, and the summary counts both."""
+    2 counts iterations too: the periodic checkpoint is the one of iteration 2, and its file says so
+    (iteration=2.ckpt, not Lightning's epoch=..-step=4.ckpt); last.ckpt holds the end of training
+    (iteration 3), not the last periodic state. The ranking grid then cannot be written: the weights kept
+    after the late failure are named by iteration too, and the summary counts both."""
     (tmp_path / "ranking.png").mkdir()  # the grid's path is taken by a folder
     cfg = make_cfg(
         *QUICK_RATE, "rate.max_epochs=3", "rate.max_iterations=3", "callbacks.model_checkpoint.every_n_train_steps=2"
     )
     with pytest.raises(IsADirectoryError):
         run(cfg)
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 4  # iteration 2: a proxy and a rater step each
+    load = lambda name: torch.load(tmp_path / "checkpoints" / name, map_location="cpu", weights_only=False)  # noqa: E731
+    assert load("iteration=2.ckpt")["global_step"] == 4  # iteration 2: a proxy and a rater step each
+    assert load("last.ckpt")["global_step"] == 6  # the end of training
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["failed-iteration3.pt", "iteration=2.ckpt", "last.ckpt"]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -254,3 +256,14 @@ def test_pipeline_selection_and_evaluation_checked_before_rating(make_cfg, tmp_p
     with pytest.raises(ValueError, match=match):
         run(make_cfg("+experiment=pipeline", "debug=smoke", "~logger", override))
     assert not (tmp_path / "rate").exists()
+
+
+def test_last_checkpoint_holds_the_end_of_training(make_cfg, tmp_path):
+    """train.max_steps=3 with a checkpoint every 2 steps: last.ckpt is step 3 (the trained model), not step 2
+    (Lightning's ModelCheckpoint writes it at the end only when no periodic save wrote it before)."""
+    cfg = make_cfg(
+        "+experiment=baseline", *QUICK_TRAIN, "train.max_steps=3", "callbacks.model_checkpoint.every_n_train_steps=2"
+    )
+    run(cfg)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3
