@@ -58,7 +58,9 @@ def run_config(run: Path) -> DictConfig:
 
 
 def load_rating_proxies(run, checkpoint=None) -> RatingProxies:
-    """θ and θ′ of the rating run folder ``run`` from ``checkpoint`` (default ``RUN/checkpoints/last.ckpt``).
+    """θ and θ′ of the rating run folder ``run`` from ``checkpoint``: a path, a bilevel iteration N (the run's
+    ``checkpoints/iteration=N.ckpt``; a path with ``=`` needs quoting in a Hydra override), or None
+    (``RUN/checkpoints/last.ckpt``, the end of training).
 
     Raises:
         FileNotFoundError: no config or no checkpoint (names the path).
@@ -66,6 +68,8 @@ def load_rating_proxies(run, checkpoint=None) -> RatingProxies:
     """
     run = Path(run)
     cfg = run_config(run)
+    if isinstance(checkpoint, int) and not isinstance(checkpoint, bool):
+        checkpoint = run / "checkpoints" / f"iteration={checkpoint}.ckpt"
     ckpt = Path(checkpoint) if checkpoint else run / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: no rating checkpoint (set scorer.checkpoint to one of the run's .ckpt files)")
@@ -143,7 +147,8 @@ class ValueGapScorer:
 
     Args:
         run: a rate stage's output folder (``bilevel=value_gap``).
-        checkpoint: a checkpoint of that run; None: ``RUN/checkpoints/last.ckpt``.
+        checkpoint: a checkpoint of that run: a path, or a bilevel iteration N (``RUN/checkpoints/iteration=N.ckpt``);
+            None: ``RUN/checkpoints/last.ckpt`` (the end of training).
         timesteps: ints in [0, T); draws: noise draws per (sample, t); seed: the noise seed;
         batch_size: samples per forward.
         name: the scorer's name in the scores file's metadata.

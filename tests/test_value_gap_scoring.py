@@ -4,6 +4,7 @@ their noise-corrupted copies, stored as a rating run folder (the rate stage's su
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -114,3 +115,17 @@ def test_bad_options_are_refused():
         ValueGapScorer("x", draws=0)
     with pytest.raises(ValueError, match="timesteps"):
         ValueGapScorer("x", timesteps=[])
+
+
+def test_a_checkpoint_named_by_its_iteration(runs, pool, tmp_path):
+    """scorer.checkpoint=N reads RUN/checkpoints/iteration=N.ckpt (a path with '=' needs quoting in Hydra)."""
+    right, swapped = runs
+    dataset, _ = pool
+    shutil.copy(swapped / "checkpoints" / "last.ckpt", right / "checkpoints" / "iteration=3.ckpt")
+    by_iteration = ValueGapScorer(right, checkpoint=3, timesteps=TIMESTEPS, batch_size=40)
+    np.testing.assert_array_equal(
+        by_iteration(dataset), ValueGapScorer(swapped, timesteps=TIMESTEPS, batch_size=40)(dataset)
+    )
+    assert by_iteration.metadata()["checkpoint"] == str(right / "checkpoints" / "iteration=3.ckpt")
+    with pytest.raises(FileNotFoundError, match="iteration=4.ckpt: no rating checkpoint"):
+        ValueGapScorer(right, checkpoint=4, timesteps=TIMESTEPS)(dataset)
