@@ -33,6 +33,7 @@ import math
 import numpy as np
 import torch
 from lightning import LightningModule
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .bilevel_options import check_options
 from .draws import Draw, draw_batch
@@ -45,6 +46,14 @@ from .signals import BucketMoments, drop_captions, timestep_correlation
 
 NUM_BUCKETS = 10
 __all__ = ["BilevelRater", "timestep_correlation"]
+
+
+def _ema(model, decay: float):
+    """An exponential moving average of ``model``'s parameters (:class:`torch.optim.swa_utils.AveragedModel`),
+    not trainable (no optimizer or DDP gradient sync sees it)."""
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    ema.requires_grad_(False)
+    return ema
 
 
 class BilevelRater(RaterLosses, LightningModule):
@@ -91,6 +100,10 @@ class BilevelRater(RaterLosses, LightningModule):
             centred ``first_order`` only; 0 = off); loss ``replay_objective``: "instance" or
             "regression" (:mod:`alchemist_pl.rater_loss`). Under DDP each rank has its own buffer.
         replay_size: capacity of that buffer in samples.
+        ema_decay: d in [0, 1) of exponential moving averages of θ and θ′ (``proxy_ema``, ``value_proxy_ema``:
+            :class:`torch.optim.swa_utils.AveragedModel`, ``avg ← d · avg + (1 − d) · θ`` after each step, the
+            first step copied); 0 = none. They are not trained on and change no step; the rate stage's proxy
+            scores read them where they exist.
 
     Raises:
         ValueError: an unknown option or an invalid value (:func:`check_options`); at fit start,
@@ -138,6 +151,7 @@ class BilevelRater(RaterLosses, LightningModule):
         replay_steps: int = 0,
         replay_size: int = 512,
         replay_objective: str = "instance",
+        ema_decay: float = 0.0,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -150,6 +164,9 @@ class BilevelRater(RaterLosses, LightningModule):
         self.value_proxy = copy.deepcopy(proxy) if rater_signal == "value_gap" else None
         self.null_caption = null_caption
         self.replay = SignalReplay(replay_size) if replay_steps > 0 else None
+        # exponential moving averages of θ and θ′ (torch.optim.swa_utils), updated after each of their steps
+        self.proxy_ema = _ema(proxy, ema_decay) if ema_decay > 0 else None
+        self.value_proxy_ema = _ema(self.value_proxy, ema_decay) if ema_decay > 0 and self.value_proxy else None
         self.share_inner_grad = True  # exact: reuse the proxy step's training gradient (tests turn it off)
         self.seen_index: list[torch.Tensor] = []  # pool positions of the training batches ...
         self.seen_t: list[torch.Tensor] = []  # ... and the timesteps they saw (not checkpointed)
@@ -225,8 +242,12 @@ class BilevelRater(RaterLosses, LightningModule):
         else:
             rater_loss, logs, signal = self._signal_loss(raw, draw, losses, prime, s, b)
         self._proxy_step(ul, val_loss, losses, weights, inner)  # Eq. 5
+        if self.proxy_ema is not None:
+            self.proxy_ema.update_parameters(self.proxy)
         if prime is not None:
             self._value_step(train, draw, prime, s)
+            if self.value_proxy_ema is not None:
+                self.value_proxy_ema.update_parameters(self.value_proxy)
         self._rater_step(rater_loss)
         if self.replay is not None:
             self.replay.add(raw["image"], raw["pooled"], signal)

@@ -58,6 +58,9 @@ def check_options(h, noise_scheduler) -> tuple[tuple[int, int], tuple[int, int]]
         raise ValueError(f"caption_dropout must be in [0, 1), got {h.caption_dropout}")
     if h.logit_anchor < 0:
         raise ValueError(f"logit_anchor must be >= 0, got {h.logit_anchor}")
+    decay = h.get("ema_decay", 0.0)
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+        raise ValueError(f"ema_decay must be a number in [0, 1), got {decay!r}")
     if h.caption_contrast_weight < 0:
         raise ValueError(f"caption_contrast_weight must be >= 0, got {h.caption_contrast_weight}")
     if h.inner_steps < 1 or h.draws_per_sample < 1:

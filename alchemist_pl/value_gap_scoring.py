@@ -27,6 +27,7 @@ from .resolvers import register_resolvers
 log = logging.getLogger(__name__)
 
 PREFIXES = {"val": "proxy.", "pool": "value_proxy."}  # θ and θ′ in a rate stage's checkpoint
+EMA_PREFIXES = {"val": "proxy_ema.module.", "pool": "value_proxy_ema.module."}  # their averages (bilevel.ema_decay > 0)
 TERMS = (("val", "own"), ("pool", "own"))
 
 
@@ -58,7 +59,8 @@ def run_config(run: Path) -> DictConfig:
 
 
 def load_rating_proxies(run, checkpoint=None) -> RatingProxies:
-    """θ and θ′ of the rating run folder ``run`` from ``checkpoint``: a path, a bilevel iteration N (the run's
+    """θ and θ′ of the rating run folder ``run`` (their moving averages where the rating kept them,
+    ``bilevel.ema_decay > 0``: what the rate stage's proxy scores read) from ``checkpoint``: a path, a bilevel iteration N (the run's
     ``checkpoints/iteration=N.ckpt``; a path with ``=`` needs quoting in a Hydra override), or None
     (``RUN/checkpoints/last.ckpt``, the end of training).
 
@@ -75,7 +77,8 @@ def load_rating_proxies(run, checkpoint=None) -> RatingProxies:
         raise FileNotFoundError(f"{ckpt}: no rating checkpoint (set scorer.checkpoint to one of the run's .ckpt files)")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     models = {}
-    for name, prefix in PREFIXES.items():
+    averaged = any(k.startswith(EMA_PREFIXES["pool"]) for k in state["state_dict"])
+    for name, prefix in (EMA_PREFIXES if averaged else PREFIXES).items():
         weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
         if not weights:
             signal = OmegaConf.select(cfg, "bilevel.rater_signal", default="?")

@@ -78,7 +78,7 @@ def caption_scorer(cfg: DictConfig) -> tuple[CrossFitCaptionScorer, float]:
 
 def proxy_scores(cfg: DictConfig, model, pool, rater_scores: np.ndarray, source: str, out: Path, meta: dict):
     """Score ``pool`` by ``source`` (``value_gap`` or ``value_gap_caption``) with the rating ``model``'s θ and θ′
-    (copied to the CPU), and write every part as its own scores file beside ``scores.parquet`` (``PART_FILES``:
+    (their moving averages where ``bilevel.ema_decay > 0``; copied to the CPU), and write every part as its own scores file beside ``scores.parquet`` (``PART_FILES``:
     the rater's scores, the value gap, the caption agreement), each usable by the prune stage or ``scorer=combined``.
 
     Returns:
@@ -86,8 +86,10 @@ def proxy_scores(cfg: DictConfig, model, pool, rater_scores: np.ndarray, source:
     """
     vg_cfg = cfg.rate.value_gap
     scorer, weight = caption_scorer(cfg) if source == "value_gap_caption" else (None, 0.0)
-    models = {"val": copy.deepcopy(model.proxy).cpu().float().eval(),
-              "pool": copy.deepcopy(model.value_proxy).cpu().float().eval()}  # fmt: skip
+    theta, theta_prime = model.proxy, model.value_proxy
+    if getattr(model, "proxy_ema", None) is not None and getattr(model, "value_proxy_ema", None) is not None:
+        theta, theta_prime = model.proxy_ema.module, model.value_proxy_ema.module  # bilevel.ema_decay > 0
+    models = {"val": copy.deepcopy(theta).cpu().float().eval(), "pool": copy.deepcopy(theta_prime).cpu().float().eval()}
     parts = {"rater": (rater_scores, {"scorer": "rater"})}
     vg = value_gap_scores(models, copy.deepcopy(model.noise_scheduler), pool, list(vg_cfg.timesteps), int(cfg.seed),
                           int(vg_cfg.draws), int(vg_cfg.batch_size))  # fmt: skip
