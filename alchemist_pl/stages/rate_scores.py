@@ -16,13 +16,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..audit import zscore
 from ..caption_crossfit import CrossFitCaptionScorer
 from ..runtime import container
 from ..scores import write_scores
-from ..value_gap_scoring import value_gap_scores
+from ..value_gap_scoring import check_settings, value_gap_scores
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,10 @@ def score_source(cfg: DictConfig) -> str:
 
     Raises:
         ValueError: an unknown value, or ``value_gap`` / ``value_gap_caption`` with a rating that has no θ′
-            (``bilevel.rater_signal`` other than value_gap), on VAE latents, or with ``rate.streaming=true``.
+            (``bilevel.rater_signal`` other than value_gap), on VAE latents, or with ``rate.streaming=true``;
+            for those two, a bad ``rate.value_gap`` setting (timesteps not distinct ints in [0, T) of
+            ``proxy.scheduler``, draws or batch_size not a positive int); for ``value_gap_caption``, a bad
+            ``rate.caption_crossfit`` setting (:func:`caption_scorer`).
     """
     value = cfg.rate.get("scores", "rater")
     if value not in SOURCES:
@@ -55,8 +58,12 @@ def score_source(cfg: DictConfig) -> str:
         value = "rater" if blockers else "value_gap_caption"
     elif value != "rater" and blockers:
         raise ValueError(f"rate.scores={value} cannot be computed: {'; '.join(blockers)}; or set rate.scores=rater")
+    if value != "rater":  # their settings fail here, before the rating trains
+        vg = container(cfg.rate.value_gap)
+        num_t = OmegaConf.select(cfg, "proxy.scheduler.num_train_timesteps", default=None)
+        check_settings(vg.get("timesteps"), vg.get("draws"), vg.get("batch_size"), num_t, "rate.value_gap")
     if value == "value_gap_caption":
-        caption_scorer(cfg)  # its settings fail here, before the rating trains
+        caption_scorer(cfg)
     return value
 
 
@@ -84,14 +91,14 @@ def proxy_scores(cfg: DictConfig, model, pool, rater_scores: np.ndarray, source:
     Returns:
         ([N] float32 final scores aligned with ``pool.sample_ids``, {part: scores file path}).
     """
-    vg_cfg = cfg.rate.value_gap
+    vg_cfg = container(cfg.rate.value_gap)
     scorer, weight = caption_scorer(cfg) if source == "value_gap_caption" else (None, 0.0)
     models = {"val": copy.deepcopy(model.proxy).cpu().float().eval(),
               "pool": copy.deepcopy(model.value_proxy).cpu().float().eval()}  # fmt: skip
     parts = {"rater": (rater_scores, {"scorer": "rater"})}
-    vg = value_gap_scores(models, copy.deepcopy(model.noise_scheduler), pool, list(vg_cfg.timesteps), int(cfg.seed),
-                          int(vg_cfg.draws), int(vg_cfg.batch_size))  # fmt: skip
-    parts["value_gap"] = (vg, {"scorer": "value_gap", "params": container(vg_cfg)})
+    vg = value_gap_scores(models, copy.deepcopy(model.noise_scheduler), pool, vg_cfg["timesteps"], int(cfg.seed),
+                          vg_cfg["draws"], vg_cfg["batch_size"])  # fmt: skip
+    parts["value_gap"] = (vg, {"scorer": "value_gap", "params": vg_cfg})
     scores = vg
     if scorer is not None:
         caption = scorer(pool)
