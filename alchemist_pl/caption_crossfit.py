@@ -72,8 +72,8 @@ class CrossFitCaptionScorer:
 
     Raises:
         ValueError: folds < 2, a non-positive epochs, batch_size, width or num_features, lr <= 0; when called,
-            a pool with fewer than ``2 · folds`` samples, or training folds with fewer than two distinct captions
-            (names the fold and the counts).
+            a pool :meth:`check_pool` refuses (fewer than ``2 · folds`` samples, an empty fold, or training folds
+            with fewer than two distinct captions; names the fold and the counts).
     """
 
     def __init__(self, folds: int = 2, epochs: int = 10, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
@@ -93,25 +93,43 @@ class CrossFitCaptionScorer:
         self.fold_sizes = None
         self.train_time_s = None
 
-    def __call__(self, pool) -> np.ndarray:
+    def check_pool(self, pool) -> np.ndarray:
+        """Whether ``pool`` (``sample_ids``, ``caption_rows``) can be cross-fitted, before anything trains; returns
+        its [N] folds (:func:`fold_of`).
+
+        Raises:
+            ValueError: fewer than ``2 · folds`` samples, a fold that holds no sample, or a fold whose other folds
+                hold fewer than two distinct captions (names the fold and the counts).
+        """
         n = len(pool)
         if n < 2 * self.folds:
             raise ValueError(f"cross-fitting {self.folds} folds needs at least {2 * self.folds} pool samples, got {n}")
         fold = fold_of(pool.sample_ids, self.folds)
-        out = np.full(n, np.nan, dtype=np.float32)
-        started = time.time()
-        self.fold_sizes = [int((fold == f).sum()) for f in range(self.folds)]
+        sizes = np.bincount(fold, minlength=self.folds)
+        if (sizes == 0).any():
+            raise ValueError(
+                f"fold {int(np.flatnonzero(sizes == 0)[0])} of {self.folds} holds none of the {n} pool samples "
+                f"(fold sizes {sizes.tolist()}, by sha256 of the sample_id); use fewer folds"
+            )
         for f in range(self.folds):
-            scored = torch.from_numpy(np.flatnonzero(fold == f))
             trained = torch.from_numpy(np.flatnonzero(fold != f))
-            if len(scored) == 0:
-                continue
             captions = len(torch.unique(pool.caption_rows[trained]))
             if captions < 2:
                 raise ValueError(
                     f"fold {f}: the {len(trained)} samples of the other folds have {captions} distinct caption(s); "
                     "the contrastive encoder needs at least two"
                 )
+        return fold
+
+    def __call__(self, pool) -> np.ndarray:
+        n = len(pool)
+        fold = self.check_pool(pool)
+        out = np.full(n, np.nan, dtype=np.float32)
+        started = time.time()
+        self.fold_sizes = [int((fold == f).sum()) for f in range(self.folds)]
+        for f in range(self.folds):
+            scored = torch.from_numpy(np.flatnonzero(fold == f))
+            trained = torch.from_numpy(np.flatnonzero(fold != f))
             train_set = _Rows(pool, trained)
             with preserved_rng():
                 encoder = train_domain_encoder(

@@ -91,3 +91,17 @@ def test_a_pool_too_small_or_with_one_caption_is_refused(swapped):
     one = _with_captions(dataset, [dataset.captions[0]] * len(dataset))
     with pytest.raises(ValueError, match=r"fold 0: the \d+ samples of the other folds have 1 distinct caption"):
         CrossFitCaptionScorer(epochs=1)(one)
+
+
+def test_a_pool_with_an_empty_fold_is_refused_before_anything_trains(swapped):
+    """Six samples none of which hashes to fold 2 of 3: scoring them would silently cross-fit 2 folds, not 3."""
+    dataset, _ = swapped
+    keep = np.flatnonzero(fold_of(dataset.sample_ids, 3) != 2)[:6].tolist()
+    pool = ImageCaptionDataset([dataset.sample_ids[i] for i in keep], dataset.images[keep],
+                               [dataset.captions[i] for i in keep], dataset.text)  # fmt: skip
+    scorer = CrossFitCaptionScorer(folds=3, epochs=1)
+    with pytest.raises(ValueError, match=r"fold 2 of 3 holds none of the 6 pool samples \(fold sizes \[\d, \d, 0\]"):
+        scorer.check_pool(pool)
+    with pytest.raises(ValueError, match="fold 2 of 3 holds none"):
+        scorer(pool)
+    assert scorer.fold_sizes is None  # refused before any encoder trained

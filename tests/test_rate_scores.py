@@ -76,6 +76,24 @@ def test_the_rate_stage_refuses_a_bad_value_gap_setting_before_it_trains(make_cf
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(
+    "overrides, match",
+    [(["rate.caption_crossfit.folds=300"], r"rate.caption_crossfit \(data.train_path's pool\): cross-fitting 300 folds "
+      r"needs at least 600 pool samples, got 512"),
+     (["data.limit_train=3", "rate.batch_size=2"], "cross-fitting 2 folds needs at least 4 pool samples, got 3")],
+)  # fmt: skip
+def test_the_rate_stage_refuses_a_pool_the_caption_cross_fit_cannot_split_before_it_trains(
+    make_cfg, tmp_path, overrides, match
+):
+    from alchemist_pl.stages import run
+
+    from .test_streaming import RATE_TINY
+
+    with pytest.raises(ValueError, match=match):
+        run(make_cfg(*RATE_TINY, *overrides, output_dir=tmp_path / "out"))
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
 @pytest.fixture(scope="module")
 def rating(small_split):
     """A rating's stand-in: θ (``proxy``) fitted to clean images, θ′ (``value_proxy``) to their noisy copies."""

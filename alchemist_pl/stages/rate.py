@@ -29,7 +29,7 @@ from ..runtime import (
 from ..scores import provenance, read_scores, write_scores
 from ..scoring import rater_hash, score_dataset_distributed
 from ..streaming import merge_parts, score_shards, shard_list
-from .rate_scores import proxy_scores, score_source
+from .rate_scores import check_pool, proxy_scores, score_source
 from .report import rating_report
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ def rate(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.datamodule.rating)
     dm.setup("fit")  # the samples, fingerprinted for the resume check (per-rank shares checked again in fit)
+    check_pool(cfg, source, dm.pool)  # e.g. too few samples for the caption cross-fit's folds, before training
     model = instantiate(cfg.bilevel)
     with exclusive(out):
         ckpt = checkpoint_for(cfg, {"data.train_path": dm.pool.sample_ids, "data.val_path": dm.val_set.sample_ids})

@@ -67,6 +67,22 @@ def score_source(cfg: DictConfig) -> str:
     return value
 
 
+def check_pool(cfg: DictConfig, source: str, pool) -> None:
+    """Whether the loaded pool can be scored by ``source`` (``rate.scores``, resolved), before the rating trains:
+    for ``value_gap_caption`` the caption cross-fit's folds (:meth:`CrossFitCaptionScorer.check_pool`).
+
+    Raises:
+        ValueError: a pool too small for ``rate.caption_crossfit.folds``, with an empty fold, or with fewer than
+            two distinct captions outside a fold (names the key, the fold and the counts).
+    """
+    if source == "value_gap_caption":
+        scorer, _ = caption_scorer(cfg)
+        try:
+            scorer.check_pool(pool)
+        except ValueError as e:
+            raise ValueError(f"rate.caption_crossfit (data.train_path's pool): {e}") from e
+
+
 def caption_scorer(cfg: DictConfig) -> tuple[CrossFitCaptionScorer, float]:
     """The cross-fitted caption scorer of ``rate.caption_crossfit`` (seeded by ``seed``) and its weight.
 
