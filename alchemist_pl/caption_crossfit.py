@@ -71,7 +71,8 @@ class CrossFitCaptionScorer:
         name: the scorer's name in the scores file's metadata.
 
     Raises:
-        ValueError: folds < 2, a non-positive epochs, batch_size, width or num_features, lr <= 0; when called,
+        ValueError: folds < 2, a non-positive epochs, batch_size, width or num_features, an lr that is not a
+            positive finite number, a seed that is not an integer; when called,
             a pool :meth:`check_pool` refuses (fewer than ``2 · folds`` samples, an empty fold, or training folds
             with fewer than two distinct captions; names the fold and the counts).
     """
@@ -87,8 +88,10 @@ class CrossFitCaptionScorer:
         self.batch_size = _positive_int("batch_size", batch_size)
         self.width = _positive_int("width", width)
         self.num_features = _positive_int("num_features", num_features)
-        if not float(lr) > 0:
-            raise ValueError(f"lr must be positive, got {lr!r}")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (np.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
         self.lr, self.seed, self.name = float(lr), int(seed), name
         self.fold_sizes = None
         self.train_time_s = None
