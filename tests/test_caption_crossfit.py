@@ -9,6 +9,8 @@ import torch
 
 from alchemist_pl.caption_crossfit import CrossFitCaptionScorer, fold_of
 from alchemist_pl.data import ImageCaptionDataset, load_split
+from alchemist_pl.domain_encoder import train_domain_encoder
+from alchemist_pl.scoring import caption_agreement
 
 
 def _with_captions(split, captions) -> ImageCaptionDataset:
@@ -107,3 +109,24 @@ def test_a_pool_with_an_empty_fold_is_refused_before_anything_trains(swapped):
     with pytest.raises(ValueError, match="fold 2 of 3 holds none"):
         scorer(pool)
     assert scorer.fold_sizes is None  # refused before any encoder trained
+
+
+def _subset(dataset, mask) -> ImageCaptionDataset:
+    keep = np.flatnonzero(mask).tolist()
+    return ImageCaptionDataset([dataset.sample_ids[i] for i in keep], dataset.images[keep],
+                               [dataset.captions[i] for i in keep], dataset.text)  # fmt: skip
+
+
+def test_fold_f_is_scored_by_an_encoder_trained_on_the_other_folds_with_seed_plus_f(swapped):
+    """The documented recipe rebuilt from its public parts for fold 1 of 2: an encoder trained on fold 0 alone with
+    seed + 1, then the caption agreement of fold 1, gives the scorer's fold-1 scores (one seed for every fold, or
+    a fold's own samples in its encoder's training set, does not)."""
+    dataset, _ = swapped
+    folds = fold_of(dataset.sample_ids, 2)
+    scores = CrossFitCaptionScorer(folds=2, epochs=2, batch_size=256, lr=2e-3, seed=3, width=32, num_features=128)(
+        dataset
+    )
+    train = _subset(dataset, folds == 0)
+    encoder = train_domain_encoder(train, 2, min(256, len(train)), 2e-3, 3 + 1, 32, 128)
+    expected = caption_agreement(encoder, _subset(dataset, folds == 1)).numpy()
+    np.testing.assert_allclose(scores[folds == 1], expected, rtol=1e-6, atol=1e-6)

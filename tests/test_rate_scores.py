@@ -119,6 +119,8 @@ def test_value_gap_scores_rank_what_the_pool_proxy_fits_better_low(rating, pool,
     rater = np.arange(len(dataset), dtype=np.float32)
     scores, paths = proxy_scores(_cfg(), rating, dataset, rater, "value_gap", tmp_path, {"stage": "rate"})
     assert _auroc_clean_above_noisy(scores, kinds) > 0.8
+    # standardised (mean 0, std 1), so value_gap_caption's z-score of this part changes nothing on it
+    assert abs(float(scores.mean())) < 1e-5 and abs(float(scores.std()) - 1) < 1e-5
     assert set(paths) == {"rater", "value_gap"}
     ids, saved, _ = read_scores(tmp_path / PART_FILES["rater"])
     assert ids == dataset.sample_ids and np.array_equal(saved, rater)
