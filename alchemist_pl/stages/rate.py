@@ -19,6 +19,7 @@ from ..resume import checkpoint_for, exclusive, keep_after_failure
 from ..runtime import (
     barrier,
     container,
+    distributed,
     loggers_for,
     make_trainer,
     process_group,
@@ -193,7 +194,8 @@ def _save_and_score(cfg: DictConfig, model, trainer, pool, out: Path, streaming:
 
 def _score_pool(cfg: DictConfig, model, trainer, pool, scores_path: Path, meta: dict, streaming: bool, source: str):
     """(scores of every rated sample, scores of the loaded pool in its order, {part: extra scores file});
-    writes ``scores_path``. A proxy-scored ``source`` is computed by rank 0 and read back by the others."""
+    writes ``scores_path``. A proxy-scored ``source`` is computed by rank 0 and read back by the others; when
+    rank 0 fails, it raises its error and every other rank a RuntimeError naming it (none waits for the file)."""
     if streaming:  # every sample of the pool's shards; the report uses the loaded pool's share
         ids, scores = score_streaming(
             model.rater,
@@ -214,11 +216,20 @@ def _score_pool(cfg: DictConfig, model, trainer, pool, scores_path: Path, meta: 
         if trainer.is_global_zero:
             write_scores(scores_path, pool.sample_ids, scores, meta)
         return scores, scores, {}
-    parts = {}
+    parts, failure = {}, None
     if trainer.is_global_zero:
-        scores, parts = proxy_scores(cfg, model, pool, scores, source, scores_path.parent, meta)
-        write_scores(scores_path, pool.sample_ids, scores, meta)
-    barrier(trainer)
+        try:
+            scores, parts = proxy_scores(cfg, model, pool, scores, source, scores_path.parent, meta)
+            write_scores(scores_path, pool.sample_ids, scores, meta)
+        except Exception as e:  # the other ranks are told below, then it is raised here
+            failure = e
+    if distributed():  # rank 0 says whether it wrote scores.parquet (a bare barrier left the others waiting for it)
+        error = None if failure is None else f"{type(failure).__name__}: {failure}"
+        error = trainer.strategy.broadcast(error, src=0)
+        if error is not None and failure is None:
+            raise RuntimeError(f"rate.scores={source}: rank 0 failed to write {scores_path} ({error})")
+    if failure is not None:
+        raise failure
     if not trainer.is_global_zero:
         ids, scores, _ = read_scores(scores_path)
         position = {s: i for i, s in enumerate(ids)}
