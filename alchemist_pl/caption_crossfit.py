@@ -67,13 +67,14 @@ class CrossFitCaptionScorer:
         epochs: passes of each encoder over its training folds; batch_size: contrastive batch (a fold with
             fewer training samples trains on all of them in one batch); lr: peak learning rate (one-cycle);
             seed: the encoders' initialisation and batch order (fold ``f`` uses ``seed + f``);
-            width, num_features: the encoder's size (:class:`~alchemist_pl.domain_encoder.DomainEncoder`).
+            width, num_features: the encoder's size, multiples of 8
+            (:class:`~alchemist_pl.domain_encoder.DomainEncoder`, GroupNorm in 8 groups).
         name: the scorer's name in the scores file's metadata.
 
     Raises:
-        ValueError: folds < 2, a non-positive epochs, batch_size, width or num_features, an lr that is not a
-            positive finite number, a seed that is not an integer; when called,
-            a pool :meth:`check_pool` refuses (fewer than ``2 · folds`` samples, an empty fold, or training folds
+        ValueError: folds < 2, a non-positive epochs, batch_size, width or num_features, a width or num_features
+            that is not a multiple of 8, an lr that is not a positive finite number, a seed that is not an
+            integer; when called, a pool :meth:`check_pool` refuses (fewer than ``2 · folds`` samples, an empty fold, or training folds
             with fewer than two distinct captions; names the fold and the counts).
     """
 
@@ -88,6 +89,9 @@ class CrossFitCaptionScorer:
         self.batch_size = _positive_int("batch_size", batch_size)
         self.width = _positive_int("width", width)
         self.num_features = _positive_int("num_features", num_features)
+        for key, value in (("width", width), ("num_features", num_features)):
+            if value % 8:  # the encoder's GroupNorm(8, channels) layers would refuse it only when a fold trains
+                raise ValueError(f"{key} must be a multiple of 8 (the encoder's GroupNorm groups), got {value}")
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (np.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):

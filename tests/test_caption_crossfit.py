@@ -80,7 +80,8 @@ def test_folds_depend_on_the_sample_id_alone():
      ({"epochs": 0}, "epochs must be a positive integer"), ({"batch_size": 2.5}, "batch_size"),
      ({"lr": 0}, "lr must be a positive finite number"), ({"lr": True}, "lr must be a positive finite number"),
      ({"lr": "2e-3"}, "lr must be a positive finite number, got '2e-3'"), ({"lr": None}, "lr must be"),
-     ({"lr": float("inf")}, "lr must be a positive finite number"), ({"seed": 2.7}, "seed must be an integer")],
+     ({"lr": float("inf")}, "lr must be a positive finite number"), ({"seed": 2.7}, "seed must be an integer"),
+     ({"width": 12}, "width must be a multiple of 8"), ({"num_features": 100}, "num_features must be a multiple of 8")],
 )  # fmt: skip
 def test_bad_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -38,6 +38,7 @@ def test_auto_reads_the_proxies_only_where_a_rating_has_them(make_cfg, overrides
      (["rate.scores=rater_only"], "rate.scores must be one of"),
      (["rate.caption_crossfit.folds=1"], "rate.caption_crossfit: folds must be an integer of at least 2"),
      (["rate.caption_crossfit.lr=abc"], "rate.caption_crossfit: lr must be a positive finite number, got 'abc'"),
+     (["rate.caption_crossfit.width=12"], r"rate.caption_crossfit: width must be a multiple of 8 \(the encoder.s GroupNorm groups\), got 12"),
      (["rate.caption_crossfit.weight=-2"], "rate.caption_crossfit.weight must be a finite number >= 0")],
 )  # fmt: skip
 def test_a_choice_the_rating_cannot_compute_is_refused(make_cfg, overrides, match):
