@@ -48,22 +48,27 @@ def rate(cfg: DictConfig) -> dict:
     iterations (one D_val batch and one pool batch: one proxy and one rater optimizer step), and
     resumes ``checkpoints/last.ckpt`` only when it is this run's (:mod:`alchemist_pl.resume`).
     ``scores.parquet`` holds what ``rate.scores`` names (:mod:`alchemist_pl.stages.rate_scores`): by default,
-    for a ``bilevel=value_gap`` rating, the z-scored value gap of the final proxies plus the pool's
-    cross-fitted caption agreement, with the rater's own scores in ``rater-scores.parquet``; else the rater's.
+    for a ``bilevel=value_gap`` rating of pixels in memory, the z-scored value gap of the final proxies plus
+    ``rate.caption_crossfit.weight`` × the z-scored cross-fitted caption agreement of the pool, with the rater's
+    own scores in ``rater-scores.parquet``; else the rater's.
     Scoring is in memory (the loaded pool, split across ranks), or with ``rate.streaming=true``
-    shard by shard over ``data.train_path`` (:func:`score_streaming`). Both write the same
-    ``scores.parquet``; ``rater.pt`` holds the rater's weights and config. A failure after
+    shard by shard over ``data.train_path`` (:func:`score_streaming`). Both give the same rater scores (in
+    memory they are in ``rater-scores.parquet`` where ``scores.parquet`` holds proxy scores; streaming is
+    rater-only); ``rater.pt`` holds the rater's weights and config. A failure after
     training started writes ``summary.json`` with ``status: failed`` and keeps the weights
     (:func:`alchemist_pl.resume.keep_after_failure`).
 
     Raises:
         ValueError: ``rate.streaming`` is not a boolean, or is true for an image-folder pool; a
-            ``rate.scores`` the rating cannot compute (:func:`~alchemist_pl.stages.rate_scores.score_source`); a bad
+            ``rate.scores`` the rating cannot compute or a bad setting of it
+            (:func:`~alchemist_pl.stages.rate_scores.score_source`), a pool the caption cross-fit cannot split
+            (:func:`~alchemist_pl.stages.rate_scores.check_pool`), both before training; a bad
             ``rate.max_iterations``; a length the data cannot fill (:class:`PlannedTraining`).
         DataError: bad or missing data (see :mod:`alchemist_pl.data`), or a rank's share of a
             split shorter than one batch.
         ResumeError: the output folder holds another run's checkpoint, or another run writes there.
-        RuntimeError: the fit ran no step.
+        RuntimeError: the fit ran no step; under DDP, on the ranks other than 0, rank 0 failed to write the
+            proxy-read ``scores.parquet`` (names rank 0's error).
     """
     started = time.time()
     out = Path(cfg.paths.output_dir)

@@ -2,7 +2,7 @@
 or scores read from the rating's two proxies, with a cross-fitted caption-agreement term.
 
 ``value_gap``: ``Σ_t z_t(ℓ_i(θ′) − ℓ_i(θ))`` of every pool sample at the final θ (fitted to D_val) and θ′
-(fitted to the pool), :func:`alchemist_pl.value_gap_scoring.value_gap_scores`. ``value_gap_caption``: that
+(fitted to the pool), z-scored again, :func:`alchemist_pl.value_gap_scoring.value_gap_scores`. ``value_gap_caption``: that
 score's z-score plus ``weight`` × the z-score of the pool's cross-fitted caption agreement
 (:class:`alchemist_pl.caption_crossfit.CrossFitCaptionScorer`): the value gap sees what a denoising proxy
 can see (blur, noise, blank images), the caption term what it cannot at this scale (mismatched captions,
@@ -105,7 +105,13 @@ def proxy_scores(cfg: DictConfig, model, pool, rater_scores: np.ndarray, source:
     the rater's scores, the value gap, the caption agreement), each usable by the prune stage or ``scorer=combined``.
 
     Returns:
-        ([N] float32 final scores aligned with ``pool.sample_ids``, {part: scores file path}).
+        ([N] float32 final scores aligned with ``pool.sample_ids``, unitless: for ``value_gap`` the value gap's
+        z-scores (mean 0, std 1), for ``value_gap_caption`` ``z(value gap) + weight · z(caption agreement)``
+        (mean 0, not rescaled); {part: scores file path}).
+
+    Raises:
+        ValueError: a bad ``rate.value_gap`` or ``rate.caption_crossfit`` setting, or a pool the caption
+            cross-fit cannot split (:func:`score_source` and :func:`check_pool` refuse these before training).
     """
     vg_cfg = container(cfg.rate.value_gap)
     scorer, weight = caption_scorer(cfg) if source == "value_gap_caption" else (None, 0.0)
