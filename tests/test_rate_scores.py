@@ -57,6 +57,7 @@ def test_a_choice_the_rating_cannot_compute_is_refused(make_cfg, overrides, matc
      ("rate.value_gap.timesteps=50", "rate.value_gap.timesteps"),
      ("rate.value_gap.draws=0", "rate.value_gap.draws must be a positive integer, got 0"),
      ("rate.value_gap.draws=1.5", "rate.value_gap.draws"),
+     ("+rate.value_gap.draw=4", r"rate.value_gap has unknown key\(s\) \['draw'\]"),
      ("rate.value_gap.batch_size=0", "rate.value_gap.batch_size must be a positive integer, got 0")],
 )  # fmt: skip
 def test_a_bad_value_gap_setting_is_refused_before_the_rating_trains(make_cfg, scores, override, match):

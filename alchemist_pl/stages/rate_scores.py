@@ -40,7 +40,7 @@ def score_source(cfg: DictConfig) -> str:
         ValueError: an unknown value, or ``value_gap`` / ``value_gap_caption`` with a rating that has no θ′
             (``bilevel.rater_signal`` other than value_gap), on VAE latents, or with ``rate.streaming=true``;
             for those two, a bad ``rate.value_gap`` setting (timesteps not distinct ints in [0, T) of
-            ``proxy.scheduler``, draws or batch_size not a positive int); for ``value_gap_caption``, a bad
+            ``proxy.scheduler``, draws or batch_size not a positive int, an unknown key); for ``value_gap_caption``, a bad
             ``rate.caption_crossfit`` setting (:func:`caption_scorer`).
     """
     value = cfg.rate.get("scores", "rater")
@@ -60,6 +60,9 @@ def score_source(cfg: DictConfig) -> str:
         raise ValueError(f"rate.scores={value} cannot be computed: {'; '.join(blockers)}; or set rate.scores=rater")
     if value != "rater":  # their settings fail here, before the rating trains
         vg = container(cfg.rate.value_gap)
+        unknown = sorted(set(vg) - {"timesteps", "draws", "batch_size"})
+        if unknown:
+            raise ValueError(f"rate.value_gap has unknown key(s) {unknown}; it takes timesteps, draws, batch_size")
         num_t = OmegaConf.select(cfg, "proxy.scheduler.num_train_timesteps", default=None)
         check_settings(vg.get("timesteps"), vg.get("draws"), vg.get("batch_size"), num_t, "rate.value_gap")
     if value == "value_gap_caption":
