@@ -178,7 +178,7 @@ class ValueGapScorer:
         name: the scorer's name in the scores file's metadata.
 
     Raises:
-        ValueError: no timesteps, a timestep outside [0, T), draws < 1; when called, a run without θ′ or a pool
+        ValueError: no timesteps, a timestep outside [0, T) or repeated, draws < 1; when called, a run without θ′ or a pool
             whose channels or resolution differ from the proxy's (:func:`load_rating_proxies`,
             :func:`check_pool_shape`).
         FileNotFoundError: when called, a run folder without config or checkpoint.
@@ -189,8 +189,10 @@ class ValueGapScorer:
         self.run, self.checkpoint = Path(run), checkpoint
         self.timesteps, self.draws, self.seed = [int(t) for t in timesteps], int(draws), int(seed)
         self.batch_size, self.name = int(batch_size), name
-        if not self.timesteps or min(self.timesteps) < 0:
-            raise ValueError(f"scorer.timesteps must be a non-empty list of ints in [0, T), got {self.timesteps}")
+        if not self.timesteps or min(self.timesteps) < 0 or len(set(self.timesteps)) != len(self.timesteps):
+            raise ValueError(
+                f"scorer.timesteps must be a non-empty list of distinct ints in [0, T), got {self.timesteps}"
+            )
         if self.draws < 1:
             raise ValueError(f"scorer.draws must be at least 1, got {self.draws}")
         self.global_step = None
