@@ -64,18 +64,18 @@ class CrossFitCaptionScorer:
 
     Args:
         folds: folds of the pool (at least 2); each encoder trains on ``folds − 1`` of them.
-        epochs: passes of each encoder over its training folds; batch_size: contrastive batch (a fold with
-            fewer training samples trains on all of them in one batch); lr: peak learning rate (one-cycle);
-            seed: the encoders' initialisation and batch order (fold ``f`` uses ``seed + f``);
+        epochs: passes of each encoder over its training folds; batch_size: contrastive batch, at least 2
+            (a fold with fewer training samples trains on all of them in one batch); lr: peak learning rate
+            (one-cycle); seed: the encoders' initialisation and batch order (fold ``f`` uses ``seed + f``);
             width, num_features: the encoder's size, multiples of 8
             (:class:`~alchemist_pl.domain_encoder.DomainEncoder`, GroupNorm in 8 groups).
         name: the scorer's name in the scores file's metadata.
 
     Raises:
-        ValueError: folds < 2, a non-positive epochs, batch_size, width or num_features, a width or num_features
-            that is not a multiple of 8, an lr that is not a positive finite number, a seed that is not an
-            integer; when called, a pool :meth:`check_pool` refuses (fewer than ``2 · folds`` samples, an empty fold, or training folds
-            with fewer than two distinct captions; names the fold and the counts).
+        ValueError: folds < 2, a non-positive epochs, width or num_features, a batch_size < 2, a width or
+            num_features that is not a multiple of 8, an lr that is not a positive finite number, a seed that is
+            not an integer; when called, a pool :meth:`check_pool` refuses (fewer than ``2 · folds`` samples, an
+            empty fold, or training folds with fewer than two distinct captions; names the fold and the counts).
     """
 
     def __init__(self, folds: int = 2, epochs: int = 10, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
@@ -87,6 +87,8 @@ class CrossFitCaptionScorer:
         self.folds = folds
         self.epochs = _positive_int("epochs", epochs)
         self.batch_size = _positive_int("batch_size", batch_size)
+        if batch_size < 2:  # one sample per batch: a 1 x 1 contrastive softmax, a zero loss, an untrained encoder
+            raise ValueError(f"batch_size must be at least 2 (a contrastive batch), got {batch_size}")
         self.width = _positive_int("width", width)
         self.num_features = _positive_int("num_features", num_features)
         for key, value in (("width", width), ("num_features", num_features)):

@@ -78,6 +78,7 @@ def test_folds_depend_on_the_sample_id_alone():
     "kwargs, match",
     [({"folds": 1}, "folds must be an integer of at least 2"), ({"folds": True}, "folds"),
      ({"epochs": 0}, "epochs must be a positive integer"), ({"batch_size": 2.5}, "batch_size"),
+     ({"batch_size": 1}, "batch_size must be at least 2"),
      ({"lr": 0}, "lr must be a positive finite number"), ({"lr": True}, "lr must be a positive finite number"),
      ({"lr": "2e-3"}, "lr must be a positive finite number, got '2e-3'"), ({"lr": None}, "lr must be"),
      ({"lr": float("inf")}, "lr must be a positive finite number"), ({"seed": 2.7}, "seed must be an integer"),
