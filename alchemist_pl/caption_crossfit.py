@@ -64,16 +64,18 @@ class CrossFitCaptionScorer:
 
     Args:
         folds: folds of the pool (at least 2); each encoder trains on ``folds − 1`` of them.
-        epochs: passes of each encoder over its training folds; batch_size: contrastive batch (a fold with
-            fewer training samples trains on all of them in one batch); lr: peak learning rate (one-cycle);
-            seed: the encoders' initialisation and batch order (fold ``f`` uses ``seed + f``);
-            width, num_features: the encoder's size (:class:`~alchemist_pl.domain_encoder.DomainEncoder`).
+        epochs: passes of each encoder over its training folds; batch_size: contrastive batch, at least 2
+            (a fold with fewer training samples trains on all of them in one batch); lr: peak learning rate
+            (one-cycle); seed: the encoders' initialisation and batch order (fold ``f`` uses ``seed + f``);
+            width, num_features: the encoder's size, multiples of 8
+            (:class:`~alchemist_pl.domain_encoder.DomainEncoder`, GroupNorm in 8 groups).
         name: the scorer's name in the scores file's metadata.
 
     Raises:
-        ValueError: folds < 2, a non-positive epochs, batch_size, width or num_features, lr <= 0; when called,
-            a pool with fewer than ``2 · folds`` samples, or training folds with fewer than two distinct captions
-            (names the fold and the counts).
+        ValueError: folds < 2, a non-positive epochs, width or num_features, a batch_size < 2, a width or
+            num_features that is not a multiple of 8, an lr that is not a positive finite number, a seed that is
+            not an integer; when called, a pool :meth:`check_pool` refuses (fewer than ``2 · folds`` samples, an
+            empty fold, or training folds with fewer than two distinct captions; names the fold and the counts).
     """
 
     def __init__(self, folds: int = 2, epochs: int = 10, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
@@ -85,33 +87,58 @@ class CrossFitCaptionScorer:
         self.folds = folds
         self.epochs = _positive_int("epochs", epochs)
         self.batch_size = _positive_int("batch_size", batch_size)
+        if batch_size < 2:  # one sample per batch: a 1 x 1 contrastive softmax, a zero loss, an untrained encoder
+            raise ValueError(f"batch_size must be at least 2 (a contrastive batch), got {batch_size}")
         self.width = _positive_int("width", width)
         self.num_features = _positive_int("num_features", num_features)
-        if not float(lr) > 0:
-            raise ValueError(f"lr must be positive, got {lr!r}")
+        for key, value in (("width", width), ("num_features", num_features)):
+            if value % 8:  # the encoder's GroupNorm(8, channels) layers would refuse it only when a fold trains
+                raise ValueError(f"{key} must be a multiple of 8 (the encoder's GroupNorm groups), got {value}")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (np.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
         self.lr, self.seed, self.name = float(lr), int(seed), name
         self.fold_sizes = None
         self.train_time_s = None
 
-    def __call__(self, pool) -> np.ndarray:
+    def check_pool(self, pool) -> np.ndarray:
+        """Whether ``pool`` (``sample_ids``, ``caption_rows``) can be cross-fitted, before anything trains; returns
+        its [N] folds (:func:`fold_of`).
+
+        Raises:
+            ValueError: fewer than ``2 · folds`` samples, a fold that holds no sample, or a fold whose other folds
+                hold fewer than two distinct captions (names the fold and the counts).
+        """
         n = len(pool)
         if n < 2 * self.folds:
             raise ValueError(f"cross-fitting {self.folds} folds needs at least {2 * self.folds} pool samples, got {n}")
         fold = fold_of(pool.sample_ids, self.folds)
-        out = np.full(n, np.nan, dtype=np.float32)
-        started = time.time()
-        self.fold_sizes = [int((fold == f).sum()) for f in range(self.folds)]
+        sizes = np.bincount(fold, minlength=self.folds)
+        if (sizes == 0).any():
+            raise ValueError(
+                f"fold {int(np.flatnonzero(sizes == 0)[0])} of {self.folds} holds none of the {n} pool samples "
+                f"(fold sizes {sizes.tolist()}, by sha256 of the sample_id); use fewer folds"
+            )
         for f in range(self.folds):
-            scored = torch.from_numpy(np.flatnonzero(fold == f))
             trained = torch.from_numpy(np.flatnonzero(fold != f))
-            if len(scored) == 0:
-                continue
             captions = len(torch.unique(pool.caption_rows[trained]))
             if captions < 2:
                 raise ValueError(
                     f"fold {f}: the {len(trained)} samples of the other folds have {captions} distinct caption(s); "
                     "the contrastive encoder needs at least two"
                 )
+        return fold
+
+    def __call__(self, pool) -> np.ndarray:
+        n = len(pool)
+        fold = self.check_pool(pool)
+        out = np.full(n, np.nan, dtype=np.float32)
+        started = time.time()
+        self.fold_sizes = [int((fold == f).sum()) for f in range(self.folds)]
+        for f in range(self.folds):
+            scored = torch.from_numpy(np.flatnonzero(fold == f))
+            trained = torch.from_numpy(np.flatnonzero(fold != f))
             train_set = _Rows(pool, trained)
             with preserved_rng():
                 encoder = train_domain_encoder(

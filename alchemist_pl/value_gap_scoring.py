@@ -111,15 +111,44 @@ def check_pool_shape(run: Path, cfg: DictConfig, pool) -> None:
         )
 
 
+def check_settings(timesteps, draws, batch_size, num_train_timesteps: int | None, key: str) -> None:
+    """The value gap's settings: ``timesteps`` a non-empty list of distinct ints in [0, T) (T =
+    ``num_train_timesteps``; None: only >= 0 is checked), ``draws`` and ``batch_size`` positive ints.
+
+    Raises:
+        ValueError: naming ``key`` (e.g. ``rate.value_gap``), the setting and what was expected.
+    """
+    bound = "T" if num_train_timesteps is None else int(num_train_timesteps)
+    if (
+        not isinstance(timesteps, (list, tuple))
+        or not timesteps
+        or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in timesteps)
+        or (num_train_timesteps is not None and max(timesteps) >= int(num_train_timesteps))
+        or len(set(timesteps)) != len(timesteps)
+    ):
+        raise ValueError(
+            f"{key}.timesteps must be a non-empty list of distinct ints in [0, {bound}), got {timesteps!r}"
+        )
+    for name, value in (("draws", draws), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}.{name} must be a positive integer, got {value!r}")
+
+
 def value_gap_scores(models: dict, scheduler, pool, timesteps, seed: int, draws: int = 1, batch_size: int = 256):
-    """``Σ_t z_t(ℓ_i(θ′, t, ε) − ℓ_i(θ, t, ε))`` of every pool sample, z-scored again: [N] float32.
+    """``Σ_t z_t(ℓ_i(θ′, t, ε) − ℓ_i(θ, t, ε))`` of every pool sample, z-scored again: [N] float32, unitless.
 
     Args:
         models: ``{"val": θ, "pool": θ′}``, proxies on the CPU; scheduler: their noise scheduler;
         pool: an image-caption dataset of pixels (uint8 [N, C, H, W]) the proxies' shape;
-        timesteps: ints in [0, T); seed: the noise seed; draws: noise draws per (sample, t), averaged
+        timesteps: distinct ints in [0, T); seed: the noise seed; draws: noise draws per (sample, t), averaged
         (one draw shared by θ and θ′: :func:`alchemist_pl.audit.crn_noise`); batch_size: samples per forward.
+
+    Raises:
+        ValueError: no timesteps, a timestep outside [0, T) of ``scheduler`` or repeated, draws or batch_size
+            not a positive int (:func:`check_settings`).
     """
+    num_t = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
+    check_settings(timesteps, draws, batch_size, num_t, "value_gap_scores")
     losses = audit.score_losses(models, scheduler, pool, {"own": pool.caption_rows}, timesteps, seed, draws,
                                 batch_size, terms=TERMS)  # fmt: skip
     gap = losses[("pool", "own")] - losses[("val", "own")]  # [n_t, N]
@@ -157,7 +186,7 @@ class ValueGapScorer:
         name: the scorer's name in the scores file's metadata.
 
     Raises:
-        ValueError: no timesteps, a timestep outside [0, T), draws < 1; when called, a run without θ′ or a pool
+        ValueError: no timesteps, a timestep outside [0, T) or repeated, draws < 1; when called, a run without θ′ or a pool
             whose channels or resolution differ from the proxy's (:func:`load_rating_proxies`,
             :func:`check_pool_shape`).
         FileNotFoundError: when called, a run folder without config or checkpoint.
@@ -168,8 +197,10 @@ class ValueGapScorer:
         self.run, self.checkpoint = Path(run), checkpoint
         self.timesteps, self.draws, self.seed = [int(t) for t in timesteps], int(draws), int(seed)
         self.batch_size, self.name = int(batch_size), name
-        if not self.timesteps or min(self.timesteps) < 0:
-            raise ValueError(f"scorer.timesteps must be a non-empty list of ints in [0, T), got {self.timesteps}")
+        if not self.timesteps or min(self.timesteps) < 0 or len(set(self.timesteps)) != len(self.timesteps):
+            raise ValueError(
+                f"scorer.timesteps must be a non-empty list of distinct ints in [0, T), got {self.timesteps}"
+            )
         if self.draws < 1:
             raise ValueError(f"scorer.draws must be at least 1, got {self.draws}")
         self.global_step = None

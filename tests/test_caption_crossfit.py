@@ -9,6 +9,8 @@ import torch
 
 from alchemist_pl.caption_crossfit import CrossFitCaptionScorer, fold_of
 from alchemist_pl.data import ImageCaptionDataset, load_split
+from alchemist_pl.domain_encoder import train_domain_encoder
+from alchemist_pl.scoring import caption_agreement
 
 
 def _with_captions(split, captions) -> ImageCaptionDataset:
@@ -76,7 +78,11 @@ def test_folds_depend_on_the_sample_id_alone():
     "kwargs, match",
     [({"folds": 1}, "folds must be an integer of at least 2"), ({"folds": True}, "folds"),
      ({"epochs": 0}, "epochs must be a positive integer"), ({"batch_size": 2.5}, "batch_size"),
-     ({"lr": 0}, "lr must be positive")],
+     ({"batch_size": 1}, "batch_size must be at least 2"),
+     ({"lr": 0}, "lr must be a positive finite number"), ({"lr": True}, "lr must be a positive finite number"),
+     ({"lr": "2e-3"}, "lr must be a positive finite number, got '2e-3'"), ({"lr": None}, "lr must be"),
+     ({"lr": float("inf")}, "lr must be a positive finite number"), ({"seed": 2.7}, "seed must be an integer"),
+     ({"width": 12}, "width must be a multiple of 8"), ({"num_features": 100}, "num_features must be a multiple of 8")],
 )  # fmt: skip
 def test_bad_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -91,3 +97,38 @@ def test_a_pool_too_small_or_with_one_caption_is_refused(swapped):
     one = _with_captions(dataset, [dataset.captions[0]] * len(dataset))
     with pytest.raises(ValueError, match=r"fold 0: the \d+ samples of the other folds have 1 distinct caption"):
         CrossFitCaptionScorer(epochs=1)(one)
+
+
+def test_a_pool_with_an_empty_fold_is_refused_before_anything_trains(swapped):
+    """Six samples none of which hashes to fold 2 of 3: scoring them would silently cross-fit 2 folds, not 3."""
+    dataset, _ = swapped
+    keep = np.flatnonzero(fold_of(dataset.sample_ids, 3) != 2)[:6].tolist()
+    pool = ImageCaptionDataset([dataset.sample_ids[i] for i in keep], dataset.images[keep],
+                               [dataset.captions[i] for i in keep], dataset.text)  # fmt: skip
+    scorer = CrossFitCaptionScorer(folds=3, epochs=1)
+    with pytest.raises(ValueError, match=r"fold 2 of 3 holds none of the 6 pool samples \(fold sizes \[\d, \d, 0\]"):
+        scorer.check_pool(pool)
+    with pytest.raises(ValueError, match="fold 2 of 3 holds none"):
+        scorer(pool)
+    assert scorer.fold_sizes is None  # refused before any encoder trained
+
+
+def _subset(dataset, mask) -> ImageCaptionDataset:
+    keep = np.flatnonzero(mask).tolist()
+    return ImageCaptionDataset([dataset.sample_ids[i] for i in keep], dataset.images[keep],
+                               [dataset.captions[i] for i in keep], dataset.text)  # fmt: skip
+
+
+def test_fold_f_is_scored_by_an_encoder_trained_on_the_other_folds_with_seed_plus_f(swapped):
+    """The documented recipe rebuilt from its public parts for fold 1 of 2: an encoder trained on fold 0 alone with
+    seed + 1, then the caption agreement of fold 1, gives the scorer's fold-1 scores (one seed for every fold, or
+    a fold's own samples in its encoder's training set, does not)."""
+    dataset, _ = swapped
+    folds = fold_of(dataset.sample_ids, 2)
+    scores = CrossFitCaptionScorer(folds=2, epochs=2, batch_size=256, lr=2e-3, seed=3, width=32, num_features=128)(
+        dataset
+    )
+    train = _subset(dataset, folds == 0)
+    encoder = train_domain_encoder(train, 2, min(256, len(train)), 2e-3, 3 + 1, 32, 128)
+    expected = caption_agreement(encoder, _subset(dataset, folds == 1)).numpy()
+    np.testing.assert_allclose(scores[folds == 1], expected, rtol=1e-6, atol=1e-6)

@@ -347,3 +347,75 @@ def test_sampler_takes_its_shard_from_the_process_group(world):
             assert len(flat) == len(set(flat))  # disjoint
     assert all(out[r][2][0] == out[r][2][2] for r in range(world))  # same epoch, same order
     assert out[0][2][0] != out[0][2][1]  # next epoch, new order
+
+
+class _Strategy:
+    """The collective calls the rate stage makes through a DDP trainer's strategy, over the real gloo group."""
+
+    def barrier(self, name=None):
+        dist.barrier()
+
+    def broadcast(self, obj, src=0):
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+
+def _score_pool_on_rank(rank, port, out, args):
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from alchemist_pl.stages.rate import _score_pool
+
+    cfg, model, pool, folder = args
+    # a rank left waiting for another fails after 20 s instead of the default 30 min
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=20))  # fmt: skip
+    try:
+        trainer = SimpleNamespace(is_global_zero=rank == 0, strategy=_Strategy())
+        try:
+            scores, _, parts = _score_pool(cfg, model, trainer, pool, folder / "scores.parquet", {}, False, "value_gap")
+            out[rank] = ("scores", scores.tolist(), sorted(parts))
+        except Exception as e:
+            out[rank] = ("error", f"{type(e).__name__}: {e}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("timesteps", [[100], []])
+def test_rank_zero_proxy_scores_reach_every_rank_and_so_does_its_failure(timesteps, make_cfg, small_split, tmp_path):
+    """rate.scores=value_gap under DDP: rank 0 computes and writes scores.parquet, rank 1 reads it back; when rank 0
+    fails (here rate.value_gap.timesteps=[], past score_source), rank 1 stops with an error naming rank 0's, rather
+    than waiting at a barrier for a file that never comes."""
+    import socket
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+    from omegaconf import OmegaConf
+
+    from .test_signal_audit import _train, _unet
+
+    torch.set_num_threads(1)
+    cfg = make_cfg("rate.scores=value_gap", "rate.score_batch_size=16")
+    OmegaConf.update(cfg, "rate.value_gap", {"timesteps": timesteps, "draws": 1, "batch_size": 16})
+    torch.manual_seed(0)
+    rater = instantiate(cfg.rater).eval()
+    model = SimpleNamespace(rater=rater, proxy=_unet(), value_proxy=_train(small_split, steps=2),
+                            noise_scheduler=DDPMScheduler(),
+                            device="cpu")  # fmt: skip
+    pool = small_split
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.start_processes(_score_pool_on_rank, args=(port, out, (cfg, model, pool, tmp_path)), nprocs=2,
+                       start_method="fork")  # fmt: skip
+    if timesteps:
+        assert out[0][0] == out[1][0] == "scores" and out[0][2] == ["rater", "value_gap"] and out[1][2] == []
+        np.testing.assert_array_equal(out[1][1], out[0][1])
+        assert np.std(out[0][1]) > 0
+    else:
+        assert out[0] == ("error", "ValueError: value_gap_scores.timesteps must be a non-empty list of distinct "
+                                   "ints in [0, 1000), got []")  # fmt: skip
+        assert out[1][0] == "error" and out[1][1].startswith("RuntimeError: rate.scores=value_gap: rank 0 failed")
+        assert out[0][1] in out[1][1]

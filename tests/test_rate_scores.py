@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from alchemist_pl.audit import zscore
 from alchemist_pl.scores import read_scores
 from alchemist_pl.stages.rate_scores import PART_FILES, proxy_scores, score_source
+from alchemist_pl.value_gap_scoring import value_gap_scores
 
 from .test_signal_audit import _noisy, _train
 from .test_value_gap_scoring import _auroc_clean_above_noisy, pool  # noqa: F401  (the 48 clean + 48 noisy pool)
@@ -36,11 +37,64 @@ def test_auto_reads_the_proxies_only_where_a_rating_has_them(make_cfg, overrides
      (["rate.scores=value_gap", "rate.streaming=true"], "rate.streaming=true"),
      (["rate.scores=rater_only"], "rate.scores must be one of"),
      (["rate.caption_crossfit.folds=1"], "rate.caption_crossfit: folds must be an integer of at least 2"),
+     (["rate.caption_crossfit.lr=abc"], "rate.caption_crossfit: lr must be a positive finite number, got 'abc'"),
+     (["rate.caption_crossfit.width=12"], r"rate.caption_crossfit: width must be a multiple of 8 \(the encoder.s GroupNorm groups\), got 12"),
      (["rate.caption_crossfit.weight=-2"], "rate.caption_crossfit.weight must be a finite number >= 0")],
 )  # fmt: skip
 def test_a_choice_the_rating_cannot_compute_is_refused(make_cfg, overrides, match):
     with pytest.raises(ValueError, match=match):
         score_source(make_cfg(*overrides))
+
+
+@pytest.mark.parametrize("scores", ["value_gap", "value_gap_caption", "auto"])
+@pytest.mark.parametrize(
+    "override, match",
+    [("rate.value_gap.timesteps=[]", r"rate.value_gap.timesteps must be a non-empty list of distinct ints in \[0, 1000\)"),
+     ("rate.value_gap.timesteps=[50,1000]", r"in \[0, 1000\), got \[50, 1000\]"),
+     ("rate.value_gap.timesteps=[-1]", "rate.value_gap.timesteps"),
+     ("rate.value_gap.timesteps=[50.5]", "rate.value_gap.timesteps"),
+     ("rate.value_gap.timesteps=[50,50]", "distinct"),
+     ("rate.value_gap.timesteps=50", "rate.value_gap.timesteps"),
+     ("rate.value_gap.draws=0", "rate.value_gap.draws must be a positive integer, got 0"),
+     ("rate.value_gap.draws=1.5", "rate.value_gap.draws"),
+     ("+rate.value_gap.draw=4", r"rate.value_gap has unknown key\(s\) \['draw'\]"),
+     ("rate.value_gap.batch_size=0", "rate.value_gap.batch_size must be a positive integer, got 0")],
+)  # fmt: skip
+def test_a_bad_value_gap_setting_is_refused_before_the_rating_trains(make_cfg, scores, override, match):
+    with pytest.raises(ValueError, match=match):
+        score_source(make_cfg(f"rate.scores={scores}", override))
+
+
+def test_a_bad_value_gap_setting_is_ignored_where_the_rater_scores(make_cfg):
+    assert score_source(make_cfg("rate.scores=rater", "rate.value_gap.timesteps=[]")) == "rater"
+
+
+def test_the_rate_stage_refuses_a_bad_value_gap_setting_before_it_trains(make_cfg, tmp_path):
+    from alchemist_pl.stages import run
+
+    from .test_streaming import RATE_TINY
+
+    with pytest.raises(ValueError, match="rate.value_gap.draws must be a positive integer, got 0"):
+        run(make_cfg(*RATE_TINY, "rate.value_gap.draws=0", output_dir=tmp_path / "out"))
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [(["rate.caption_crossfit.folds=300"], r"rate.caption_crossfit \(data.train_path's pool\): cross-fitting 300 folds "
+      r"needs at least 600 pool samples, got 512"),
+     (["data.limit_train=3", "rate.batch_size=2"], "cross-fitting 2 folds needs at least 4 pool samples, got 3")],
+)  # fmt: skip
+def test_the_rate_stage_refuses_a_pool_the_caption_cross_fit_cannot_split_before_it_trains(
+    make_cfg, tmp_path, overrides, match
+):
+    from alchemist_pl.stages import run
+
+    from .test_streaming import RATE_TINY
+
+    with pytest.raises(ValueError, match=match):
+        run(make_cfg(*RATE_TINY, *overrides, output_dir=tmp_path / "out"))
+    assert not (tmp_path / "out" / "checkpoints").exists()
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +121,8 @@ def test_value_gap_scores_rank_what_the_pool_proxy_fits_better_low(rating, pool,
     rater = np.arange(len(dataset), dtype=np.float32)
     scores, paths = proxy_scores(_cfg(), rating, dataset, rater, "value_gap", tmp_path, {"stage": "rate"})
     assert _auroc_clean_above_noisy(scores, kinds) > 0.8
+    # standardised (mean 0, std 1), so value_gap_caption's z-score of this part changes nothing on it
+    assert abs(float(scores.mean())) < 1e-5 and abs(float(scores.std()) - 1) < 1e-5
     assert set(paths) == {"rater", "value_gap"}
     ids, saved, _ = read_scores(tmp_path / PART_FILES["rater"])
     assert ids == dataset.sample_ids and np.array_equal(saved, rater)
@@ -89,3 +145,16 @@ def test_a_bad_caption_weight_is_refused(rating, pool, tmp_path, weight):  # noq
     dataset, _ = pool
     with pytest.raises(ValueError, match="rate.caption_crossfit.weight must be a finite number >= 0"):
         proxy_scores(_cfg(weight), rating, dataset, np.zeros(len(dataset)), "value_gap_caption", tmp_path, {})
+
+
+@pytest.mark.parametrize(
+    "timesteps, draws, batch_size, match",
+    [([], 1, 40, "timesteps must be a non-empty list"), ([100, 1000], 1, 40, r"\[0, 1000\)"),
+     ([100], 0, 40, "draws must be a positive integer"), ([100], 1, 0, "batch_size must be a positive integer")],
+)  # fmt: skip
+def test_value_gap_scores_refuses_settings_that_score_nothing(rating, pool, timesteps, draws, batch_size, match):  # noqa: F811
+    """No timestep or no draw used to give every sample the score 0 (a constant z-score) without a word."""
+    dataset, _ = pool
+    models = {"val": rating.proxy, "pool": rating.value_proxy}
+    with pytest.raises(ValueError, match=match):
+        value_gap_scores(models, rating.noise_scheduler, dataset, timesteps, 0, draws, batch_size)

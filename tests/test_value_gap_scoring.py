@@ -115,6 +115,8 @@ def test_bad_options_are_refused():
         ValueGapScorer("x", draws=0)
     with pytest.raises(ValueError, match="timesteps"):
         ValueGapScorer("x", timesteps=[])
+    with pytest.raises(ValueError, match=r"scorer.timesteps must be a non-empty list of distinct ints"):
+        ValueGapScorer("x", timesteps=[50, 50])  # would count t=50 twice in the sum over t
 
 
 def test_a_checkpoint_named_by_its_iteration(runs, pool, tmp_path):

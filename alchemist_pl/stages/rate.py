@@ -19,6 +19,7 @@ from ..resume import checkpoint_for, exclusive, keep_after_failure
 from ..runtime import (
     barrier,
     container,
+    distributed,
     loggers_for,
     make_trainer,
     process_group,
@@ -29,7 +30,7 @@ from ..runtime import (
 from ..scores import provenance, read_scores, write_scores
 from ..scoring import rater_hash, score_dataset_distributed
 from ..streaming import merge_parts, score_shards, shard_list
-from .rate_scores import proxy_scores, score_source
+from .rate_scores import check_pool, proxy_scores, score_source
 from .report import rating_report
 
 log = logging.getLogger(__name__)
@@ -47,22 +48,27 @@ def rate(cfg: DictConfig) -> dict:
     iterations (one D_val batch and one pool batch: one proxy and one rater optimizer step), and
     resumes ``checkpoints/last.ckpt`` only when it is this run's (:mod:`alchemist_pl.resume`).
     ``scores.parquet`` holds what ``rate.scores`` names (:mod:`alchemist_pl.stages.rate_scores`): by default,
-    for a ``bilevel=value_gap`` rating, the z-scored value gap of the final proxies plus the pool's
-    cross-fitted caption agreement, with the rater's own scores in ``rater-scores.parquet``; else the rater's.
+    for a ``bilevel=value_gap`` rating of pixels in memory, the z-scored value gap of the final proxies plus
+    ``rate.caption_crossfit.weight`` × the z-scored cross-fitted caption agreement of the pool, with the rater's
+    own scores in ``rater-scores.parquet``; else the rater's.
     Scoring is in memory (the loaded pool, split across ranks), or with ``rate.streaming=true``
-    shard by shard over ``data.train_path`` (:func:`score_streaming`). Both write the same
-    ``scores.parquet``; ``rater.pt`` holds the rater's weights and config. A failure after
+    shard by shard over ``data.train_path`` (:func:`score_streaming`). Both give the same rater scores (in
+    memory they are in ``rater-scores.parquet`` where ``scores.parquet`` holds proxy scores; streaming is
+    rater-only); ``rater.pt`` holds the rater's weights and config. A failure after
     training started writes ``summary.json`` with ``status: failed`` and keeps the weights
     (:func:`alchemist_pl.resume.keep_after_failure`).
 
     Raises:
         ValueError: ``rate.streaming`` is not a boolean, or is true for an image-folder pool; a
-            ``rate.scores`` the rating cannot compute (:func:`~alchemist_pl.stages.rate_scores.score_source`); a bad
+            ``rate.scores`` the rating cannot compute or a bad setting of it
+            (:func:`~alchemist_pl.stages.rate_scores.score_source`), a pool the caption cross-fit cannot split
+            (:func:`~alchemist_pl.stages.rate_scores.check_pool`), both before training; a bad
             ``rate.max_iterations``; a length the data cannot fill (:class:`PlannedTraining`).
         DataError: bad or missing data (see :mod:`alchemist_pl.data`), or a rank's share of a
             split shorter than one batch.
         ResumeError: the output folder holds another run's checkpoint, or another run writes there.
-        RuntimeError: the fit ran no step.
+        RuntimeError: the fit ran no step; under DDP, on the ranks other than 0, rank 0 failed to write the
+            proxy-read ``scores.parquet`` (names rank 0's error).
     """
     started = time.time()
     out = Path(cfg.paths.output_dir)
@@ -73,6 +79,7 @@ def rate(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.datamodule.rating)
     dm.setup("fit")  # the samples, fingerprinted for the resume check (per-rank shares checked again in fit)
+    check_pool(cfg, source, dm.pool)  # e.g. too few samples for the caption cross-fit's folds, before training
     model = instantiate(cfg.bilevel)
     with exclusive(out):
         ckpt = checkpoint_for(cfg, {"data.train_path": dm.pool.sample_ids, "data.val_path": dm.val_set.sample_ids})
@@ -192,7 +199,8 @@ def _save_and_score(cfg: DictConfig, model, trainer, pool, out: Path, streaming:
 
 def _score_pool(cfg: DictConfig, model, trainer, pool, scores_path: Path, meta: dict, streaming: bool, source: str):
     """(scores of every rated sample, scores of the loaded pool in its order, {part: extra scores file});
-    writes ``scores_path``. A proxy-scored ``source`` is computed by rank 0 and read back by the others."""
+    writes ``scores_path``. A proxy-scored ``source`` is computed by rank 0 and read back by the others; when
+    rank 0 fails, it raises its error and every other rank a RuntimeError naming it (none waits for the file)."""
     if streaming:  # every sample of the pool's shards; the report uses the loaded pool's share
         ids, scores = score_streaming(
             model.rater,
@@ -213,11 +221,20 @@ def _score_pool(cfg: DictConfig, model, trainer, pool, scores_path: Path, meta: 
         if trainer.is_global_zero:
             write_scores(scores_path, pool.sample_ids, scores, meta)
         return scores, scores, {}
-    parts = {}
+    parts, failure = {}, None
     if trainer.is_global_zero:
-        scores, parts = proxy_scores(cfg, model, pool, scores, source, scores_path.parent, meta)
-        write_scores(scores_path, pool.sample_ids, scores, meta)
-    barrier(trainer)
+        try:
+            scores, parts = proxy_scores(cfg, model, pool, scores, source, scores_path.parent, meta)
+            write_scores(scores_path, pool.sample_ids, scores, meta)
+        except Exception as e:  # the other ranks are told below, then it is raised here
+            failure = e
+    if distributed():  # rank 0 says whether it wrote scores.parquet (a bare barrier left the others waiting for it)
+        error = None if failure is None else f"{type(failure).__name__}: {failure}"
+        error = trainer.strategy.broadcast(error, src=0)
+        if error is not None and failure is None:
+            raise RuntimeError(f"rate.scores={source}: rank 0 failed to write {scores_path} ({error})")
+    if failure is not None:
+        raise failure
     if not trainer.is_global_zero:
         ids, scores, _ = read_scores(scores_path)
         position = {s: i for i, s in enumerate(ids)}
