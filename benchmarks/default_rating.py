@@ -59,14 +59,16 @@ def _run(cmd: list[str], log: Path) -> dict:
             "load_start": load0, "load_end": os.getloadavg()[0]}  # fmt: skip
 
 
-def run_pool(pool: int, seeds: list[int], out: Path) -> None:
-    """The baseline scorers once, then the default rating and its top-k 50 % prune per seed."""
+def run_pool(pool: int, seeds: list[int], out: Path, extra: list[str] = ()) -> None:
+    """The baseline scorers once, then the default rating (with the ``extra`` overrides) and its top-k 50 %
+    prune per seed."""
     py, base = [sys.executable, "train.py"], [*POOL, f"corruption.seed={pool}"]
     out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         d = out / f"seed{seed}"
         if not (d / "cost.json").exists():
-            cost = _run(py + ["+experiment=rate", *base, f"seed={seed}", f"hydra.run.dir={d}"], out / f"rate{seed}.log")
+            cmd = py + ["+experiment=rate", *base, *extra, f"seed={seed}", f"hydra.run.dir={d}"]
+            cost = _run(cmd, out / f"rate{seed}.log")
             (d / "cost.json").write_text(json.dumps(cost, indent=1))
         p = d / "prune-top_k"
         if not (p / "summary.json").exists():
@@ -148,6 +150,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True, help="OUT/pool{P}/seed{S}: the runs (reused)")
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/default-rating-f2.md"))
     p.add_argument("--report-only", action="store_true", help="read the runs in OUT; run nothing")
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides of the rate stage (after --)")
     args = p.parse_args()
     host, started = machine(), time.time()
     pools, seeds = [int(x) for x in args.pools.split(",")], [int(x) for x in args.seeds.split(",")]
@@ -155,7 +158,7 @@ def main() -> None:
     for pool in pools:
         out = args.out / f"pool{pool}"
         if not args.report_only:
-            run_pool(pool, seeds, out)
+            run_pool(pool, seeds, out, args.overrides)
         res = {"rows": {}, "subset_share": {}, "cost": {}, "summary": {}}
         for s in seeds:
             res["rows"][s], res["subset_share"][s], _ = rows_for_seed(out, s)
