@@ -9,13 +9,17 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from alchemist_pl.audit import zscore
+from alchemist_pl.data import load_split
 from alchemist_pl.scores import read_scores
 from alchemist_pl.stages.rate_scores import PART_FILES, proxy_scores, score_source
-from alchemist_pl.value_gap_scoring import value_gap_scores
+from alchemist_pl.value_gap_scoring import ValueGapScorer, value_gap_scores
 
+from .conftest import compose_run
 from .test_signal_audit import _noisy, _train
 from .test_value_gap_scoring import _auroc_clean_above_noisy, pool  # noqa: F401  (the 48 clean + 48 noisy pool)
 
@@ -158,3 +162,27 @@ def test_value_gap_scores_refuses_settings_that_score_nothing(rating, pool, time
     models = {"val": rating.proxy, "pool": rating.value_proxy}
     with pytest.raises(ValueError, match=match):
         value_gap_scores(models, rating.noise_scheduler, dataset, timesteps, 0, draws, batch_size)
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.1, True, "0.9"])
+def test_a_bad_ema_decay_is_refused(make_cfg, decay):
+    cfg = make_cfg(f"bilevel.ema_decay={decay!r}" if isinstance(decay, str) else f"bilevel.ema_decay={decay}")
+    with pytest.raises((ValueError, InstantiationException), match="ema_decay must be a number in"):
+        instantiate(cfg.bilevel)
+
+
+def test_a_rating_with_moving_averages_is_scored_by_them(tmp_path):
+    """bilevel.ema_decay > 0: the rate stage's value gap and scorer=value_gap on its last.ckpt read the same
+    averaged θ, θ′ (bit for bit), and the averages are not the trained weights."""
+    from alchemist_pl.stages import run
+
+    cfg = compose_run(tmp_path, "+experiment=rate", "bilevel.ema_decay=0.8", "rate.caption_crossfit.epochs=1")
+    run(cfg)
+    ids, in_stage, _ = read_scores(tmp_path / PART_FILES["value_gap"])
+    rated = load_split(cfg.data.train_path, cfg.data.resolution, cfg.data.cache_dir, cfg.data.limit_train)
+    assert rated.sample_ids == ids
+    scorer = ValueGapScorer(tmp_path, timesteps=list(cfg.rate.value_gap.timesteps), seed=cfg.seed)
+    np.testing.assert_array_equal(scorer(rated), in_stage)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    raw, avg = state["value_proxy.conv_in.weight"], state["value_proxy_ema.module.conv_in.weight"]
+    assert not torch.equal(raw, avg)
