@@ -59,9 +59,9 @@ def _run(cmd: list[str], log: Path) -> dict:
             "load_start": load0, "load_end": os.getloadavg()[0]}  # fmt: skip
 
 
-def run_pool(pool: int, seeds: list[int], out: Path, extra: list[str] = ()) -> None:
+def run_pool(pool: int, seeds: list[int], out: Path, extra: list[str] = (), dedup: bool = False) -> None:
     """The baseline scorers once, then the default rating (with the ``extra`` overrides) and its top-k 50 %
-    prune per seed."""
+    prune per seed (``dedup``: also with ``dedup.enabled=true``, into ``prune-top_k-dedup``)."""
     py, base = [sys.executable, "train.py"], [*POOL, f"corruption.seed={pool}"]
     out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
@@ -70,18 +70,19 @@ def run_pool(pool: int, seeds: list[int], out: Path, extra: list[str] = ()) -> N
             cmd = py + ["+experiment=rate", *base, *extra, f"seed={seed}", f"hydra.run.dir={d}"]
             cost = _run(cmd, out / f"rate{seed}.log")
             (d / "cost.json").write_text(json.dumps(cost, indent=1))
-        p = d / "prune-top_k"
-        if not (p / "summary.json").exists():
-            _run(py + ["+experiment=prune", *base, f"seed={seed}", "method=top_k", "keep_ratio=0.5",
-                       f"scores_path={d}/scores.parquet", f"hydra.run.dir={p}"], out / f"prune{seed}.log")  # fmt: skip
+        for name, more in [("prune-top_k", [])] + ([("prune-top_k-dedup", ["dedup.enabled=true"])] if dedup else []):
+            p = d / name
+            if not (p / "summary.json").exists():
+                _run(py + ["+experiment=prune", *base, f"seed={seed}", "method=top_k", "keep_ratio=0.5", *more,
+                           f"scores_path={d}/scores.parquet", f"hydra.run.dir={p}"], out / f"{name}{seed}.log")  # fmt: skip
     for scorer in ("clip_score", "clarity"):
         d = out / scorer
         if not (d / "scores.parquet").exists():
             _run(py + ["+experiment=score", *base, f"scorer={scorer}", f"hydra.run.dir={d}"], out / f"{scorer}.log")
 
 
-def rows_for_seed(out: Path, seed: int) -> tuple[dict, float, int]:
-    """``{row label: separation}`` of one rating, its prune subset's corrupted share, the pool size."""
+def rows_for_seed(out: Path, seed: int) -> tuple[dict, dict, int]:
+    """``{row label: separation}`` of one rating, ``{prune folder: its subset's corrupted share}``, the pool size."""
     d = out / f"seed{seed}"
     ids, _, meta = read_scores(d / "scores.parquet")
     truth = read_ground_truth(Path(meta["train_path"]).parent / GROUND_TRUTH)
@@ -97,9 +98,12 @@ def rows_for_seed(out: Path, seed: int) -> tuple[dict, float, int]:
              "clarity + caption cross-fit (z)": [out / "clarity" / "scores.parquet", d / "caption-scores.parquet"],
              "rater + caption cross-fit (z)": [d / "rater-scores.parquet", d / "caption-scores.parquet"]}  # fmt: skip
     rows = {label: separation(ScoreCombination(paths, normalise="z")(pool), kinds) for label, paths in files.items()}
-    subset, _ = read_subset(d / "prune-top_k" / "subset.parquet")
-    share = float(np.mean([truth[s] != "clean" for s in subset]))
-    return rows, share, len(ids)
+    shares = {}
+    for name in ("prune-top_k", "prune-top_k-dedup"):
+        if (d / name / "subset.parquet").exists():
+            subset, _ = read_subset(d / name / "subset.parquet")
+            shares[name] = float(np.mean([truth[s] != "clean" for s in subset]))
+    return rows, shares, len(ids)
 
 
 def render(results: dict, args, started: float, host: str) -> str:
@@ -125,9 +129,14 @@ def render(results: dict, args, started: float, host: str) -> str:
         for label in first:
             cells = [mean_std([results[p]["rows"][s][label][c] for p, s in keys], 3) for c in COLUMNS]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        shares = [results[p]["subset_share"][s] for p, s in keys]
+        shares = [results[p]["subset_share"][s]["prune-top_k"] for p, s in keys]
         lines += ["", f"Prune stage, `method=top_k keep_ratio=0.5` on the default rating: corrupted share of "
-                      f"subset.parquet {mean_std(shares, 3)} (pool 0.300)", ""]  # fmt: skip
+                      f"subset.parquet {mean_std(shares, 3)} (pool 0.300)"]  # fmt: skip
+        dedup = [results[p]["subset_share"][s].get("prune-top_k-dedup") for p, s in keys]
+        if all(x is not None for x in dedup):
+            lines += ["", f"The same with `dedup.enabled=true` (near-duplicate removal before the selection): "
+                          f"{mean_std(dedup, 3)}; per rating " + ", ".join(f"{x:.4f}" for x in dedup)]  # fmt: skip
+        lines += [""]
     lines += ["## Per rating", "", "| pool | seed | AUROC | caption_swap | top-50 % share | rate wall s | rate CPU s | "
               "fit s | scoring s | 1-min load start → end |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in pools:
@@ -150,6 +159,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True, help="OUT/pool{P}/seed{S}: the runs (reused)")
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/default-rating-f2.md"))
     p.add_argument("--report-only", action="store_true", help="read the runs in OUT; run nothing")
+    p.add_argument("--dedup", action="store_true", help="also prune with dedup.enabled=true")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides of the rate stage (after --)")
     args = p.parse_args()
     host, started = machine(), time.time()
@@ -158,7 +168,7 @@ def main() -> None:
     for pool in pools:
         out = args.out / f"pool{pool}"
         if not args.report_only:
-            run_pool(pool, seeds, out, args.overrides)
+            run_pool(pool, seeds, out, args.overrides, args.dedup)
         res = {"rows": {}, "subset_share": {}, "cost": {}, "summary": {}}
         for s in seeds:
             res["rows"][s], res["subset_share"][s], _ = rows_for_seed(out, s)
