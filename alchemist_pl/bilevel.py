@@ -33,7 +33,7 @@ import math
 import numpy as np
 import torch
 from lightning import LightningModule
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from .bilevel_options import check_options
 from .draws import Draw, draw_batch
@@ -48,10 +48,27 @@ NUM_BUCKETS = 10
 __all__ = ["BilevelRater", "timestep_correlation"]
 
 
+class _EmaUpdate:
+    """The update of :func:`torch.optim.swa_utils.get_ema_multi_avg_fn` (``avg ← decay · avg + (1 − decay) · θ``,
+    the same operations) as an object that pickles: a ``ddp_spawn`` fit pickles the module, and torch's
+    function is a closure."""
+
+    def __init__(self, decay: float):
+        self.decay = float(decay)
+
+    @torch.no_grad()
+    def __call__(self, averaged: list, current: list, _num_averaged) -> None:
+        if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1 - self.decay)
+        else:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(a * self.decay + c * (1 - self.decay))
+
+
 def _ema(model, decay: float):
     """An exponential moving average of ``model``'s parameters (:class:`torch.optim.swa_utils.AveragedModel`),
     not trainable (no optimizer or DDP gradient sync sees it)."""
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    ema = AveragedModel(model, multi_avg_fn=_EmaUpdate(decay))
     ema.requires_grad_(False)
     return ema
 

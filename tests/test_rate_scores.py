@@ -186,3 +186,20 @@ def test_a_rating_with_moving_averages_is_scored_by_them(tmp_path):
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     raw, avg = state["value_proxy.conv_in.weight"], state["value_proxy_ema.module.conv_in.weight"]
     assert not torch.equal(raw, avg)
+
+
+def test_the_moving_averages_pickle_and_match_torchs_update(make_cfg):
+    """A ddp_spawn fit pickles the module; the update equals torch's get_ema_multi_avg_fn bit for bit."""
+    import pickle
+
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    module = instantiate(make_cfg("bilevel.ema_decay=0.9").bilevel)
+    copy = pickle.loads(pickle.dumps(module))
+    assert copy.proxy_ema is not None and copy.value_proxy_ema is not None
+    ours = [torch.randn(5), torch.randn(3)]
+    theirs = [p.clone() for p in ours]
+    current = [torch.randn(5), torch.randn(3)]
+    module.proxy_ema.multi_avg_fn(ours, current, 1)
+    get_ema_multi_avg_fn(0.9)(theirs, current, 1)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
