@@ -176,7 +176,9 @@ def test_a_rating_with_moving_averages_is_scored_by_them(tmp_path):
     averaged θ, θ′ (bit for bit), and the averages are not the trained weights."""
     from alchemist_pl.stages import run
 
-    cfg = compose_run(tmp_path, "+experiment=rate", "bilevel.ema_decay=0.8", "rate.caption_crossfit.epochs=1")
+    cfg = compose_run(
+        tmp_path, "+experiment=rate", "bilevel.ema_decay=0.8", "rate.caption_crossfit.epochs=1", "data.limit_train=128"
+    )
     run(cfg)
     ids, in_stage, _ = read_scores(tmp_path / PART_FILES["value_gap"])
     rated = load_split(cfg.data.train_path, cfg.data.resolution, cfg.data.cache_dir, cfg.data.limit_train)
