@@ -87,7 +87,7 @@ def test_the_rate_stage_refuses_a_bad_value_gap_setting_before_it_trains(make_cf
     "overrides, match",
     [(["rate.caption_crossfit.folds=300"], r"rate.caption_crossfit \(data.train_path's pool\): cross-fitting 300 folds "
       r"needs at least 600 pool samples, got 512"),
-     (["data.limit_train=3", "rate.batch_size=2"], "cross-fitting 2 folds needs at least 4 pool samples, got 3")],
+     (["data.limit_train=3", "rate.batch_size=2"], "cross-fitting 5 folds needs at least 10 pool samples, got 3")],
 )  # fmt: skip
 def test_the_rate_stage_refuses_a_pool_the_caption_cross_fit_cannot_split_before_it_trains(
     make_cfg, tmp_path, overrides, match
